@@ -1,0 +1,46 @@
+"""The `dunning` command. Each group of commands lives in a module of its own."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from dunning.cli import accounts, cases, credits, phones, server, sms
+from dunning.cli.common import UserError, err_console
+from dunning.domain import InputError
+from dunning.settings import SettingsError
+
+app = typer.Typer(
+    name="dunning",
+    help="Durable payment reminders by email and SMS, on Temporal.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(accounts.app, name="account")
+app.add_typer(phones.app, name="phones")
+app.add_typer(sms.app, name="sms")
+app.add_typer(credits.app, name="credits")
+cases.register(app)
+server.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user mistakes exit 1 with one line on stderr, usage errors exit 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except (UserError, InputError, SettingsError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        sys.exit(1)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)

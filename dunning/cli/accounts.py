@@ -1,0 +1,93 @@
+"""`dunning account create|update|show`."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from dunning.accounts import (
+    AccountOptions,
+    account_json,
+    create_account,
+    get_account,
+    update_account,
+)
+from dunning.cli.common import JsonOpt, console, print_json, session
+
+app = typer.Typer(help="Accounts: the businesses whose customers are reminded.",
+                  no_args_is_help=True)
+
+CompanyOpt = typer.Option(None, "--company-name", help="Shown in every message.")
+SenderOpt = typer.Option(None, "--sms-sender", help="The number SMS are sent from (E.164).")
+FromOpt = typer.Option(None, "--email-from", help="Sender address of reminder emails.")
+ContactOpt = typer.Option(None, "--contact-email", help="Where balance notices go.")
+ScheduleOpt = typer.Option(None, "--schedule", help="Reminder offsets, e.g. 0d,3d,7d,14d.")
+GraceOpt = typer.Option(None, "--grace", help="Wait after the last reminder, e.g. 7d.")
+QuietOpt = typer.Option(
+    None, "--quiet-hours", help="SMS sending window in the recipient's time, or 'off'."
+)
+TzOpt = typer.Option(None, "--timezone", help="Fallback IANA zone when a number's is unknown.")
+SupportOpt = typer.Option(None, "--support-contact", help="Named in HELP replies and templates.")
+
+
+def _show(account_id: str, as_json: bool) -> None:
+    with session() as s:
+        data = account_json(s, get_account(s, account_id))
+    if as_json:
+        print_json(data)
+        return
+    table = Table(title=f"account {data['account_id']}", show_header=False)
+    for key in ("company_name", "sms_sender", "email_from", "support_contact", "schedule",
+                "grace", "quiet_hours", "timezone", "sms_enabled", "credit_balance"):
+        table.add_row(key, str(data[key]))
+    console.print(table)
+
+
+@app.command()
+def create(
+    account_id: str = typer.Argument(..., metavar="ACCOUNT"),
+    company_name: str = typer.Option(..., "--company-name", help="Shown in every message."),
+    sms_sender: str | None = SenderOpt,
+    email_from: str | None = FromOpt,
+    contact_email: str | None = ContactOpt,
+    schedule: str | None = ScheduleOpt,
+    grace: str | None = GraceOpt,
+    quiet_hours: str | None = QuietOpt,
+    timezone: str | None = TzOpt,
+    support_contact: str | None = SupportOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create an account."""
+    opts = AccountOptions(company_name, sms_sender, email_from, contact_email, schedule, grace,
+                          quiet_hours, timezone, support_contact)
+    with session() as s:
+        create_account(s, account_id, opts)
+    _show(account_id, as_json)
+
+
+@app.command()
+def update(
+    account_id: str = typer.Argument(..., metavar="ACCOUNT"),
+    company_name: str | None = CompanyOpt,
+    sms_sender: str | None = SenderOpt,
+    email_from: str | None = FromOpt,
+    contact_email: str | None = ContactOpt,
+    schedule: str | None = ScheduleOpt,
+    grace: str | None = GraceOpt,
+    quiet_hours: str | None = QuietOpt,
+    timezone: str | None = TzOpt,
+    support_contact: str | None = SupportOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Change an account's settings; running cases use them from their next reminder on."""
+    opts = AccountOptions(company_name, sms_sender, email_from, contact_email, schedule, grace,
+                          quiet_hours, timezone, support_contact)
+    with session() as s:
+        update_account(s, account_id, opts)
+    _show(account_id, as_json)
+
+
+@app.command()
+def show(account_id: str = typer.Argument(..., metavar="ACCOUNT"), as_json: bool = JsonOpt) -> None:
+    """Show an account's settings and balance."""
+    _show(account_id, as_json)

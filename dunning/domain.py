@@ -1,0 +1,331 @@
+"""Pure domain types shared by the workflow, the activities and the clients.
+
+Nothing here does I/O or reads a clock: the workflow sandbox imports this module, so it must stay
+deterministic. Activity inputs and outputs are dataclasses (Temporal's default JSON converter);
+the workflow's own argument, query result and result are plain JSON objects so that any SDK or
+the `temporal` CLI can use them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from temporalio.common import SearchAttributeKey
+
+WORKFLOW_TYPE = "DunningWorkflow"
+
+# Signals and queries (contract names).
+SIGNAL_PAYMENT_RECOVERED = "payment_recovered"
+SIGNAL_CREDITS_ADDED = "credits_added"
+SIGNAL_CANCEL = "cancel"
+QUERY_STATUS = "status"
+
+# Activity names: the workflow refers to activities by name so that it never imports I/O code.
+ACT_REGISTER_CASE = "register_case"
+ACT_SEND_EMAIL = "send_email"
+ACT_SEND_SMS = "send_sms"
+ACT_RELEASE_SMS = "release_sms"
+ACT_FINISH_CASE = "finish_case"
+
+# Search attributes (contract names). No PII ever goes into one.
+SA_ACCOUNT_ID = SearchAttributeKey.for_keyword("DunningAccountId")
+SA_CUSTOMER_ID = SearchAttributeKey.for_keyword("DunningCustomerId")
+SA_STATE = SearchAttributeKey.for_keyword("DunningState")
+SA_SMS_PAUSED = SearchAttributeKey.for_bool("SmsPaused")
+SEARCH_ATTRIBUTES: tuple[SearchAttributeKey[Any], ...] = (
+    SA_ACCOUNT_ID,
+    SA_CUSTOMER_ID,
+    SA_STATE,
+    SA_SMS_PAUSED,
+)
+
+CaseState = Literal["active", "recovered", "exhausted", "canceled"]
+ReminderStatus = Literal["sent", "skipped", "failed", "pending"]
+Channel = Literal["email", "sms"]
+
+DEFAULT_SCHEDULE = "0d,3d,7d,14d"
+DEFAULT_GRACE = "7d"
+DEFAULT_QUIET_HOURS = "08:00-21:00"
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
+_CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class InputError(ValueError):
+    """A bad value from a user; `field` names what was wrong."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.message = message
+
+
+def workflow_id_for(account_id: str, invoice_id: str) -> str:
+    return f"dunning-{account_id}-{invoice_id}"
+
+
+def check_id(field_name: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise InputError(field_name, "required, a non-empty string")
+    if not _ID_RE.match(value):
+        raise InputError(
+            field_name,
+            "may hold only letters, digits and _ . : @ - (at most 128 characters)",
+        )
+    return value
+
+
+# --- durations and schedules ---------------------------------------------------------------
+
+
+def parse_duration(text: str, field_name: str = "duration") -> int:
+    """`<int><s|m|h|d>` -> seconds."""
+    m = _DURATION_RE.match(text or "")
+    if not m:
+        raise InputError(field_name, f"{text!r} is not a duration like 30s, 15m, 12h or 3d")
+    return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+def format_duration(seconds: int) -> str:
+    if seconds == 0:
+        return "0d"
+    for unit in ("d", "h", "m"):
+        size = _UNIT_SECONDS[unit]
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def parse_schedule(text: str) -> list[int]:
+    """`0d,3d,7d,14d` -> offsets in seconds, strictly increasing."""
+    parts = [p for p in (text or "").split(",") if p.strip()]
+    if not parts:
+        raise InputError("schedule", "needs at least one offset, e.g. 0d,3d,7d,14d")
+    offsets = [parse_duration(p, "schedule") for p in parts]
+    for a, b in zip(offsets, offsets[1:], strict=False):
+        if b < a:
+            raise InputError("schedule", "offsets must be in increasing order")
+    if len(offsets) > 50:
+        raise InputError("schedule", "at most 50 reminder steps")
+    return offsets
+
+
+def format_schedule(offsets: list[int]) -> str:
+    return ",".join(format_duration(o) for o in offsets)
+
+
+_QUIET_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_quiet_hours(text: str) -> str:
+    """`HH:MM-HH:MM` (the window in which SMS may be sent) or `off`."""
+    value = (text or "").strip().lower()
+    if value == "off":
+        return "off"
+    if not _QUIET_RE.match(value):
+        raise InputError("quiet-hours", f"{text!r} is not HH:MM-HH:MM (e.g. 08:00-21:00) or off")
+    start, end = value.split("-")
+    if start == end:
+        raise InputError("quiet-hours", "the sending window must not be empty")
+    return value
+
+
+# --- the workflow argument -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaseInput:
+    account_id: str
+    customer_id: str
+    invoice_id: str
+    amount_due: int
+    currency: str
+    billing_link: str
+    failed_at: datetime | None = None
+    customer_email: str | None = None
+    customer_name: str | None = None
+    plan: str | None = None
+
+
+_REQUIRED = ("account_id", "customer_id", "invoice_id", "amount_due", "currency", "billing_link")
+_OPTIONAL = ("failed_at", "customer_email", "customer_name", "plan")
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def parse_rfc3339(field_name: str, value: object) -> datetime:
+    if not isinstance(value, str):
+        raise InputError(field_name, "must be an RFC 3339 timestamp string")
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError(
+            field_name, f"{value!r} is not an RFC 3339 timestamp like 2026-01-31T09:00:00Z"
+        ) from None
+    if parsed.tzinfo is None:
+        raise InputError(field_name, "needs a time zone offset, e.g. Z or +02:00")
+    return parsed
+
+
+def parse_case_input(raw: object) -> CaseInput:
+    """Validate the workflow's JSON argument; InputError names the first bad field."""
+    if not isinstance(raw, dict):
+        raise InputError("input", "must be one JSON object")
+    missing = [k for k in _REQUIRED if raw.get(k) in (None, "")]
+    if missing:
+        raise InputError(missing[0], "is required")
+    unknown = sorted(set(raw) - set(_REQUIRED) - set(_OPTIONAL))
+    if unknown:
+        raise InputError(unknown[0], "is not a known field")
+    account_id = check_id("account_id", raw["account_id"])
+    customer_id = check_id("customer_id", raw["customer_id"])
+    invoice_id = check_id("invoice_id", raw["invoice_id"])
+    amount = raw["amount_due"]
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise InputError("amount_due", "must be an integer number of minor units (e.g. 4900)")
+    if amount <= 0:
+        raise InputError("amount_due", "must be greater than zero")
+    currency = raw["currency"]
+    if not isinstance(currency, str) or not _CURRENCY_RE.match(currency):
+        raise InputError("currency", "must be an ISO 4217 code in capitals, e.g. USD")
+    link = raw["billing_link"]
+    if (
+        not isinstance(link, str)
+        or not re.match(r"^https?://[^\s/$.?#][^\s]*$", link)
+        or len(link) > 2000
+    ):
+        raise InputError("billing_link", "must be an http(s) URL")
+    failed_at = parse_rfc3339("failed_at", raw["failed_at"]) if raw.get("failed_at") else None
+    email = raw.get("customer_email") or None
+    if email is not None and (not isinstance(email, str) or not _EMAIL_RE.match(email)):
+        raise InputError("customer_email", "is not an email address")
+    name = raw.get("customer_name") or None
+    if name is not None and (not isinstance(name, str) or len(name) > 200):
+        raise InputError("customer_name", "must be a string of at most 200 characters")
+    plan = raw.get("plan") or None
+    if plan is not None and (not isinstance(plan, str) or len(plan) > 100):
+        raise InputError("plan", "must be a string of at most 100 characters")
+    return CaseInput(
+        account_id=account_id,
+        customer_id=customer_id,
+        invoice_id=invoice_id,
+        amount_due=amount,
+        currency=currency,
+        billing_link=link,
+        failed_at=failed_at,
+        customer_email=email,
+        customer_name=name,
+        plan=plan,
+    )
+
+
+# --- activity inputs and outputs ----------------------------------------------------------
+
+
+@dataclass
+class RegisterCaseRequest:
+    workflow_id: str
+    account_id: str
+    customer_id: str
+    invoice_id: str
+    amount_due: int
+    currency: str
+    failed_at: datetime
+    customer_email: str | None = None
+    customer_name: str | None = None
+    plan: str | None = None
+
+
+@dataclass
+class CasePlan:
+    """What the workflow needs to know up front: the schedule. Everything else is read when due."""
+
+    offsets: list[int]
+    grace_seconds: int
+    error: str | None = None  # e.g. unknown account: fails the workflow without retries
+
+
+@dataclass
+class MessageRequest:
+    """One reminder on one channel. Contact details are looked up by the activity, never passed."""
+
+    workflow_id: str
+    account_id: str
+    customer_id: str
+    invoice_id: str
+    step: int  # 1-based
+    step_count: int
+    amount_due: int
+    currency: str
+    billing_link: str
+    failed_at: datetime
+    now: datetime  # workflow time when the step is handled (quiet hours, days overdue)
+    plan: str | None = None
+
+
+MessageOutcome = Literal["sent", "skipped", "failed", "no_credits", "quiet_hours"]
+
+
+@dataclass
+class MessageResult:
+    status: MessageOutcome
+    reason: str = ""
+    credits: int = 0
+    retry_at: datetime | None = None  # quiet hours: when the window opens
+
+
+@dataclass
+class ReleaseRequest:
+    workflow_id: str
+    step: int
+    reason: str
+
+
+@dataclass
+class FinishCaseRequest:
+    workflow_id: str
+    account_id: str
+    outcome: str
+    emails_sent: int
+    sms_sent: int
+    credits_spent: int
+    ended_at: datetime
+    recovered_amount: int = 0
+    last_channel: str | None = None
+
+
+@dataclass
+class Reminder:
+    step: int
+    channel: Channel
+    status: ReminderStatus
+    reason: str = ""
+    due_at: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "channel": self.channel,
+            "status": self.status,
+            "reason": self.reason,
+            "due_at": self.due_at,
+        }
+
+
+@dataclass
+class CaseTally:
+    emails_sent: int = 0
+    sms_sent: int = 0
+    credits_spent: int = 0
+    reminders: list[Reminder] = field(default_factory=list)
+
+
+def timedelta_seconds(seconds: int) -> timedelta:
+    return timedelta(seconds=seconds)

@@ -1,0 +1,217 @@
+"""A typed async client for billing systems: start, recover, cancel, status, top up.
+
+    async with await DunningClient.connect() as dunning:
+        await dunning.start_case(CaseRequest(account_id="acme", customer_id="cus_1", ...))
+        await dunning.recover("acme", "inv_1")
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from dunning import credits
+from dunning.db import Database
+from dunning.domain import (
+    QUERY_STATUS,
+    SA_ACCOUNT_ID,
+    SA_CUSTOMER_ID,
+    SA_SMS_PAUSED,
+    SA_STATE,
+    SIGNAL_CANCEL,
+    SIGNAL_CREDITS_ADDED,
+    SIGNAL_PAYMENT_RECOVERED,
+    WORKFLOW_TYPE,
+    InputError,
+    parse_case_input,
+    workflow_id_for,
+)
+from dunning.settings import Settings, get_settings
+from dunning.temporal import connect
+
+
+class CaseNotFound(LookupError):
+    """No dunning case exists for that account and invoice."""
+
+
+@dataclass
+class CaseRequest:
+    account_id: str
+    customer_id: str
+    invoice_id: str
+    amount_due: int
+    currency: str
+    billing_link: str
+    failed_at: datetime | None = None
+    customer_email: str | None = None
+    customer_name: str | None = None
+    plan: str | None = None
+
+    def as_input(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.failed_at is not None:
+            data["failed_at"] = self.failed_at.isoformat()
+        return data
+
+
+@dataclass
+class StartResult:
+    workflow_id: str
+    started: bool  # False: a case for this invoice already exists; nothing new was started
+    run_id: str | None = None
+
+
+@dataclass
+class TopUpResult:
+    account_id: str
+    balance: int
+    woken: int
+
+
+class DunningClient:
+    def __init__(self, client: Client, settings: Settings, db: Database | None = None) -> None:
+        self.client = client
+        self.settings = settings
+        self._db = db
+
+    @classmethod
+    async def connect(
+        cls, settings: Settings | None = None, db: Database | None = None
+    ) -> DunningClient:
+        cfg = settings or get_settings()
+        return cls(await connect(cfg), cfg, db)
+
+    async def __aenter__(self) -> DunningClient:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            self._db = Database(self.settings.effective_database_url, pool_size=2)
+        return self._db
+
+    def handle(self, account_id: str, invoice_id: str) -> WorkflowHandle[Any, Any]:
+        return self.client.get_workflow_handle(workflow_id_for(account_id, invoice_id))
+
+    async def start_case(self, request: CaseRequest) -> StartResult:
+        """Start the case for a failed invoice; starting the same invoice again is a no-op."""
+        raw = request.as_input()
+        parse_case_input(raw)  # the same validation as the workflow: fail here, early
+        wf_id = workflow_id_for(request.account_id, request.invoice_id)
+        try:
+            handle = await self.client.start_workflow(
+                WORKFLOW_TYPE,
+                raw,
+                id=wf_id,
+                task_queue=self.settings.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=TypedSearchAttributes([
+                    SA_ACCOUNT_ID.value_set(request.account_id),
+                    SA_CUSTOMER_ID.value_set(request.customer_id),
+                    SA_STATE.value_set("active"),
+                    SA_SMS_PAUSED.value_set(False),
+                ]),
+                static_summary=(
+                    f"Dunning invoice {request.invoice_id} of customer {request.customer_id}"
+                ),
+            )
+        except WorkflowAlreadyStartedError:
+            return StartResult(wf_id, False)
+        return StartResult(wf_id, True, handle.result_run_id)
+
+    async def recover(self, account_id: str, invoice_id: str, amount: int | None = None) -> None:
+        payload = {"amount": amount} if amount is not None else {}
+        await self._signal(account_id, invoice_id, SIGNAL_PAYMENT_RECOVERED, payload)
+
+    async def cancel(self, account_id: str, invoice_id: str, reason: str | None = None) -> None:
+        await self._signal(account_id, invoice_id, SIGNAL_CANCEL, {"reason": reason or ""})
+
+    async def status(self, account_id: str, invoice_id: str) -> dict[str, Any]:
+        handle = self.handle(account_id, invoice_id)
+        try:
+            result: dict[str, Any] = await handle.query(QUERY_STATUS)
+            desc = await handle.describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise CaseNotFound(f"no case for invoice {invoice_id!r} of {account_id!r}") from None
+            raise
+        result["workflow_id"] = handle.id
+        result["run_status"] = desc.status.name if desc.status else None
+        return result
+
+    async def _signal(self, account_id: str, invoice_id: str, name: str, payload: Any) -> None:
+        try:
+            await self.handle(account_id, invoice_id).signal(name, payload)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise CaseNotFound(
+                    f"no running case for invoice {invoice_id!r} of {account_id!r}"
+                ) from None
+            raise
+
+    async def top_up(self, account_id: str, amount: int) -> TopUpResult:
+        """Add credits, then wake the paused cases of the account."""
+        if amount <= 0:
+            raise InputError("amount", "must be a positive whole number of credits")
+        with self.db.session() as s:
+            balance = credits.top_up(s, account_id, amount)
+        woken = await self.wake_paused(account_id)
+        return TopUpResult(account_id, balance, woken)
+
+    async def wake_paused(self, account_id: str, concurrency: int = 64) -> int:
+        """Signal `credits_added` to the cases waiting for credits, oldest first.
+
+        The database's waiter list is the source of truth (visibility is eventually consistent);
+        a visibility query adds any case the list might have missed. Only as many cases as the
+        balance can serve are woken, so a small top-up causes no stampede of failed
+        reservations; the rest stay paused and are woken by the next top-up (or their own
+        periodic re-check).
+        """
+        with self.db.session() as s:
+            balance = credits.balance_of(s, account_id)
+            waiting = credits.waiters(s, account_id)
+        chosen: list[str] = []
+        budget = balance
+        for workflow_id, needed, _since in waiting:
+            if needed > budget:
+                break
+            budget -= needed
+            chosen.append(workflow_id)
+        if budget > 0:
+            known = {w for w, _, _ in waiting}
+            query = (
+                f"{SA_ACCOUNT_ID.name} = '{account_id}' AND {SA_SMS_PAUSED.name} = true "
+                "AND ExecutionStatus = 'Running'"
+            )
+            async for wf in self.client.list_workflows(query):
+                if wf.id not in known and len(chosen) < balance:
+                    chosen.append(wf.id)
+        sem = asyncio.Semaphore(concurrency)
+
+        async def _wake(workflow_id: str) -> bool:
+            async with sem:
+                try:
+                    await self.client.get_workflow_handle(workflow_id).signal(
+                        SIGNAL_CREDITS_ADDED, {"account_id": account_id}
+                    )
+                    return True
+                except RPCError as err:
+                    if err.status == RPCStatusCode.NOT_FOUND:
+                        return False
+                    raise
+
+        results = await asyncio.gather(*(_wake(w) for w in chosen))
+        return sum(1 for r in results if r)

@@ -1,0 +1,1 @@
+"""Real servers on loopback that answer like the providers (the machine's edge)."""

@@ -1,0 +1,5 @@
+"""Temporal workflows (deterministic code only)."""
+
+from workflows.dunning import DunningWorkflow
+
+__all__ = ["DunningWorkflow"]

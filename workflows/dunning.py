@@ -1,0 +1,323 @@
+"""DunningWorkflow: one durable workflow per failed payment.
+
+Read top to bottom, this is the whole reminder logic:
+1. Validate the argument (a bad one fails the case at once, naming the field) and register the
+   case, which returns the account's schedule.
+2. Run two lanes side by side, email and SMS. Each sleeps until its next step is due, then asks an
+   activity to send. A step that is overtaken by a later due step (a late start, a long pause) is
+   skipped with that reason: customers never get a burst of stale reminders.
+3. The SMS lane pauses when the account has no credits (`SmsPaused` = true) and waits for a
+   `credits_added` signal, re-checking periodically so no wake-up is ever lost; email goes on.
+   Quiet hours in the recipient's time zone hold an SMS back the same way.
+4. `payment_recovered` or `cancel` ends the case at once: lanes check before every send. After the
+   last step and the grace period the outcome is `exhausted`.
+
+No I/O here: every side effect is an activity, referenced by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from dunning.domain import (
+        ACT_FINISH_CASE,
+        ACT_REGISTER_CASE,
+        ACT_RELEASE_SMS,
+        ACT_SEND_EMAIL,
+        ACT_SEND_SMS,
+        QUERY_STATUS,
+        SA_ACCOUNT_ID,
+        SA_CUSTOMER_ID,
+        SA_SMS_PAUSED,
+        SA_STATE,
+        SIGNAL_CANCEL,
+        SIGNAL_CREDITS_ADDED,
+        SIGNAL_PAYMENT_RECOVERED,
+        WORKFLOW_TYPE,
+        CaseInput,
+        CasePlan,
+        FinishCaseRequest,
+        InputError,
+        MessageRequest,
+        MessageResult,
+        RegisterCaseRequest,
+        ReleaseRequest,
+        Reminder,
+        parse_case_input,
+    )
+
+BOOKKEEPING = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1),
+                                maximum_interval=timedelta(minutes=1)),
+}
+SEND = {
+    "start_to_close_timeout": timedelta(seconds=60),
+    # Transient provider failures are retried with backoff for up to a day, then given up.
+    "schedule_to_close_timeout": timedelta(hours=24),
+    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
+                                maximum_interval=timedelta(minutes=10)),
+}
+CREDITS_RECHECK = timedelta(hours=1)  # safety net for a lost `credits_added` signal
+
+
+@workflow.defn(name=WORKFLOW_TYPE)
+class DunningWorkflow:
+    def __init__(self) -> None:
+        self._outcome: str | None = None
+        self._outcome_reason = ""
+        self._recovered_amount = 0
+        self._credits_seq = 0
+        self._sms_paused = False
+        self._waiting_for = "starting"
+        self._due: list[datetime] = []
+        self._end_at: datetime | None = None
+        self._reminders: dict[tuple[int, str], Reminder] = {}
+        self._lanes_done = 0
+        self._emails_sent = self._sms_sent = self._credits_spent = 0
+        self._last_channel: str | None = None
+        self._amount_due = 0
+        self._failed_at = datetime.min
+
+    # --- the case, top to bottom -----------------------------------------------------------
+
+    @workflow.run
+    async def run(self, raw: dict[str, Any]) -> dict[str, Any]:
+        case = self._parse(raw)
+        failed_at = self._failed_at = case.failed_at or workflow.now()
+        workflow.upsert_search_attributes([
+            SA_ACCOUNT_ID.value_set(case.account_id),
+            SA_CUSTOMER_ID.value_set(case.customer_id),
+            SA_STATE.value_set("active"),
+            SA_SMS_PAUSED.value_set(False),
+        ])
+        plan: CasePlan = await workflow.execute_activity(
+            ACT_REGISTER_CASE,
+            RegisterCaseRequest(
+                workflow.info().workflow_id, case.account_id, case.customer_id, case.invoice_id,
+                case.amount_due, case.currency, failed_at, case.customer_email,
+                case.customer_name, case.plan,
+            ),
+            result_type=CasePlan,
+            **BOOKKEEPING,  # type: ignore[arg-type]
+        )
+        if plan.error:
+            raise ApplicationError(plan.error, type="InvalidInput", non_retryable=True)
+
+        self._due = [failed_at + timedelta(seconds=o) for o in plan.offsets]
+        self._end_at = self._due[-1] + timedelta(seconds=plan.grace_seconds)
+        for step, due in enumerate(self._due, start=1):
+            for channel in ("email", "sms"):
+                self._reminders[(step, channel)] = Reminder(
+                    step, channel, "pending", "", due.isoformat()  # type: ignore[arg-type]
+                )
+
+        lanes = [
+            asyncio.create_task(self._lane(case, "email")),
+            asyncio.create_task(self._lane(case, "sms")),
+        ]
+        await workflow.wait_condition(lambda: self._outcome is not None or self._lanes_done == 2)
+        if self._outcome is None:
+            self._describe("grace period: the schedule is done, a payment may still come")
+            if await self._sleep_until(self._end_at):
+                self._outcome = "exhausted"
+        await asyncio.gather(*lanes)
+        return await self._finish(case)
+
+    async def _lane(self, case: CaseInput, channel: str) -> None:
+        """One channel's reminders, step by step."""
+        step, retrying = 1, False
+        while step <= len(self._due):
+            if not await self._sleep_until(self._due[step - 1]):
+                break
+            overtaken = self._overtaken(step, retrying)
+            if overtaken:
+                self._record(step, channel, "skipped", overtaken)
+                step, retrying = step + 1, False
+                continue
+            result = await self._send(case, step, channel)
+            if result.status == "no_credits":
+                await self._wait_for_credits(step, result.reason)
+                retrying = True
+                continue
+            if result.status == "quiet_hours":
+                assert result.retry_at is not None
+                self._describe(f"step {step} SMS held for the recipient's quiet hours")
+                await self._sleep_until(min(result.retry_at, self._next_due(step)))
+                retrying = True
+                continue
+            if channel == "sms":
+                self._set_paused(False)
+            self._record(step, channel, result.status, result.reason, result.credits)
+            step, retrying = step + 1, False
+        if channel == "sms":
+            self._set_paused(False)
+        self._lanes_done += 1
+
+    async def _wait_for_credits(self, step: int, reason: str) -> None:
+        """Pause the SMS lane until credits are added, the next step is due, or the case ends."""
+        self._set_paused(True)
+        self._describe(f"SMS paused at step {step}, waiting for credits ({reason})")
+        seq = self._credits_seq
+        deadline = min(self._next_due(step), workflow.now() + CREDITS_RECHECK)
+        try:
+            await workflow.wait_condition(
+                lambda: self._outcome is not None or self._credits_seq != seq,
+                timeout=max(timedelta(0), deadline - workflow.now()),
+            )
+        except TimeoutError:
+            pass  # re-check: a lost signal never leaves a case paused for good
+
+    async def _send(self, case: CaseInput, step: int, channel: str) -> MessageResult:
+        request = MessageRequest(
+            workflow.info().workflow_id, case.account_id, case.customer_id, case.invoice_id,
+            step, len(self._due), case.amount_due, case.currency, case.billing_link,
+            self._failed_at, workflow.now(),
+            case.plan,
+        )
+        self._describe(f"sending step {step} {channel}")
+        try:
+            return await workflow.execute_activity(
+                ACT_SEND_EMAIL if channel == "email" else ACT_SEND_SMS,
+                request,
+                result_type=MessageResult,
+                **SEND,  # type: ignore[arg-type]
+            )
+        except ActivityError as err:
+            reason = f"provider kept failing: {err.cause or err}"[:300]
+            if channel == "sms":
+                await workflow.execute_activity(
+                    ACT_RELEASE_SMS, ReleaseRequest(request.workflow_id, step, reason),
+                    **BOOKKEEPING,  # type: ignore[arg-type]
+                )
+            return MessageResult("failed", reason)
+
+    async def _finish(self, case: CaseInput) -> dict[str, Any]:
+        outcome = self._outcome or "exhausted"
+        for reminder in self._reminders.values():
+            if reminder.status == "pending":
+                reminder.status = "skipped"
+                reminder.reason = f"case {outcome}" + (
+                    f": {self._outcome_reason}" if self._outcome_reason else ""
+                )
+        self._set_paused(False)
+        workflow.upsert_search_attributes([SA_STATE.value_set(outcome)])
+        self._describe(f"case {outcome}")
+        await workflow.execute_activity(
+            ACT_FINISH_CASE,
+            FinishCaseRequest(
+                workflow.info().workflow_id, case.account_id, outcome, self._emails_sent,
+                self._sms_sent, self._credits_spent, workflow.now(),
+                self._recovered_amount if outcome == "recovered" else 0, self._last_channel,
+            ),
+            **BOOKKEEPING,  # type: ignore[arg-type]
+        )
+        return {
+            "outcome": outcome,
+            "emails_sent": self._emails_sent,
+            "sms_sent": self._sms_sent,
+            "credits_spent": self._credits_spent,
+        }
+
+    # --- signals and query ----------------------------------------------------------------
+
+    @workflow.signal(name=SIGNAL_PAYMENT_RECOVERED)
+    async def payment_recovered(self, payload: dict[str, Any] | None = None) -> None:
+        if self._outcome is None:
+            self._outcome = "recovered"
+            amount = (payload or {}).get("amount")
+            self._recovered_amount = amount if isinstance(amount, int) else self._amount_due
+
+    @workflow.signal(name=SIGNAL_CANCEL)
+    async def cancel(self, payload: dict[str, Any] | None = None) -> None:
+        if self._outcome is None:
+            self._outcome = "canceled"
+            self._outcome_reason = str((payload or {}).get("reason") or "")[:200]
+
+    @workflow.signal(name=SIGNAL_CREDITS_ADDED)
+    async def credits_added(self, payload: dict[str, Any] | None = None) -> None:
+        self._credits_seq += 1
+
+    @workflow.query(name=QUERY_STATUS)
+    def status(self) -> dict[str, Any]:
+        pending = [r.due_at for r in self._reminders.values() if r.status == "pending"]
+        return {
+            "state": self._outcome or "active",
+            "sms_paused": self._sms_paused,
+            "next_reminder_at": min(pending) if pending and self._outcome is None else None,
+            "waiting_for": self._waiting_for,
+            "reminders": [
+                r.as_json() for _, r in sorted(self._reminders.items(), key=lambda kv: kv[0])
+            ],
+            "emails_sent": self._emails_sent,
+            "sms_sent": self._sms_sent,
+            "credits_spent": self._credits_spent,
+        }
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _parse(self, raw: Any) -> CaseInput:
+        try:
+            case = parse_case_input(raw)
+        except InputError as err:
+            raise ApplicationError(
+                f"invalid input: {err}", {"field": err.field}, type="InvalidInput",
+                non_retryable=True,
+            ) from None
+        self._amount_due = case.amount_due
+        return case
+
+    async def _sleep_until(self, when: datetime) -> bool:
+        """Sleep until `when` or until the case ends; True if the case is still active."""
+        delay = when - workflow.now()
+        if delay > timedelta(0) and self._outcome is None:
+            self._describe(f"next: {when.isoformat()}")
+            try:
+                await workflow.wait_condition(lambda: self._outcome is not None, timeout=delay)
+            except TimeoutError:
+                pass
+        return self._outcome is None
+
+    def _next_due(self, step: int) -> datetime:
+        """When step `step` stops being the latest due one: the next step, or the case's end."""
+        assert self._end_at is not None
+        return self._due[step] if step < len(self._due) else self._end_at
+
+    def _overtaken(self, step: int, retrying: bool) -> str:
+        """Why step `step` is no longer worth sending ('' if it still is)."""
+        if step < len(self._due):
+            return "a later reminder was already due" if self._due[step] <= workflow.now() else ""
+        assert self._end_at is not None
+        if retrying and workflow.now() >= self._end_at:
+            return "the schedule ended before it could be sent"
+        return ""
+
+    def _record(self, step: int, channel: str, status: str, reason: str, credits: int = 0) -> None:
+        self._reminders[(step, channel)] = Reminder(
+            step, channel, status, reason,  # type: ignore[arg-type]
+            self._reminders[(step, channel)].due_at,
+        )
+        if status == "sent":
+            self._last_channel = channel
+            if channel == "email":
+                self._emails_sent += 1
+            else:
+                self._sms_sent += 1
+        if channel == "sms":
+            self._credits_spent += credits if status in ("sent", "failed") else 0
+
+    def _set_paused(self, paused: bool) -> None:
+        if paused != self._sms_paused:
+            self._sms_paused = paused
+            workflow.upsert_search_attributes([SA_SMS_PAUSED.value_set(paused)])
+
+    def _describe(self, text: str) -> None:
+        self._waiting_for = text
+        workflow.set_current_details(text)
