@@ -53,6 +53,7 @@ from dunning.domain import (
     ReleaseRequest,
     parse_schedule,
 )
+from dunning.pricing import sms_cost
 from dunning.providers import (
     AmbiguousProviderError,
     PermanentProviderError,
@@ -349,12 +350,10 @@ class DunningActivities:
         template = sms_template_for(s, req.account_id, req.plan or customer.plan)
         text = render_sms(template, _context(account, customer, req))
         info = count_segments(text)
-        cost = info.segments * self._rate(s, account, customer)
+        cost = sms_cost(s, account.id, customer.phone_region, info.segments)
         sms = OutgoingSms(account.sms_sender, customer.phone_e164, text)
         return sms, cost, info.segments, info.encoding
 
-    def _rate(self, s: Session, account: Account, customer: Customer) -> int:
-        return 1
 
     @activity.defn(name=ACT_RELEASE_SMS)
     def release_sms(self, req: ReleaseRequest) -> None:

@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from dunning.cli import accounts, cases, credits, phones, server, sms
+from dunning.cli import accounts, cases, credits, email, phones, server, sms
 from dunning.cli.common import UserError, err_console
 from dunning.domain import InputError
 from dunning.settings import SettingsError
@@ -22,6 +22,7 @@ app = typer.Typer(
 app.add_typer(accounts.app, name="account")
 app.add_typer(phones.app, name="phones")
 app.add_typer(sms.app, name="sms")
+app.add_typer(email.app, name="email")
 app.add_typer(credits.app, name="credits")
 cases.register(app)
 server.register(app)
