@@ -244,6 +244,7 @@ class DunningActivities:
 
     @activity.defn(name=ACT_SEND_EMAIL)
     def send_email(self, req: MessageRequest) -> MessageResult:
+        activity.heartbeat()
         key = _key(req, "email")
         try:
             return self._send_email(key, req)
@@ -281,6 +282,7 @@ class DunningActivities:
 
     @activity.defn(name=ACT_SEND_SMS)
     def send_sms(self, req: MessageRequest) -> MessageResult:
+        activity.heartbeat()
         key = _key(req, "sms")
         try:
             with self.db.session() as s:
@@ -432,6 +434,7 @@ class DunningActivities:
         return MessageResult("failed", UNKNOWN_REASON, row.credits)
 
     def _deliver(self, row_id: int, call: Any, *, refund: bool) -> MessageResult:
+        activity.heartbeat()
         try:
             provider_id = call()
         except TransientProviderError as exc:

@@ -60,6 +60,7 @@ BOOKKEEPING = {
 }
 SEND = {
     "start_to_close_timeout": timedelta(seconds=60),
+    "heartbeat_timeout": timedelta(seconds=15),  # a killed worker's send is retried soon
     # Transient provider failures are retried with backoff for up to a day, then given up.
     "schedule_to_close_timeout": timedelta(hours=24),
     "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,

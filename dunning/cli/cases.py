@@ -1,7 +1,162 @@
-"""Case commands (start, recover, cancel, status)."""
+"""Case commands: `dunning start|recover|cancel|status`. These talk to Temporal."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import typer
+from rich.table import Table
+from sqlalchemy import select
+from temporalio.service import RPCError
+
+from dunning.cli.common import JsonOpt, console, database, fail, print_json, settings
+from dunning.db.models import Message
+from dunning.domain import InputError, check_id, parse_rfc3339, workflow_id_for
+from starter import CaseNotFound, CaseRequest, DunningClient
+
+T = TypeVar("T")
+
+AccountOpt = typer.Option(..., "--account", help="Account id.")
+InvoiceOpt = typer.Option(..., "--invoice", help="Invoice id from the billing system.")
+
+
+def run_with_client(fn: Callable[[DunningClient], Awaitable[T]]) -> T:
+    """Connect to Temporal and run `fn`; connection and lookup problems become user errors."""
+
+    async def _go() -> T:
+        cfg = settings()
+        try:
+            client = await DunningClient.connect(cfg, database())
+        except RuntimeError as exc:
+            fail(f"cannot reach Temporal at DUNNING_TEMPORAL_ADDRESS={cfg.temporal_address} "
+                 f"(namespace {cfg.temporal_namespace}): {str(exc).splitlines()[0]}")
+        try:
+            return await fn(client)
+        except CaseNotFound as exc:
+            fail(str(exc))
+        except RPCError as exc:
+            fail(f"Temporal refused the request: {exc.message}")
+
+    return asyncio.run(_go())
+
+
+def start(
+    account: str = AccountOpt,
+    customer: str = typer.Option(..., "--customer", help="Customer id from the billing system."),
+    invoice: str = InvoiceOpt,
+    amount: int = typer.Option(..., "--amount", help="Amount due in minor units (4900 = 49.00)."),
+    currency: str = typer.Option(..., "--currency", help="ISO 4217 code, e.g. USD."),
+    billing_link: str = typer.Option(..., "--billing-link", help="Where the customer pays."),
+    email: str | None = typer.Option(None, "--email", help="Customer's email address."),
+    name: str | None = typer.Option(None, "--name", help="Customer's name."),
+    plan: str | None = typer.Option(None, "--plan", help="Customer's plan (per-plan templates)."),
+    failed_at: str | None = typer.Option(
+        None, "--failed-at", help="When the payment failed (RFC 3339); default: now."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Start the dunning case for a failed invoice (once per invoice)."""
+    request = CaseRequest(
+        account_id=account, customer_id=customer, invoice_id=invoice, amount_due=amount,
+        currency=currency, billing_link=billing_link,
+        failed_at=parse_rfc3339("failed-at", failed_at) if failed_at else None,
+        customer_email=email, customer_name=name, plan=plan,
+    )
+    with database().session() as s:
+        from dunning.accounts import get_account
+
+        get_account(s, account)
+    result = run_with_client(lambda c: c.start_case(request))
+    data = {"workflow_id": result.workflow_id, "started": result.started,
+            "run_id": result.run_id}
+    if as_json:
+        print_json(data)
+    elif result.started:
+        console.print(f"started case [bold]{result.workflow_id}[/bold]")
+    else:
+        console.print(f"a case for invoice {invoice} exists already: {result.workflow_id} "
+                      "(nothing new started)")
+
+
+def recover(
+    account: str = AccountOpt,
+    invoice: str = InvoiceOpt,
+    amount: int | None = typer.Option(None, "--amount", help="Amount recovered (minor units)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Tell a case the payment was recovered: it stops at once."""
+    _ids(account, invoice)
+    run_with_client(lambda c: c.recover(account, invoice, amount))
+    _done(account, invoice, "payment_recovered", as_json)
+
+
+def cancel(
+    account: str = AccountOpt,
+    invoice: str = InvoiceOpt,
+    reason: str | None = typer.Option(None, "--reason", help="Why (kept in the case)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Cancel a case: no further reminders."""
+    _ids(account, invoice)
+    run_with_client(lambda c: c.cancel(account, invoice, reason))
+    _done(account, invoice, "cancel", as_json)
+
+
+def status(account: str = AccountOpt, invoice: str = InvoiceOpt, as_json: bool = JsonOpt) -> None:
+    """A case's state, its reminders and their delivery."""
+    _ids(account, invoice)
+    data = run_with_client(lambda c: c.status(account, invoice))
+    _add_delivery(data, workflow_id_for(account, invoice))
+    if as_json:
+        print_json(data)
+        return
+    console.print(f"[bold]{data['workflow_id']}[/bold]  state: {data['state']}  "
+                  f"sms paused: {data['sms_paused']}  next: {data['next_reminder_at'] or '-'}")
+    console.print(f"now: {data.get('waiting_for', '')}")
+    table = Table("step", "channel", "status", "delivery", "reason", "due")
+    for r in data["reminders"]:
+        table.add_row(str(r["step"]), r["channel"], r["status"], r.get("delivery") or "",
+                      r["reason"], r["due_at"])
+    console.print(table)
+
+
+def _ids(account: str, invoice: str) -> None:
+    try:
+        check_id("account", account)
+        check_id("invoice", invoice)
+    except InputError as exc:
+        fail(str(exc))
+
+
+def _done(account: str, invoice: str, signal: str, as_json: bool) -> None:
+    wf = workflow_id_for(account, invoice)
+    if as_json:
+        print_json({"workflow_id": wf, "signal": signal, "ok": True})
+    else:
+        console.print(f"sent {signal} to {wf}")
+
+
+def _add_delivery(data: dict[str, Any], workflow_id: str) -> None:
+    """Merge the provider's delivery state (from delivery reports) into each reminder."""
+    with database().session() as s:
+        rows = s.scalars(
+            select(Message).where(Message.workflow_id == workflow_id).order_by(Message.id)
+        ).all()
+    latest = {(r.step, r.channel): r for r in rows}
+    for reminder in data.get("reminders", []):
+        row = latest.get((reminder["step"], reminder["channel"]))
+        if row is not None:
+            reminder["delivery"] = row.delivery_status or (
+                "accepted" if row.status == "sent" else None
+            )
+            if row.delivery_error:
+                reminder["delivery_error"] = row.delivery_error
 
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command()(start)
+    app.command()(recover)
+    app.command()(cancel)
+    app.command()(status)

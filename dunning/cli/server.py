@@ -1,7 +1,174 @@
-"""Case commands (start, recover, cancel, status)."""
+"""Running the engine: `dunning dev-server|worker|webhooks|codec-server|up|demo|db upgrade`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
 
 import typer
 
+from dunning.cli.common import JsonOpt, console, database, err_console, fail, print_json, settings
+from dunning.temporal import dev_server_command
+
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade(as_json: bool = JsonOpt) -> None:
+    """Apply database migrations (idempotent)."""
+    db = database()
+    if as_json:
+        print_json({"database": db.engine.url.render_as_string(hide_password=True),
+                    "status": "up to date"})
+    else:
+        console.print(f"database schema up to date ({db.dialect})")
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+
+def dev_server(
+    port: int = typer.Option(7233, "--port", help="Frontend gRPC port."),
+    ui_port: int = typer.Option(8233, "--ui-port", help="Web UI port."),
+    headless: bool = typer.Option(False, "--headless", help="No web UI."),
+    codec_endpoint: str | None = typer.Option(
+        None, "--ui-codec-endpoint", help="Codec server the UI uses to show payloads."
+    ),
+) -> None:
+    """The embedded Temporal dev server, persisted under DUNNING_DATA_DIR, with the search
+    attributes registered."""
+    cmd = dev_server_command(settings(), port=port, ui_port=ui_port, headless=headless,
+                             codec_endpoint=codec_endpoint)
+    err_console.print(f"Temporal dev server on 127.0.0.1:{port}"
+                      + ("" if headless else f", UI http://127.0.0.1:{ui_port}"))
+    proc = subprocess.Popen(cmd)
+    try:
+        sys.exit(proc.wait())
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+
+
+def worker() -> None:
+    """The Temporal worker (workflows and activities). Start more to scale out."""
+    from worker import run_worker
+
+    _logging()
+    cfg = settings()
+    database()  # migrate first, with a clear error if the database is unreachable
+    try:
+        asyncio.run(run_worker(cfg))
+    except RuntimeError as exc:
+        fail(f"worker stopped: {str(exc).splitlines()[0]} "
+             f"(DUNNING_TEMPORAL_ADDRESS={cfg.temporal_address})")
+
+
+def webhooks() -> None:
+    """The HTTP server for provider and billing webhooks."""
+    from dunning.webhooks.server import run_webhooks
+
+    _logging()
+    database()
+    run_webhooks(settings())
+
+
+def codec_server(
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8081, "--port"),
+) -> None:
+    """Temporal's /encode and /decode endpoints, so the UI and CLI can read payloads."""
+    from dunning.codec_server import run_codec_server
+
+    _logging()
+    run_codec_server(settings(), host, port)
+
+
+def _port_open(host: str, port: int) -> bool:
+    with contextlib.closing(socket.socket()) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def start_dev_server_if_needed(ui: bool = True) -> subprocess.Popen[bytes] | None:
+    """Start the embedded dev server when DUNNING_TEMPORAL_ADDRESS is local and nothing
+    listens there; returns the process (None when a server is already there)."""
+    cfg = settings()
+    host, _, port_s = cfg.temporal_address.rpartition(":")
+    port = int(port_s)
+    if _port_open(host or "127.0.0.1", port):
+        return None
+    if host not in ("localhost", "127.0.0.1", ""):
+        fail(f"no Temporal server at DUNNING_TEMPORAL_ADDRESS={cfg.temporal_address}")
+    cmd = dev_server_command(cfg, port=port, ui_port=port + 1000, headless=not ui)
+    log = open(cfg.data_dir / "temporal-dev-server.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while not _port_open("127.0.0.1", port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            fail(f"the Temporal dev server did not start; see {log.name}")
+        time.sleep(0.2)
+    return proc
+
+
+def up() -> None:
+    """Dev server (when none is running), migrations, worker and webhook server, until Ctrl-C."""
+    _logging()
+    cfg = settings()
+    database()
+    proc = start_dev_server_if_needed()
+    if proc is not None:
+        port = int(cfg.temporal_address.rpartition(":")[2])
+        console.print(f"Temporal dev server started; UI: http://127.0.0.1:{port + 1000}")
+    console.print(f"worker on task queue '{cfg.task_queue}', webhooks on "
+                  f"http://{cfg.http_host}:{cfg.http_port}; Ctrl-C stops")
+    try:
+        asyncio.run(_run_all(cfg))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=20)
+
+
+async def _run_all(cfg: Any) -> None:
+    from dunning.webhooks.server import serve_webhooks
+    from worker import run_worker
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await asyncio.gather(run_worker(cfg, stop), serve_webhooks(cfg, stop))
+
+
+def demo(
+    keep: bool = typer.Option(False, "--keep", help="Leave the stack running to explore."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """A self-contained showcase on free ports that exits by itself."""
+    from dunning.demo import run_demo
+
+    run_demo(keep=keep, as_json=as_json)
+
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command("dev-server")(dev_server)
+    app.command()(worker)
+    app.command()(webhooks)
+    app.command("codec-server")(codec_server)
+    app.command()(up)
+    app.command()(demo)
+    app.add_typer(db_app, name="db")
