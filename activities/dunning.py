@@ -33,10 +33,8 @@ from dunning.db.models import (
     Account,
     Case,
     Customer,
-    EmailTemplate,
     Message,
     OptOut,
-    SmsTemplate,
     utcnow,
 )
 from dunning.domain import (
@@ -53,7 +51,6 @@ from dunning.domain import (
     ReleaseRequest,
     parse_schedule,
 )
-from dunning.pricing import sms_cost
 from dunning.providers import (
     AmbiguousProviderError,
     PermanentProviderError,
@@ -65,11 +62,8 @@ from dunning.providers import (
 from dunning.providers.email import EmailProvider, OutgoingEmail
 from dunning.providers.sms import OutgoingSms, SmsProvider
 from dunning.quiet_hours import next_allowed, zones_for
-from dunning.segments import count_segments
+from dunning.sms_settings import email_template_for, quote_sms, sms_template_for
 from dunning.templates import (
-    DEFAULT_EMAIL_BODY,
-    DEFAULT_EMAIL_SUBJECT,
-    DEFAULT_SMS_TEMPLATE,
     TemplateContext,
     format_amount,
     render,
@@ -127,37 +121,6 @@ def _context(account: Account, customer: Customer | None, req: MessageRequest) -
         days_overdue=overdue,
         support_contact=account.support_contact or account.email_from or "",
     )
-
-
-def sms_template_for(session: Session, account_id: str, plan: str | None) -> str:
-    rows = {
-        t.plan: t.body
-        for t in session.scalars(
-            select(SmsTemplate).where(
-                SmsTemplate.account_id == account_id, SmsTemplate.plan.in_([plan or "", ""])
-            )
-        )
-    }
-    return rows.get(plan or "") or rows.get("") or DEFAULT_SMS_TEMPLATE
-
-
-def email_template_for(
-    session: Session, account_id: str, step: int, plan: str | None
-) -> tuple[str, str]:
-    rows = {
-        (t.step, t.plan): (t.subject, t.body)
-        for t in session.scalars(
-            select(EmailTemplate).where(
-                EmailTemplate.account_id == account_id,
-                EmailTemplate.step.in_([step, 0]),
-                EmailTemplate.plan.in_([plan or "", ""]),
-            )
-        )
-    }
-    for k in ((step, plan or ""), (step, ""), (0, plan or ""), (0, "")):
-        if k in rows:
-            return rows[k]
-    return DEFAULT_EMAIL_SUBJECT, DEFAULT_EMAIL_BODY
 
 
 class DunningActivities:
@@ -351,10 +314,9 @@ class DunningActivities:
             )
         template = sms_template_for(s, req.account_id, req.plan or customer.plan)
         text = render_sms(template, _context(account, customer, req))
-        info = count_segments(text)
-        cost = sms_cost(s, account.id, customer.phone_region, info.segments)
+        quote = quote_sms(s, account.id, customer.phone_region, text)
         sms = OutgoingSms(account.sms_sender, customer.phone_e164, text)
-        return sms, cost, info.segments, info.encoding
+        return sms, quote.credits, quote.segments, quote.encoding
 
 
     @activity.defn(name=ACT_RELEASE_SMS)
@@ -443,7 +405,9 @@ class DunningActivities:
                     update(Message).where(Message.id == row_id, Message.status == "claimed")
                     .values(status="retry", reason=exc.reason[:400], updated_at=utcnow())
                 )
-            raise ApplicationError(f"provider unavailable: {exc.reason}", type="Transient")
+            raise ApplicationError(
+                f"provider unavailable: {exc.reason}", type="Transient"
+            ) from None
         except (PermanentProviderError, AmbiguousProviderError, ProviderError) as exc:
             with self.db.session() as s:
                 row = s.get(Message, row_id)

@@ -1,5 +1,92 @@
 """`dunning email ...` (email templates)."""
 
+from __future__ import annotations
+
 import typer
 
+from dunning import sms_settings
+from dunning.cli.common import JsonOpt, print_json, session
+
 app = typer.Typer(help="Email templates per step and plan.", no_args_is_help=True)
+template_app = typer.Typer(help="Email templates (per step and per plan).", no_args_is_help=True)
+app.add_typer(template_app, name="template")
+
+AccountOpt = typer.Option(..., "--account", help="The account id.")
+PlanOpt = typer.Option(None, "--plan", help="A customer plan; without it, the account default.")
+StepOpt = typer.Option(0, "--step", help="Reminder step, 1-based; 0 (default) = every step.")
+
+
+@template_app.command("set")
+def template_set(
+    account: str = AccountOpt,
+    subject: str = typer.Option(..., "--subject", help="Subject line; variables allowed."),
+    body: str = typer.Option(..., "--body", help="Body text; must contain {billing_link}."),
+    step: int = StepOpt,
+    plan: str | None = PlanOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Set the email template for a step (or every step) and a plan (or the default)."""
+    with session() as s:
+        data = sms_settings.set_email_template(s, account, subject, body, step=step, plan=plan)
+    if as_json:
+        print_json(data)
+        return
+    where = f"step {data['step']}" if data["step"] else "every step"
+    typer.echo(f"Email template saved for {where}"
+               + (f", plan {data['plan']!r}" if data["plan"] else "") + ".")
+
+
+@template_app.command("clear")
+def template_clear(
+    account: str = AccountOpt,
+    step: int = StepOpt,
+    plan: str | None = PlanOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Remove an email template (the next less specific one applies again)."""
+    with session() as s:
+        sms_settings.clear_email_template(s, account, step=step, plan=plan)
+        data = sms_settings.email_templates_json(s, account)
+    if as_json:
+        print_json(data)
+    else:
+        typer.echo("Email template removed.")
+
+
+@template_app.command("show")
+def template_show(account: str = AccountOpt, as_json: bool = JsonOpt) -> None:
+    """Show the account's email templates (and the built-in default)."""
+    with session() as s:
+        data = sms_settings.email_templates_json(s, account)
+    if as_json:
+        print_json(data)
+        return
+    if not data["templates"]:
+        typer.echo("No email templates set; every step uses the built-in default:")
+        typer.echo(f"Subject: {data['default']['subject']}")
+        typer.echo(data["default"]["body"])
+        return
+    for t in data["templates"]:
+        where = f"step {t['step']}" if t["step"] else "every step"
+        typer.echo(f"--- {where}" + (f", plan {t['plan']!r}" if t["plan"] else "") + " ---")
+        typer.echo(f"Subject: {t['subject']}")
+        typer.echo(t["body"])
+
+
+@app.command()
+def preview(
+    account: str = AccountOpt,
+    step: int = typer.Option(1, "--step", help="Reminder step, 1-based."),
+    plan: str | None = PlanOpt,
+    currency: str = typer.Option("USD", "--currency", help="The sample invoice's currency."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The email of a step as a sample customer would get it."""
+    with session() as s:
+        data = sms_settings.preview_email(s, account, step=step, plan=plan, currency=currency)
+    if as_json:
+        print_json(data)
+        return
+    typer.echo(f"Subject: {data['subject']}")
+    typer.echo()
+    typer.echo(data["body"])
