@@ -1,0 +1,5 @@
+"""The webhook server: Plivo inbound messages and delivery reports, and a health check."""
+
+from dunning.webhooks.app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,334 @@
+"""The webhook HTTP app: Plivo inbound messages, Plivo delivery reports, a health check.
+
+Every provider endpoint checks, in this order, before anything is interpreted or stored:
+1. a signature header pair is present and well-formed (else 403, body unread);
+2. the body is at most 64 KiB (else 413) and is a UTF-8 form post (else 415/400);
+3. the signature (V3 over URL + query + body params, or V2 over URL + nonce) computed with
+   PLIVO_AUTH_TOKEN over DUNNING_PUBLIC_URL + path matches (else 403);
+4. the nonce was not seen before with a different request (else 403).
+Only then are the fields validated (400 when malformed) and the message processed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import parse_qsl
+
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from starlette.applications import Starlette
+from starlette.background import BackgroundTasks
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dunning.consent import normalize_number
+from dunning.db import Database
+from dunning.db.models import Message
+from dunning.providers import AmbiguousProviderError, ProviderError, mask_phone
+from dunning.providers.sms import OutgoingSms, SmsProvider
+from dunning.settings import Settings
+from dunning.webhooks.delivery import DeliveryReport, process_delivery_report
+from dunning.webhooks.events import remember_nonce, request_fingerprint
+from dunning.webhooks.inbound import InboundMessage, InboundOutcome, PlannedReply, process_inbound
+from dunning.webhooks.signatures import SignatureHeaders, signature_headers, verify_request
+
+log = logging.getLogger("dunning.webhooks")
+
+INBOUND_PATH = "/webhooks/plivo/inbound"
+STATUS_PATH = "/webhooks/plivo/status"
+HEALTH_PATH = "/healthz"
+MAX_BODY_BYTES = 64 * 1024
+MAX_FIELDS = 200
+FORM_TYPE = "application/x-www-form-urlencoded"
+EMPTY_PLIVO_XML = '<?xml version="1.0" encoding="utf-8"?><Response></Response>'
+
+_NUMBER_RE = re.compile(r"^\+?\d{1,20}$")
+_UUID_RE = re.compile(r"^[A-Za-z0-9\-_.:]{1,64}$")
+_STATUS_RE = re.compile(r"^[a-z_]{1,16}$")
+_CODE_RE = re.compile(r"^[A-Za-z0-9_\-]{1,16}$")
+_MAX_INT = 2**31 - 1
+
+
+class WebhookError(Exception):
+    """A request refused with an HTTP status and a short reason (no traceback)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _error(status: int, reason: str) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status)
+
+
+async def _read_body(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.strip().isdigit():
+            raise WebhookError(400, "bad Content-Length")
+        if int(length) > MAX_BODY_BYTES:
+            raise WebhookError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise WebhookError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise WebhookError(400, "client disconnected") from None
+    return b"".join(chunks)
+
+
+def _parse_form(request: Request, body: bytes) -> list[tuple[str, str]]:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != FORM_TYPE:
+        raise WebhookError(415, f"expected {FORM_TYPE}")
+    try:
+        text = body.decode("utf-8")
+        return parse_qsl(text, keep_blank_values=True, strict_parsing=True,
+                         max_num_fields=MAX_FIELDS)
+    except (UnicodeDecodeError, ValueError):
+        raise WebhookError(400, "malformed form body") from None
+
+
+def _param_map(params: Sequence[tuple[str, str]]) -> dict[str, str | list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for key, value in params:
+        grouped.setdefault(key, []).append(value)
+    return {k: v[0] if len(v) == 1 else v for k, v in grouped.items()}
+
+
+class _Form:
+    """Single-valued access to the form fields, with 400 for anything malformed."""
+
+    def __init__(self, params: Sequence[tuple[str, str]]) -> None:
+        self._map = _param_map(params)
+
+    def get(self, name: str) -> str | None:
+        value = self._map.get(name)
+        if isinstance(value, list):
+            raise WebhookError(400, f"{name} given more than once")
+        return value
+
+    def required(self, name: str) -> str:
+        value = (self.get(name) or "").strip()
+        if not value:
+            raise WebhookError(400, f"{name} is required")
+        return value
+
+    def uuid(self, name: str, required: bool = True) -> str | None:
+        value = self.required(name) if required else (self.get(name) or "").strip() or None
+        if value is not None and not _UUID_RE.match(value):
+            raise WebhookError(400, f"{name} is malformed")
+        return value
+
+    def number(self, name: str) -> str | None:
+        """E.164, or None for a well-formed number that is not one (a short code)."""
+        raw = self.required(name)
+        if not _NUMBER_RE.match(raw):
+            raise WebhookError(400, f"{name} is not a phone number")
+        return normalize_number(raw)
+
+
+def _int_or_none(raw: str | None, name: str, minimum: int = 0) -> int | None:
+    if raw is None or not raw.strip():
+        return None
+    text = raw.strip()
+    if not text.isdigit() or not (minimum <= int(text) <= _MAX_INT):
+        raise WebhookError(400, f"{name} must be a whole number")
+    return int(text)
+
+
+def _amount_or_none(raw: str | None) -> Decimal | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = Decimal(raw.strip())
+    except InvalidOperation:
+        raise WebhookError(400, "TotalAmount must be a number") from None
+    if not value.is_finite() or value < 0:
+        raise WebhookError(400, "TotalAmount must be a number")
+    return value
+
+
+class WebhookApp:
+    """The handlers, bound to settings, a database and the SMS provider used for replies."""
+
+    def __init__(self, settings: Settings, db: Database, sms: SmsProvider) -> None:
+        self.settings = settings
+        self.db = db
+        self.sms = sms
+        self.public_url = settings.public_url.rstrip("/")
+        self.auth_token = settings.plivo_auth_token
+
+    # --- signature and body ---------------------------------------------------------------
+
+    async def _signed_form(
+        self, request: Request, path: str
+    ) -> tuple[SignatureHeaders, str, list[tuple[str, str]]]:
+        sig = signature_headers(request.headers)
+        if sig is None:
+            raise WebhookError(403, "missing or malformed Plivo signature")
+        body = await _read_body(request)
+        params = _parse_form(request, body)
+        query = request.url.query
+        url = self.public_url + path + (f"?{query}" if query else "")
+        if not verify_request(self.auth_token, request.method, url, sig, _param_map(params)):
+            raise WebhookError(403, "invalid Plivo signature")
+        return sig, url, params
+
+    def _in_transaction(self, sig: SignatureHeaders, url: str,
+                        params: list[tuple[str, str]], work: Any) -> Any:
+        """Run `work(session)` after binding the nonce, in one transaction (retried on races)."""
+        fingerprint = request_fingerprint(url, params)
+        for attempt in range(3):
+            try:
+                with self.db.session() as s:
+                    if not remember_nonce(s, sig.scheme, sig.nonce, fingerprint):
+                        raise WebhookError(403, "signature nonce already used for another request")
+                    return work(s)
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    # --- endpoints -----------------------------------------------------------------------
+
+    async def inbound(self, request: Request) -> Response:
+        try:
+            sig, url, params = await self._signed_form(request, INBOUND_PATH)
+            form = _Form(params)
+            from_number, to_number = form.number("From"), form.number("To")
+            msg_uuid = form.uuid("MessageUUID") or ""
+            if from_number is None or to_number is None:
+                # A short code or the like: no account sends from it, no customer has it.
+                log.info("inbound sms %s from or to a non-E.164 number: ignored", msg_uuid)
+                return Response(EMPTY_PLIVO_XML, media_type="application/xml")
+            msg = InboundMessage(
+                from_number=from_number,
+                to_number=to_number,
+                text=form.get("Text") or "",
+                message_uuid=msg_uuid,
+                intent=(form.get("MessageIntent") or "").strip() or None,
+            )
+            outcome: InboundOutcome = await run_in_threadpool(
+                self._in_transaction, sig, url, params, lambda s: process_inbound(s, msg)
+            )
+        except WebhookError as exc:
+            return self._refused(request, exc)
+        except DBAPIError as exc:
+            return self._db_down(exc)
+        # Replies go out after the answer, so a slow provider never delays Plivo's webhook.
+        tasks = BackgroundTasks()
+        for reply in outcome.replies:
+            tasks.add_task(self._send_reply, reply)
+        return Response(EMPTY_PLIVO_XML, media_type="application/xml", background=tasks)
+
+    async def status(self, request: Request) -> Response:
+        try:
+            sig, url, params = await self._signed_form(request, STATUS_PATH)
+            form = _Form(params)
+            refs = request.query_params.getlist("ref")
+            if len(refs) > 1:
+                raise WebhookError(400, "ref given more than once")
+            status = form.required("Status").lower()
+            if not _STATUS_RE.match(status):
+                raise WebhookError(400, "Status is malformed")
+            code = (form.get("ErrorCode") or "").strip()
+            if code and not _CODE_RE.match(code):
+                raise WebhookError(400, "ErrorCode is malformed")
+            report = DeliveryReport(
+                message_uuid=form.uuid("MessageUUID") or "",
+                status=status,
+                error_code=code if code.strip("0") else None,
+                sequence=_int_or_none(form.get("Sequence"), "Sequence"),
+                total_amount=_amount_or_none(form.get("TotalAmount")),
+                to_number=normalize_number(form.get("To")),
+                parent_uuid=form.uuid("ParentMessageUUID", required=False),
+                ref=_int_or_none(refs[0] if refs else None, "ref", minimum=1),
+            )
+            await run_in_threadpool(
+                self._in_transaction, sig, url, params,
+                lambda s: process_delivery_report(s, report),
+            )
+        except WebhookError as exc:
+            return self._refused(request, exc)
+        except DBAPIError as exc:
+            return self._db_down(exc)
+        return JSONResponse({"status": "ok"})
+
+    async def healthz(self, request: Request) -> Response:
+        if await run_in_threadpool(self.db.ping):
+            return JSONResponse({"status": "ok", "database": "ok"})
+        return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _refused(self, request: Request, exc: WebhookError) -> Response:
+        log.warning("%s %s refused (%s): %s", request.method, request.url.path, exc.status,
+                    exc.reason)
+        return _error(exc.status, exc.reason)
+
+    def _db_down(self, exc: DBAPIError) -> Response:
+        log.error("database error: %s", str(exc.orig or exc).splitlines()[0][:200])
+        return _error(503, "database unavailable")
+
+    def _send_reply(self, reply: PlannedReply) -> None:
+        """Send a planned reply (at most once: its row is already `claimed`) and record it."""
+        callback = f"{self.public_url}{STATUS_PATH}?ref={reply.message_id}"
+        status, provider_id, reason = "sent", None, None
+        try:
+            provider_id = self.sms.send(OutgoingSms(reply.src, reply.dst, reply.text, callback))
+        except AmbiguousProviderError as exc:
+            status, reason = "unknown", exc.reason
+        except ProviderError as exc:
+            status, reason = "failed", exc.reason
+        except Exception as exc:  # a provider bug must not lose the record
+            status, reason = "failed", f"{type(exc).__name__}: {exc}"
+        try:
+            with self.db.session() as s:
+                row = s.get(Message, reply.message_id)
+                if row is not None:
+                    row.status = status
+                    row.reason = reason[:400] if reason else None
+                    if provider_id:
+                        row.provider_id = provider_id[:64]
+        except DBAPIError as exc:
+            log.error("reply %s: %s, but recording it failed: %s", reply.message_id, status,
+                      str(exc.orig or exc).splitlines()[0][:200])
+            return
+        log.info("reply %s to %s: %s%s", reply.message_id, mask_phone(reply.dst), status,
+                 f" ({reason})" if reason else "")
+
+
+def create_app(
+    settings: Settings, db: Database, sms_provider: SmsProvider | None = None
+) -> Starlette:
+    """The webhook app; `sms_provider` (HELP and STOP replies) defaults to the configured one."""
+    if sms_provider is None:
+        from dunning.providers.factory import sms_provider as build_sms_provider
+
+        sms_provider = build_sms_provider(settings)
+    if not settings.plivo_auth_token:
+        log.warning("PLIVO_AUTH_TOKEN is not set: Plivo webhooks will refuse every request")
+    handlers = WebhookApp(settings, db, sms_provider)
+    app = Starlette(
+        routes=[
+            Route(INBOUND_PATH, handlers.inbound, methods=["POST"]),
+            Route(STATUS_PATH, handlers.status, methods=["POST"]),
+            Route(HEALTH_PATH, handlers.healthz, methods=["GET"]),
+        ]
+    )
+    app.state.webhooks = handlers
+    return app
+
+
+__all__ = ["HEALTH_PATH", "INBOUND_PATH", "MAX_BODY_BYTES", "STATUS_PATH", "create_app"]
