@@ -60,7 +60,9 @@ def _check_timezone(value: str) -> str:
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
-        raise InputError("timezone", f"{value!r} is not an IANA time zone such as Europe/Paris")
+        raise InputError(
+            "timezone", f"{value!r} is not an IANA time zone such as Europe/Paris"
+        ) from None
     return value
 
 

@@ -8,6 +8,7 @@ the `temporal` CLI can use them.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -107,7 +108,7 @@ def parse_schedule(text: str) -> list[int]:
     if not parts:
         raise InputError("schedule", "needs at least one offset, e.g. 0d,3d,7d,14d")
     offsets = [parse_duration(p, "schedule") for p in parts]
-    for a, b in zip(offsets, offsets[1:], strict=False):
+    for a, b in itertools.pairwise(offsets):
         if b < a:
             raise InputError("schedule", "offsets must be in increasing order")
     if len(offsets) > 50:

@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     temporal_address: str = Field(
         "localhost:7233", validation_alias=_alias("DUNNING_TEMPORAL_ADDRESS")
     )
-    temporal_namespace: str = Field("default", validation_alias=_alias("DUNNING_TEMPORAL_NAMESPACE"))
+    temporal_namespace: str = Field(
+        "default", validation_alias=_alias("DUNNING_TEMPORAL_NAMESPACE")
+    )
     task_queue: str = Field("dunning", validation_alias=_alias("DUNNING_TASK_QUEUE"))
 
     sms_backend: Literal["console", "plivo"] = Field(

@@ -14,7 +14,11 @@ from types import TracebackType
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -119,10 +123,10 @@ class DunningClient:
                 task_queue=self.settings.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=TypedSearchAttributes([
-                    SA_ACCOUNT_ID.value_set(request.account_id),
-                    SA_CUSTOMER_ID.value_set(request.customer_id),
-                    SA_STATE.value_set("active"),
-                    SA_SMS_PAUSED.value_set(False),
+                    SearchAttributePair(SA_ACCOUNT_ID, request.account_id),
+                    SearchAttributePair(SA_CUSTOMER_ID, request.customer_id),
+                    SearchAttributePair(SA_STATE, "active"),
+                    SearchAttributePair(SA_SMS_PAUSED, False),
                 ]),
                 static_summary=(
                     f"Dunning invoice {request.invoice_id} of customer {request.customer_id}"
@@ -146,7 +150,9 @@ class DunningClient:
             desc = await handle.describe()
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
-                raise CaseNotFound(f"no case for invoice {invoice_id!r} of {account_id!r}") from None
+                raise CaseNotFound(
+                    f"no case for invoice {invoice_id!r} of {account_id!r}"
+                ) from None
             raise
         result["workflow_id"] = handle.id
         result["run_status"] = desc.status.name if desc.status else None

@@ -70,7 +70,9 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 _DBS: dict[str, Database] = {}
 
 
-@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def db(request: pytest.FixtureRequest) -> Iterator[Database]:
     """The same tests on both databases; one migrated database per backend per run."""
     url = request.getfixturevalue(f"{request.param}_url")

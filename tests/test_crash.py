@@ -124,15 +124,15 @@ async def test_sigkill_mid_run_no_duplicate_no_lost_reminder(
                 assert db_status == "sent"
             else:
                 assert db_status == "unknown" and "outcome unknown" in rem["reason"]
-    statuses = {r.status for r in rows}
-    assert statuses <= {"sent", "unknown"}, statuses
+    row_statuses = {r.status for r in rows}
+    assert row_statuses <= {"sent", "unknown"}, row_statuses
     sms_sent = [r for r in rows if r.channel == "sms" and r.status == "sent"]
     # Every SMS recorded as sent reached the provider exactly once; 'unknown' ones at most once.
     assert sum(by_dst.values()) >= len(sms_sent)
     assert sum(by_dst.values()) <= CASES * STEPS
-    uuids = [r.provider_id for r in sms_sent]
+    uuids = {r.provider_id for r in sms_sent}
     provider_uuids = {r.message_uuid for r in plivo_server.requests if r.dst in dsts}
-    assert set(uuids) <= provider_uuids
+    assert uuids <= provider_uuids
     # Emails: each reminder at most once at the SMTP server.
     ids = [m["Message-ID"] for m in smtp_server.messages if uid in m["To"]]
     assert len(ids) == len(set(ids))

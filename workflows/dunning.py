@@ -53,19 +53,17 @@ with workflow.unsafe.imports_passed_through():
         parse_case_input,
     )
 
-BOOKKEEPING = {
-    "start_to_close_timeout": timedelta(seconds=30),
-    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1),
-                                maximum_interval=timedelta(minutes=1)),
-}
-SEND = {
-    "start_to_close_timeout": timedelta(seconds=60),
-    "heartbeat_timeout": timedelta(seconds=15),  # a killed worker's send is retried soon
-    # Transient provider failures are retried with backoff for up to a day, then given up.
-    "schedule_to_close_timeout": timedelta(hours=24),
-    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
-                                maximum_interval=timedelta(minutes=10)),
-}
+# Bookkeeping activities: quick database writes, retried until the database answers.
+BOOKKEEPING_TIMEOUT = timedelta(seconds=30)
+BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
+                                maximum_interval=timedelta(minutes=1))
+# Sends: transient provider failures are retried with backoff for up to a day, then given up.
+# A killed worker's send is noticed by the heartbeat timeout and retried soon.
+SEND_TIMEOUT = timedelta(seconds=60)
+SEND_HEARTBEAT = timedelta(seconds=15)
+SEND_GIVE_UP = timedelta(hours=24)
+SEND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
+                         maximum_interval=timedelta(minutes=10))
 CREDITS_RECHECK = timedelta(hours=1)  # safety net for a lost `credits_added` signal
 
 
@@ -107,7 +105,8 @@ class DunningWorkflow:
                 case.customer_name, case.plan,
             ),
             result_type=CasePlan,
-            **BOOKKEEPING,  # type: ignore[arg-type]
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=BOOKKEEPING_RETRY,
         )
         if plan.error:
             raise ApplicationError(plan.error, type="InvalidInput", non_retryable=True)
@@ -117,7 +116,7 @@ class DunningWorkflow:
         for step, due in enumerate(self._due, start=1):
             for channel in ("email", "sms"):
                 self._reminders[(step, channel)] = Reminder(
-                    step, channel, "pending", "", due.isoformat()  # type: ignore[arg-type]
+                    step, channel, "pending", "", due.isoformat()
                 )
 
         lanes = [
@@ -189,14 +188,17 @@ class DunningWorkflow:
                 ACT_SEND_EMAIL if channel == "email" else ACT_SEND_SMS,
                 request,
                 result_type=MessageResult,
-                **SEND,  # type: ignore[arg-type]
+                start_to_close_timeout=SEND_TIMEOUT,
+                heartbeat_timeout=SEND_HEARTBEAT,
+                schedule_to_close_timeout=SEND_GIVE_UP,
+                retry_policy=SEND_RETRY,
             )
         except ActivityError as err:
             reason = f"provider kept failing: {err.cause or err}"[:300]
             if channel == "sms":
                 await workflow.execute_activity(
                     ACT_RELEASE_SMS, ReleaseRequest(request.workflow_id, step, reason),
-                    **BOOKKEEPING,  # type: ignore[arg-type]
+                    start_to_close_timeout=BOOKKEEPING_TIMEOUT, retry_policy=BOOKKEEPING_RETRY,
                 )
             return MessageResult("failed", reason)
 
@@ -218,7 +220,8 @@ class DunningWorkflow:
                 self._sms_sent, self._credits_spent, workflow.now(),
                 self._recovered_amount if outcome == "recovered" else 0, self._last_channel,
             ),
-            **BOOKKEEPING,  # type: ignore[arg-type]
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=BOOKKEEPING_RETRY,
         )
         return {
             "outcome": outcome,

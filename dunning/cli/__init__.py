@@ -6,6 +6,8 @@ import sys
 
 import click
 import typer
+from rich.markup import escape
+from typer._click import exceptions as typer_click  # typer vendors its own click
 
 from dunning.cli import accounts, cases, credits, email, phones, server, sms
 from dunning.cli.common import UserError, err_console
@@ -33,14 +35,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except (UserError, InputError, SettingsError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        err_console.print(
+            f"[red]error:[/red] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True
+        )
         sys.exit(1)
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         err_console.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
+    except (click.ClickException, typer_click.ClickException) as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

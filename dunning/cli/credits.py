@@ -113,7 +113,7 @@ def show_ledger(
             )
         )[::-1]
         current = ledger.balance_of(s, account)
-    entries = [
+    entries: list[dict[str, Any]] = [
         {"id": e.id, "at": e.created_at.isoformat(), "kind": e.kind, "amount": e.amount,
          "balance": e.balance_after, "workflow_id": e.workflow_id, "step": e.step,
          "note": e.note}

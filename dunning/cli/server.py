@@ -83,14 +83,23 @@ def webhooks() -> None:
 
 
 def codec_server(
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8081, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8081, "--port", help="Port to listen on."),
+    cors_origin: list[str] = typer.Option(
+        [], "--cors-origin",
+        help="Origin of a Temporal UI allowed to call the endpoints (repeatable; default: "
+             "http://localhost:8233 and http://127.0.0.1:8233, the dev server's UI).",
+    ),
 ) -> None:
     """Temporal's /encode and /decode endpoints, so the UI and CLI can read payloads."""
-    from dunning.codec_server import run_codec_server
+    from dunning.codec_server import DEFAULT_CORS_ORIGINS, run_codec_server
 
     _logging()
-    run_codec_server(settings(), host, port)
+    try:
+        run_codec_server(settings(), host, port,
+                         cors_origins=cors_origin or list(DEFAULT_CORS_ORIGINS))
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -64,8 +64,8 @@ def set_plivo_api_url(base_url: str) -> None:
     import plivo.rest.client as plivo_client
 
     base = base_url.rstrip("/")
-    plivo_client.PLIVO_API = base  # type: ignore[attr-defined]
-    plivo_client.PLIVO_API_BASE_URI = f"{base}/v1/Account"  # type: ignore[attr-defined]
+    plivo_client.PLIVO_API = base
+    plivo_client.PLIVO_API_BASE_URI = f"{base}/v1/Account"
 
 
 class PlivoSmsProvider:
