@@ -51,6 +51,19 @@ class Account(Base):
     credit_balance: Mapped[int] = mapped_column(BigInteger, default=0)
     auto_refill_threshold: Mapped[int | None] = mapped_column(BigInteger)
     auto_refill_amount: Mapped[int | None] = mapped_column(BigInteger)
+    # simulated | stripe; Stripe customer and saved payment method for off-session refills
+    refill_gateway: Mapped[str] = mapped_column(
+        String(16), default="simulated", server_default="simulated"
+    )
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(100))
+    stripe_payment_method: Mapped[str | None] = mapped_column(String(100))
+    # Display price of one credit in minor units of credit_currency (e.g. 1 = $0.01).
+    credit_price_minor: Mapped[int | None] = mapped_column(Integer)
+    credit_currency: Mapped[str | None] = mapped_column(String(3))
+    # low | zero | None: the last balance notice sent, so each crossing notifies once.
+    balance_notice: Mapped[str | None] = mapped_column(String(8))
+    # Signing secret of the account's Stripe webhook endpoint (billing-source events).
+    stripe_webhook_secret: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -228,3 +241,34 @@ class ProcessedEvent(Base):
     source: Mapped[str] = mapped_column(String(32), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SmsRate(Base):
+    """Credits per SMS segment for a destination region; region '*' is the account default."""
+
+    __tablename__ = "sms_rates"
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    region: Mapped[str] = mapped_column(String(2), primary_key=True)
+    credits_per_segment: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Refill(Base):
+    """One auto-refill attempt through a payment gateway (at most one in flight per account)."""
+
+    __tablename__ = "refills"
+    __table_args__ = (Index("ix_refills_account_status", "account_id", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))  # pending | succeeded | failed
+    gateway: Mapped[str] = mapped_column(String(16))
+    idempotency_key: Mapped[str] = mapped_column(String(100), unique=True)
+    gateway_ref: Mapped[str | None] = mapped_column(String(100))
+    error: Mapped[str | None] = mapped_column(String(400))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
