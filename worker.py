@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities import DunningActivities
 from dunning.db import Database
+from dunning.domain import sms_task_queue
 from dunning.providers.factory import email_provider, sms_provider
 from dunning.settings import Settings, ensure_data_dir, get_settings
 from dunning.temporal import connect
@@ -31,17 +34,37 @@ def build_activities(settings: Settings, db: Database) -> DunningActivities:
     )
 
 
-def build_worker(
+def build_workers(
     client: Client, settings: Settings, activities: DunningActivities, executor: ThreadPoolExecutor
-) -> Worker:
-    return Worker(
-        client,
-        task_queue=settings.task_queue,
-        workflows=[DunningWorkflow],
-        activities=activities.all(),
-        activity_executor=executor,
-        max_concurrent_activities=settings.activity_workers,
-    )
+) -> list[Worker]:
+    """Two workers in one process: the case queue (workflows, email, bookkeeping) and the SMS
+    queue, whose rate limit holds across all worker processes together."""
+    return [
+        Worker(
+            client,
+            task_queue=settings.task_queue,
+            workflows=[DunningWorkflow],
+            activities=activities.all(),
+            activity_executor=executor,
+            max_concurrent_activities=settings.activity_workers,
+        ),
+        Worker(
+            client,
+            task_queue=sms_task_queue(settings.task_queue),
+            activities=activities.sms_queue(),
+            activity_executor=executor,
+            max_concurrent_activities=settings.activity_workers,
+            max_task_queue_activities_per_second=settings.sms_rate_limit or None,
+        ),
+    ]
+
+
+@asynccontextmanager
+async def running(workers: list[Worker]) -> AsyncIterator[None]:
+    async with AsyncExitStack() as stack:
+        for w in workers:
+            await stack.enter_async_context(w)
+        yield
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -58,10 +81,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         except (NotImplementedError, RuntimeError):
             pass
     with ThreadPoolExecutor(max_workers=settings.activity_workers) as executor:
-        worker = build_worker(client, settings, build_activities(settings, db), executor)
-        log.info("worker polling task queue %s at %s", settings.task_queue,
-                 settings.temporal_address)
-        async with worker:
+        workers = build_workers(client, settings, build_activities(settings, db), executor)
+        log.info("worker polling task queues %s and %s at %s (SMS limit %s/s)",
+                 settings.task_queue, sms_task_queue(settings.task_queue),
+                 settings.temporal_address, settings.sms_rate_limit or "no")
+        async with running(workers):
             await stop.wait()
     db.dispose()
 

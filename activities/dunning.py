@@ -142,13 +142,12 @@ class DunningActivities:
         self.default_email_from = default_email_from
 
     def all(self) -> list[Any]:
-        return [
-            self.register_case,
-            self.send_email,
-            self.send_sms,
-            self.release_sms,
-            self.finish_case,
-        ]
+        """Activities of the case's own task queue."""
+        return [self.register_case, self.send_email, self.release_sms, self.finish_case]
+
+    def sms_queue(self) -> list[Any]:
+        """Activities of the rate-limited SMS task queue."""
+        return [self.send_sms]
 
     # --- case bookkeeping -------------------------------------------------------------------
 

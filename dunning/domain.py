@@ -66,6 +66,11 @@ class InputError(ValueError):
         self.message = message
 
 
+def sms_task_queue(task_queue: str) -> str:
+    """SMS sends run on a queue of their own so one rate limit covers every worker."""
+    return f"{task_queue}-sms"
+
+
 def workflow_id_for(account_id: str, invoice_id: str) -> str:
     return f"dunning-{account_id}-{invoice_id}"
 

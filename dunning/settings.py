@@ -73,6 +73,9 @@ class Settings(BaseSettings):
         3600, validation_alias=_alias("DUNNING_CREDITS_RECHECK_SECONDS")
     )
     activity_workers: int = Field(32, validation_alias=_alias("DUNNING_ACTIVITY_WORKERS"))
+    # SMS sends per second across ALL workers (the SMS task queue's rate limit); 0 = no limit.
+    sms_rate_limit: float = Field(5.0, ge=0, validation_alias=_alias("DUNNING_SMS_RATE_LIMIT"))
+    metrics_address: str = Field("", validation_alias=_alias("DUNNING_METRICS_ADDRESS"))
 
     @field_validator("database_url")
     @classmethod

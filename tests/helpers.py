@@ -18,9 +18,10 @@ from dunning.db import Database
 from dunning.db.models import Account, Customer
 from dunning.providers.email import SmtpEmailProvider
 from dunning.providers.sms import PlivoSmsProvider
+from dunning.settings import Settings
 from tests.fakes.plivo import FakePlivo
 from tests.fakes.smtp import SmtpSink
-from workflows import DunningWorkflow
+from worker import build_workers, running
 
 SENDER = "+14155550100"
 
@@ -101,13 +102,11 @@ def real_activities(db: Database, plivo: FakePlivo, smtp: SmtpSink) -> DunningAc
 async def running_worker(
     client: Client, task_queue: str, acts: DunningActivities
 ) -> AsyncIterator[Worker]:
+    settings = Settings(task_queue=task_queue, sms_rate_limit=0, activity_workers=16)
     with ThreadPoolExecutor(max_workers=16) as ex:
-        worker = Worker(
-            client, task_queue=task_queue, workflows=[DunningWorkflow],
-            activities=acts.all(), activity_executor=ex, max_concurrent_activities=16,
-        )
-        async with worker:
-            yield worker
+        workers = build_workers(client, settings, acts, ex)
+        async with running(workers):
+            yield workers[0]
 
 
 async def wait_for(

@@ -51,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         ReleaseRequest,
         Reminder,
         parse_case_input,
+        sms_task_queue,
     )
 
 # Bookkeeping activities: quick database writes, retried until the database answers.
@@ -187,6 +188,9 @@ class DunningWorkflow:
             return await workflow.execute_activity(
                 ACT_SEND_EMAIL if channel == "email" else ACT_SEND_SMS,
                 request,
+                task_queue=(
+                    sms_task_queue(workflow.info().task_queue) if channel == "sms" else None
+                ),
                 result_type=MessageResult,
                 start_to_close_timeout=SEND_TIMEOUT,
                 heartbeat_timeout=SEND_HEARTBEAT,
