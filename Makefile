@@ -1,0 +1,43 @@
+# Two commands for a new user: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: venv demo test lint bench up check-install clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv            ## the whole product in a couple of minutes, on free ports
+	$(BIN)/dunning demo
+
+test: venv            ## the whole test suite (SQLite always; PostgreSQL when reachable)
+	$(BIN)/pytest
+
+lint: venv            ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy .
+
+bench: venv           ## benchmarks that print figures (BENCH_ARGS="--quick" for a short run)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+up: venv              ## dev server, migrations, worker and webhook server until Ctrl-C
+	$(BIN)/dunning up
+
+check-install:        ## `pip install .` (not editable) in a fresh venv gives working commands
+	rm -rf build/check-venv
+	$(PYTHON) -m venv build/check-venv
+	build/check-venv/bin/pip install -q .
+	cd build && DUNNING_DATA_DIR=$$(mktemp -d) check-venv/bin/dunning db upgrade
+	build/check-venv/bin/temporal --version
+	build/check-venv/bin/dunning --help > /dev/null
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

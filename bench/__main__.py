@@ -1,0 +1,45 @@
+"""`make bench`: every benchmark, one after another, each printing its figures.
+
+    python -m bench [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (module, full-size arguments, quick arguments)
+BENCHES: list[tuple[str, list[str], list[str]]] = [
+    ("bench.bench_engine", ["--cases", "1000"], ["--cases", "200"]),
+    ("bench.bench_import", ["--rows", "1000000"], ["--rows", "50000"]),
+    ("bench.bench_credits", [], ["--seconds", "3"]),
+    ("bench.bench_wake", ["--cases", "10000"], ["--cases", "500"]),
+    ("bench.bench_scale", ["--cases", "10000"], ["--cases", "1000"]),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller runs")
+    parser.add_argument("--only", help="run only benchmarks whose name contains this")
+    args = parser.parse_args()
+    failed = 0
+    for module, full, quick in BENCHES:
+        if args.only and args.only not in module:
+            continue
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            print(f"\n== {module}: not available ({exc})")
+            continue
+        try:
+            mod.main(quick if args.quick else full)
+        except Exception as exc:  # one failing benchmark must not hide the others' figures
+            failed += 1
+            print(f"\n== {module}: FAILED: {exc!r}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Engine throughput: N dunning cases of a 3-step schedule with zero offsets, end to end on a
+local dev server with the real worker process (SQLite by default, console providers), against the
+floor: a bare workflow with the same timers and one no-op activity per message sent.
+
+    python -m bench.bench_engine [--cases 1000] [--database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from bench.common import Stopwatch, cpu_seconds, peak_rss_mb, spawn, stop, table
+from dunning import credits
+from dunning.accounts import AccountOptions, create_account
+from dunning.codec import converter_for
+from dunning.db import Database
+from dunning.db.models import Account, Customer
+from dunning.domain import SEARCH_ATTRIBUTES
+from dunning.settings import Settings
+from dunning.temporal import temporal_binary
+
+SCHEDULE = [0, 0, 0]
+
+
+def prepare(db: Database, cases: int) -> None:
+    with db.session() as s:
+        create_account(s, "bench", AccountOptions(
+            company_name="Bench Co", sms_sender="+14155550100", schedule="0s,0s,0s",
+            grace="0s", quiet_hours="off", email_from="billing@bench.test",
+        ))
+        acct = s.get(Account, "bench")
+        assert acct is not None
+        acct.sms_enabled = True
+        credits.top_up(s, "bench", cases * 10)
+        s.add_all(
+            Customer(account_id="bench", customer_id=f"c{i}", name="Pat Doe",
+                     email=f"c{i}@bench.test", phone_e164=f"+1415{2000000 + i:07d}",
+                     phone_region="US", phone_type="FIXED_LINE_OR_MOBILE",
+                     phone_time_zones="America/Los_Angeles", source="bench")
+            for i in range(cases + 1)
+        )
+
+
+async def drive(n: int, start: Callable[[int], Awaitable[Any]], concurrency: int = 200) -> list[Any]:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> Any:
+        async with sem:
+            handle = await start(i)
+        return await handle.result()
+
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+async def run(cases: int, database_url: str | None) -> dict[str, float]:
+    tmp = Path(tempfile.mkdtemp(prefix="dunning-bench-"))
+    url = database_url or f"sqlite:///{tmp / 'bench.db'}"
+    db = Database(url)
+    db.upgrade()
+    prepare(db, cases)
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(), search_attributes=list(SEARCH_ATTRIBUTES),
+        dev_server_log_level="error",
+    )
+    address = env.client.service_client.config.target_host
+    key = "bench:" + "5a" * 32
+    settings = Settings(codec_keys=key, data_dir=tmp)
+    client = await Client.connect(address, data_converter=converter_for(settings))
+    try:
+        # --- ours: the real worker process -------------------------------------------------
+        worker = spawn(["worker.py"], {
+            "DUNNING_TEMPORAL_ADDRESS": address, "DUNNING_DATABASE_URL": url,
+            "DUNNING_TASK_QUEUE": "bench", "DUNNING_SMS_RATE_LIMIT": "0",
+            "DUNNING_CODEC_KEYS": key, "DUNNING_DATA_DIR": str(tmp),
+            "DUNNING_SMS_BACKEND": "console", "DUNNING_EMAIL_BACKEND": "console",
+        })
+
+        def case(i: int, prefix: str = "run") -> dict[str, Any]:
+            return {"account_id": "bench", "customer_id": f"c{i}", "invoice_id": f"{prefix}-{i}",
+                    "amount_due": 4900, "currency": "USD",
+                    "billing_link": f"https://pay.bench.test/{i}"}
+
+        async def start_ours(i: int) -> Any:
+            return await client.start_workflow("DunningWorkflow", case(i), id=f"bench-{i}",
+                                               task_queue="bench")
+
+        warm = await client.start_workflow("DunningWorkflow", case(cases, "warm"),
+                                           id="bench-warm", task_queue="bench")
+        await warm.result()
+        cpu0 = cpu_seconds(worker.pid)
+        with Stopwatch() as ours_time:
+            results = await drive(cases, start_ours)
+        ours_cpu = cpu_seconds(worker.pid) - cpu0
+        messages = sum(r["emails_sent"] + r["sms_sent"] for r in results)
+        ours_rss = peak_rss_mb(worker.pid)
+        stop(worker)
+        per_lane = max(1, messages // (2 * cases))
+
+        # --- floor: same timers, one no-op activity per message sent -----------------------
+        floor = spawn(["-m", "bench.floor_worker"],
+                      {"TEMPORAL_ADDRESS": address, "TASK_QUEUE": "floor"})
+
+        async def start_floor(i: int) -> Any:
+            return await env.client.start_workflow(
+                "FloorWorkflow", args=[SCHEDULE, 2, per_lane], id=f"floor-{i}",
+                task_queue="floor",
+            )
+
+        await (await env.client.start_workflow("FloorWorkflow", args=[SCHEDULE, 2, per_lane],
+                                               id="floor-warm", task_queue="floor")).result()
+        cpu0 = cpu_seconds(floor.pid)
+        with Stopwatch() as floor_time:
+            floor_results = await drive(cases, start_floor)
+        floor_cpu = cpu_seconds(floor.pid) - cpu0
+        floor_rss = peak_rss_mb(floor.pid)
+        stop(floor)
+    finally:
+        await env.shutdown()
+        db.dispose()
+    floor_messages = sum(floor_results)
+    figures = {
+        "cases": cases,
+        "ours_cases_per_s": cases / ours_time.seconds,
+        "ours_messages_per_s": messages / ours_time.seconds,
+        "floor_cases_per_s": cases / floor_time.seconds,
+        "floor_messages_per_s": floor_messages / floor_time.seconds,
+        "ratio": floor_time.seconds / ours_time.seconds,
+        "worker_peak_rss_mb": ours_rss,
+        "floor_worker_peak_rss_mb": floor_rss,
+        "messages": messages,
+    }
+    table(f"engine: {cases} cases, schedule 0s,0s,0s ({'PostgreSQL' if database_url else 'SQLite'})", [
+        ("ours", f"{figures['ours_cases_per_s']:.1f} cases/s, "
+                 f"{figures['ours_messages_per_s']:.1f} messages/s ({messages} messages)"),
+        ("floor", f"{figures['floor_cases_per_s']:.1f} cases/s, "
+                  f"{figures['floor_messages_per_s']:.1f} messages/s"),
+        ("ours/floor", f"{figures['ratio']:.2f} (target >= 0.6: "
+                       f"{'met' if figures['ratio'] >= 0.6 else 'NOT met'})"),
+        ("worker peak RSS", f"{ours_rss:.0f} MB (floor worker {floor_rss:.0f} MB)"),
+        ("worker CPU", f"{ours_cpu:.1f} s (floor worker {floor_cpu:.1f} s)"),
+    ])
+    return figures
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cases", type=int, default=1000)
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args(argv)
+    return asyncio.run(run(args.cases, args.database_url))
+
+
+if __name__ == "__main__":
+    main()
