@@ -49,7 +49,9 @@ def prepare(db: Database, cases: int) -> None:
         )
 
 
-async def drive(n: int, start: Callable[[int], Awaitable[Any]], concurrency: int = 200) -> list[Any]:
+async def drive(
+    n: int, start: Callable[[int], Awaitable[Any]], concurrency: int = 200
+) -> list[Any]:
     sem = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> Any:
@@ -137,7 +139,8 @@ async def run(cases: int, database_url: str | None) -> dict[str, float]:
         "floor_worker_peak_rss_mb": floor_rss,
         "messages": messages,
     }
-    table(f"engine: {cases} cases, schedule 0s,0s,0s ({'PostgreSQL' if database_url else 'SQLite'})", [
+    backend = "PostgreSQL" if database_url else "SQLite"
+    table(f"engine: {cases} cases, schedule 0s,0s,0s ({backend})", [
         ("ours", f"{figures['ours_cases_per_s']:.1f} cases/s, "
                  f"{figures['ours_messages_per_s']:.1f} messages/s ({messages} messages)"),
         ("floor", f"{figures['floor_cases_per_s']:.1f} cases/s, "
