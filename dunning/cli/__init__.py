@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from typer._click import exceptions as typer_click  # typer vendors its own click
 
-from dunning.cli import accounts, cases, credits, email, phones, server, sms
+from dunning.cli import accounts, cases, credits, email, phones, server, sms, stripe
 from dunning.cli.common import UserError, err_console
 from dunning.domain import InputError
 from dunning.settings import SettingsError
@@ -26,6 +26,7 @@ app.add_typer(phones.app, name="phones")
 app.add_typer(sms.app, name="sms")
 app.add_typer(email.app, name="email")
 app.add_typer(credits.app, name="credits")
+app.add_typer(stripe.app, name="stripe")
 cases.register(app)
 server.register(app)
 

@@ -1,4 +1,5 @@
-"""The webhook server: Plivo inbound messages and delivery reports, and a health check."""
+"""The webhook server: Plivo inbound messages and delivery reports, Stripe billing events, and a
+health check."""
 
 from dunning.webhooks.app import create_app
 

@@ -1,23 +1,35 @@
-"""The webhook HTTP app: Plivo inbound messages, Plivo delivery reports, a health check.
+"""The webhook HTTP app: Plivo inbound messages and delivery reports, Stripe billing events, a
+health check.
 
-Every provider endpoint checks, in this order, before anything is interpreted or stored:
+Every Plivo endpoint checks, in this order, before anything is interpreted or stored:
 1. a signature header pair is present and well-formed (else 403, body unread);
 2. the body is at most 64 KiB (else 413) and is a UTF-8 form post (else 415/400);
 3. the signature (V3 over URL + query + body params, or V2 over URL + nonce) computed with
    PLIVO_AUTH_TOKEN over DUNNING_PUBLIC_URL + path matches (else 403);
 4. the nonce was not seen before with a different request (else 403).
 Only then are the fields validated (400 when malformed) and the message processed.
+
+The Stripe endpoint (`/webhooks/stripe/{account_id}`, one per account, signed with the account's
+own endpoint secret) checks, in this order:
+1. a `Stripe-Signature` header with `t=` and `v1=` is present (else 403, body unread);
+2. the body is at most 1 MiB (else 413);
+3. the signature verifies with the account's secret and is at most 5 minutes old (else 403); an
+   unknown account, or one without a secret, gets the same 403 (no way to probe account ids);
+4. the body is a Stripe event (else 400).
+Then `dunning.stripe_events` applies it; 503 (Stripe retries) when Temporal or the database is
+unreachable, and the event is not recorded as processed.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qsl
 
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.applications import Starlette
 from starlette.background import BackgroundTasks
@@ -28,21 +40,36 @@ from starlette.routing import Route
 
 from dunning.consent import normalize_number
 from dunning.db import Database
-from dunning.db.models import Message
+from dunning.db.models import Account, Message
+from dunning.domain import InputError, check_id
 from dunning.providers import AmbiguousProviderError, ProviderError, mask_phone
 from dunning.providers.sms import OutgoingSms, SmsProvider
 from dunning.settings import Settings
+from dunning.stripe_events import (
+    SIGNATURE_HEADER,
+    EventError,
+    LazyTemporal,
+    StripeEvents,
+    TemporalSource,
+    TemporalUnavailable,
+    parse_event,
+    signature_header_ok,
+    verify_signature,
+)
 from dunning.webhooks.delivery import DeliveryReport, process_delivery_report
 from dunning.webhooks.events import remember_nonce, request_fingerprint
 from dunning.webhooks.inbound import InboundMessage, InboundOutcome, PlannedReply, process_inbound
 from dunning.webhooks.signatures import SignatureHeaders, signature_headers, verify_request
+from starter.client import DunningClient
 
 log = logging.getLogger("dunning.webhooks")
 
 INBOUND_PATH = "/webhooks/plivo/inbound"
 STATUS_PATH = "/webhooks/plivo/status"
+STRIPE_PATH = "/webhooks/stripe/{account_id}"
 HEALTH_PATH = "/healthz"
 MAX_BODY_BYTES = 64 * 1024
+MAX_STRIPE_BODY_BYTES = 1024 * 1024
 MAX_FIELDS = 200
 FORM_TYPE = "application/x-www-form-urlencoded"
 EMPTY_PLIVO_XML = '<?xml version="1.0" encoding="utf-8"?><Response></Response>'
@@ -67,20 +94,20 @@ def _error(status: int, reason: str) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status)
 
 
-async def _read_body(request: Request) -> bytes:
+async def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     length = request.headers.get("content-length")
     if length is not None:
         if not length.strip().isdigit():
             raise WebhookError(400, "bad Content-Length")
-        if int(length) > MAX_BODY_BYTES:
-            raise WebhookError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        if int(length) > limit:
+            raise WebhookError(413, f"body larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise WebhookError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+            if size > limit:
+                raise WebhookError(413, f"body larger than {limit} bytes")
             chunks.append(chunk)
     except ClientDisconnect:
         raise WebhookError(400, "client disconnected") from None
@@ -160,12 +187,17 @@ def _amount_or_none(raw: str | None) -> Decimal | None:
 
 
 class WebhookApp:
-    """The handlers, bound to settings, a database and the SMS provider used for replies."""
+    """The handlers, bound to settings, a database, the SMS provider used for replies and the
+    Temporal client used for billing events."""
 
-    def __init__(self, settings: Settings, db: Database, sms: SmsProvider) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, sms: SmsProvider, temporal: LazyTemporal
+    ) -> None:
         self.settings = settings
         self.db = db
         self.sms = sms
+        self.temporal = temporal
+        self.stripe_events = StripeEvents(db, temporal)
         self.public_url = settings.public_url.rstrip("/")
         self.auth_token = settings.plivo_auth_token
 
@@ -265,6 +297,45 @@ class WebhookApp:
             return self._db_down(exc)
         return JSONResponse({"status": "ok"})
 
+    async def stripe(self, request: Request) -> Response:
+        account_id = request.path_params["account_id"]
+        try:
+            header = request.headers.get(SIGNATURE_HEADER)
+            if not signature_header_ok(header):
+                raise WebhookError(403, "missing or malformed Stripe signature")
+            body = await _read_body(request, MAX_STRIPE_BODY_BYTES)
+            secret = await run_in_threadpool(self._stripe_secret, account_id)
+            if not verify_signature(body, header, secret):
+                if secret is None:
+                    log.warning("stripe event for %r: no such account, or no signing secret "
+                                "set (dunning stripe set-secret)", account_id[:128])
+                raise WebhookError(403, "invalid Stripe signature")
+            try:
+                event = parse_event(body)
+            except EventError as exc:
+                raise WebhookError(400, str(exc)) from None
+            result = await self.stripe_events.handle(account_id, event)
+        except WebhookError as exc:
+            return self._refused(request, exc)
+        except TemporalUnavailable as exc:
+            log.error("stripe event for %s not processed, Stripe will retry: %s",
+                      account_id[:128], exc)
+            return _error(503, "workflow service unavailable, retry later")
+        except DBAPIError as exc:
+            return self._db_down(exc)
+        return JSONResponse(result)
+
+    def _stripe_secret(self, account_id: str) -> str | None:
+        """The account's signing secret; None for an unknown account or one without."""
+        try:
+            check_id("account_id", account_id)
+        except InputError:
+            return None
+        with self.db.session() as s:
+            secret = s.scalar(select(Account.stripe_webhook_secret)
+                              .where(Account.id == account_id))
+        return secret or None
+
     async def healthz(self, request: Request) -> Response:
         if await run_in_threadpool(self.db.ping):
             return JSONResponse({"status": "ok", "database": "ok"})
@@ -310,20 +381,31 @@ class WebhookApp:
 
 
 def create_app(
-    settings: Settings, db: Database, sms_provider: SmsProvider | None = None
+    settings: Settings,
+    db: Database,
+    sms_provider: SmsProvider | None = None,
+    temporal: TemporalSource | None = None,
 ) -> Starlette:
-    """The webhook app; `sms_provider` (HELP and STOP replies) defaults to the configured one."""
+    """The webhook app; `sms_provider` (HELP and STOP replies) defaults to the configured one.
+
+    `temporal` (a `starter.DunningClient`, or an async factory of one) starts and signals cases
+    for billing events; by default a client for DUNNING_TEMPORAL_ADDRESS is connected on first
+    use, so the server starts (and serves Plivo webhooks) while Temporal is still down.
+    """
+    if temporal is None:
+        temporal = _temporal_factory(settings, db)
     if sms_provider is None:
         from dunning.providers.factory import sms_provider as build_sms_provider
 
         sms_provider = build_sms_provider(settings)
     if not settings.plivo_auth_token:
         log.warning("PLIVO_AUTH_TOKEN is not set: Plivo webhooks will refuse every request")
-    handlers = WebhookApp(settings, db, sms_provider)
+    handlers = WebhookApp(settings, db, sms_provider, LazyTemporal(temporal))
     app = Starlette(
         routes=[
             Route(INBOUND_PATH, handlers.inbound, methods=["POST"]),
             Route(STATUS_PATH, handlers.status, methods=["POST"]),
+            Route(STRIPE_PATH, handlers.stripe, methods=["POST"]),
             Route(HEALTH_PATH, handlers.healthz, methods=["GET"]),
         ]
     )
@@ -331,4 +413,19 @@ def create_app(
     return app
 
 
-__all__ = ["HEALTH_PATH", "INBOUND_PATH", "MAX_BODY_BYTES", "STATUS_PATH", "create_app"]
+def _temporal_factory(settings: Settings, db: Database) -> Callable[[], Awaitable[DunningClient]]:
+    async def connect() -> DunningClient:
+        return await DunningClient.connect(settings, db)
+
+    return connect
+
+
+__all__ = [
+    "HEALTH_PATH",
+    "INBOUND_PATH",
+    "MAX_BODY_BYTES",
+    "MAX_STRIPE_BODY_BYTES",
+    "STATUS_PATH",
+    "STRIPE_PATH",
+    "create_app",
+]

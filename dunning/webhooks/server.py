@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 from dunning.db import Database
 from dunning.providers.sms import SmsProvider
 from dunning.settings import Settings
+from dunning.stripe_events import TemporalSource
 from dunning.webhooks.app import create_app
 
 
@@ -44,12 +45,17 @@ async def serve_webhooks(
     *,
     db: Database | None = None,
     sms_provider: SmsProvider | None = None,
+    temporal: TemporalSource | None = None,
 ) -> None:
-    """Serve until `stop` is set (or, without one, until SIGINT/SIGTERM)."""
+    """Serve until `stop` is set (or, without one, until SIGINT/SIGTERM).
+
+    Temporal (for Stripe events) is connected on first use unless `temporal` is given, so the
+    server comes up even when Temporal is not running yet.
+    """
     own_db = db is None
     database = db or Database(settings.effective_database_url)
     try:
-        server = make_server(settings, create_app(settings, database, sms_provider),
+        server = make_server(settings, create_app(settings, database, sms_provider, temporal),
                              handle_signals=stop is None)
         if stop is None:
             await server.serve()
