@@ -77,6 +77,7 @@ class DunningWorkflow:
         self._credits_seq = 0
         self._sms_paused = False
         self._waiting_for = "starting"
+        self._lanes: dict[str, str] = {}
         self._due: list[datetime] = []
         self._end_at: datetime | None = None
         self._reminders: dict[tuple[int, str], Reminder] = {}
@@ -125,10 +126,10 @@ class DunningWorkflow:
             asyncio.create_task(self._lane(case, "sms")),
         ]
         await workflow.wait_condition(lambda: self._outcome is not None or self._lanes_done == 2)
-        if self._outcome is None:
-            self._describe("grace period: the schedule is done, a payment may still come")
-            if await self._sleep_until(self._end_at):
-                self._outcome = "exhausted"
+        if self._outcome is None and await self._sleep_until(
+            self._end_at, "case", "grace period: the schedule is done, a payment may come"
+        ):
+            self._outcome = "exhausted"
         await asyncio.gather(*lanes)
         return await self._finish(case)
 
@@ -136,7 +137,9 @@ class DunningWorkflow:
         """One channel's reminders, step by step."""
         step, retrying = 1, False
         while step <= len(self._due):
-            if not await self._sleep_until(self._due[step - 1]):
+            if not await self._sleep_until(
+                self._due[step - 1], channel, f"step {step} due {self._due[step - 1].isoformat()}"
+            ):
                 break
             overtaken = self._overtaken(step, retrying)
             if overtaken:
@@ -150,8 +153,11 @@ class DunningWorkflow:
                 continue
             if result.status == "quiet_hours":
                 assert result.retry_at is not None
-                self._describe(f"step {step} SMS held for the recipient's quiet hours")
-                await self._sleep_until(min(result.retry_at, self._next_due(step)))
+                await self._sleep_until(
+                    min(result.retry_at, self._next_due(step)), channel,
+                    f"step {step} held for the recipient's quiet hours until "
+                    f"{result.retry_at.isoformat()}",
+                )
                 retrying = True
                 continue
             if channel == "sms":
@@ -160,12 +166,13 @@ class DunningWorkflow:
             step, retrying = step + 1, False
         if channel == "sms":
             self._set_paused(False)
+        self._describe(channel, "no more reminders")
         self._lanes_done += 1
 
     async def _wait_for_credits(self, step: int, reason: str) -> None:
         """Pause the SMS lane until credits are added, the next step is due, or the case ends."""
         self._set_paused(True)
-        self._describe(f"SMS paused at step {step}, waiting for credits ({reason})")
+        self._describe("sms", f"paused at step {step}, waiting for credits ({reason})")
         seq = self._credits_seq
         deadline = min(self._next_due(step), workflow.now() + CREDITS_RECHECK)
         try:
@@ -183,7 +190,7 @@ class DunningWorkflow:
             self._failed_at, workflow.now(),
             case.plan,
         )
-        self._describe(f"sending step {step} {channel}")
+        self._describe(channel, f"sending step {step}")
         try:
             return await workflow.execute_activity(
                 ACT_SEND_EMAIL if channel == "email" else ACT_SEND_SMS,
@@ -216,7 +223,8 @@ class DunningWorkflow:
                 )
         self._set_paused(False)
         workflow.upsert_search_attributes([SA_STATE.value_set(outcome)])
-        self._describe(f"case {outcome}")
+        self._lanes = {}
+        self._describe("case", outcome)
         await workflow.execute_local_activity(
             ACT_FINISH_CASE,
             FinishCaseRequest(
@@ -282,11 +290,11 @@ class DunningWorkflow:
         self._amount_due = case.amount_due
         return case
 
-    async def _sleep_until(self, when: datetime) -> bool:
+    async def _sleep_until(self, when: datetime, lane: str, why: str) -> bool:
         """Sleep until `when` or until the case ends; True if the case is still active."""
         delay = when - workflow.now()
         if delay > timedelta(0) and self._outcome is None:
-            self._describe(f"next: {when.isoformat()}")
+            self._describe(lane, f"waiting: {why}")
             try:
                 await workflow.wait_condition(lambda: self._outcome is not None, timeout=delay)
             except TimeoutError:
@@ -326,6 +334,8 @@ class DunningWorkflow:
             self._sms_paused = paused
             workflow.upsert_search_attributes([SA_SMS_PAUSED.value_set(paused)])
 
-    def _describe(self, text: str) -> None:
-        self._waiting_for = text
-        workflow.set_current_details(text)
+    def _describe(self, lane: str, text: str) -> None:
+        """What each lane is doing, in words: the query's `waiting_for` and the UI's details."""
+        self._lanes[lane] = text
+        self._waiting_for = " | ".join(f"{k}: {v}" for k, v in sorted(self._lanes.items()))
+        workflow.set_current_details(self._waiting_for)
