@@ -50,3 +50,25 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def entry() -> None:
+    """The `dunning` console script: `main`, then a hard exit with its status.
+
+    The Temporal SDK's native runtime can abort the interpreter at shutdown ("Fatal Python error:
+    PyGILState_Release", sdk-python #300) after all work succeeded, turning a success into exit
+    134. Output is flushed and the process ends with the command's own status instead.
+    """
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        import logging
+        import os
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)

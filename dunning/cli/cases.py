@@ -46,7 +46,7 @@ def start(
     account: str = AccountOpt,
     customer: str = typer.Option(..., "--customer", help="Customer id from the billing system."),
     invoice: str = InvoiceOpt,
-    amount: int = typer.Option(..., "--amount", help="Amount due in minor units (4900 = 49.00)."),
+    amount: str = typer.Option(..., "--amount", help="Amount due in minor units (4900 = 49.00)."),
     currency: str = typer.Option(..., "--currency", help="ISO 4217 code, e.g. USD."),
     billing_link: str = typer.Option(..., "--billing-link", help="Where the customer pays."),
     email: str | None = typer.Option(None, "--email", help="Customer's email address."),
@@ -59,7 +59,8 @@ def start(
 ) -> None:
     """Start the dunning case for a failed invoice (once per invoice)."""
     request = CaseRequest(
-        account_id=account, customer_id=customer, invoice_id=invoice, amount_due=amount,
+        account_id=account, customer_id=customer, invoice_id=invoice,
+        amount_due=minor_units("amount", amount),
         currency=currency, billing_link=billing_link,
         failed_at=parse_rfc3339("failed-at", failed_at) if failed_at else None,
         customer_email=email, customer_name=name, plan=plan,
@@ -83,12 +84,13 @@ def start(
 def recover(
     account: str = AccountOpt,
     invoice: str = InvoiceOpt,
-    amount: int | None = typer.Option(None, "--amount", help="Amount recovered (minor units)."),
+    amount: str | None = typer.Option(None, "--amount", help="Amount recovered (minor units)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Tell a case the payment was recovered: it stops at once."""
     _ids(account, invoice)
-    run_with_client(lambda c: c.recover(account, invoice, amount))
+    paid = minor_units("amount", amount) if amount is not None else None
+    run_with_client(lambda c: c.recover(account, invoice, paid))
     _done(account, invoice, "payment_recovered", as_json)
 
 
@@ -120,6 +122,14 @@ def status(account: str = AccountOpt, invoice: str = InvoiceOpt, as_json: bool =
         table.add_row(str(r["step"]), r["channel"], r["status"], r.get("delivery") or "",
                       r["reason"], r["due_at"])
     console.print(table)
+
+
+def minor_units(name: str, text: str) -> int:
+    """A whole number of minor units: '4900' is 49.00; '49.00' is refused, never rounded."""
+    value = text.strip()
+    if not value.isdigit():
+        raise InputError(name, f"{text!r} is not a whole number of minor units (4900 = 49.00)")
+    return int(value)
 
 
 def _ids(account: str, invoice: str) -> None:
