@@ -130,7 +130,7 @@ def env_name(field: str) -> str:
 def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment; raise SettingsError with one clear line."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = str(err["loc"][0]) if err["loc"] else ""
@@ -141,6 +141,11 @@ def load_settings(**overrides: object) -> Settings:
         value = err.get("input")
         shown = f" (got {value!r})" if isinstance(value, str | int | float) and value != "" else ""
         raise SettingsError(f"invalid setting {var}: {msg}{shown}") from None
+    if settings.codec_keys:
+        from dunning.codec import parse_keys
+
+        parse_keys(settings.codec_keys)  # SettingsError naming DUNNING_CODEC_KEYS
+    return settings
 
 
 @functools.cache
