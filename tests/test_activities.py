@@ -105,13 +105,13 @@ def test_crash_inside_the_provider_call_is_never_resent(db, account, uid):
     env = _env(f"run-{uid}")
 
     class Killed(BaseException):
-        pass
+        """Stands in for SIGKILL: nothing after the provider call runs."""
 
-    def die(_sms: OutgoingSms) -> str:
-        raise Killed()
+    class DyingSms(ScriptedSms):
+        def send(self, sms: OutgoingSms) -> str:
+            raise Killed()
 
-    dying = DunningActivities(db, ScriptedSms(), ConsoleEmailProvider(echo=False))
-    dying.sms.send = die  # type: ignore[method-assign]
+    dying = DunningActivities(db, DyingSms(), ConsoleEmailProvider(echo=False))
     with pytest.raises(Killed):
         env.run(dying.send_sms, _request(account))
     assert [r.status for r in _rows(db, account)] == ["claimed"]
