@@ -108,7 +108,12 @@ def _port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def start_dev_server_if_needed(ui: bool = True) -> subprocess.Popen[bytes] | None:
+CODEC_PORT = 8081
+
+
+def start_dev_server_if_needed(
+    ui: bool = True, codec_endpoint: str | None = None
+) -> subprocess.Popen[bytes] | None:
     """Start the embedded dev server when DUNNING_TEMPORAL_ADDRESS is local and nothing
     listens there; returns the process (None when a server is already there)."""
     cfg = settings()
@@ -118,7 +123,8 @@ def start_dev_server_if_needed(ui: bool = True) -> subprocess.Popen[bytes] | Non
         return None
     if host not in ("localhost", "127.0.0.1", ""):
         fail(f"no Temporal server at DUNNING_TEMPORAL_ADDRESS={cfg.temporal_address}")
-    cmd = dev_server_command(cfg, port=port, ui_port=port + 1000, headless=not ui)
+    cmd = dev_server_command(cfg, port=port, ui_port=port + 1000, headless=not ui,
+                             codec_endpoint=codec_endpoint)
     log = open(cfg.data_dir / "temporal-dev-server.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
@@ -134,14 +140,19 @@ def up() -> None:
     _logging()
     cfg = settings()
     database()
-    proc = start_dev_server_if_needed()
+    codec = not _port_open("127.0.0.1", CODEC_PORT)
+    proc = start_dev_server_if_needed(
+        codec_endpoint=f"http://127.0.0.1:{CODEC_PORT}" if codec else None
+    )
     if proc is not None:
         port = int(cfg.temporal_address.rpartition(":")[2])
-        console.print(f"Temporal dev server started; UI: http://127.0.0.1:{port + 1000}")
+        console.print(f"Temporal dev server started; UI: http://127.0.0.1:{port + 1000}"
+                      + (f" (payloads decoded by the codec server on :{CODEC_PORT})"
+                         if codec else ""))
     console.print(f"worker on task queue '{cfg.task_queue}', webhooks on "
                   f"http://{cfg.http_host}:{cfg.http_port}; Ctrl-C stops")
     try:
-        asyncio.run(_run_all(cfg))
+        asyncio.run(_run_all(cfg, codec and proc is not None))
     except KeyboardInterrupt:
         pass
     finally:
@@ -151,7 +162,7 @@ def up() -> None:
                 proc.wait(timeout=20)
 
 
-async def _run_all(cfg: Any) -> None:
+async def _run_all(cfg: Any, with_codec: bool) -> None:
     from dunning.webhooks.server import serve_webhooks
     from worker import run_worker
 
@@ -160,7 +171,25 @@ async def _run_all(cfg: Any) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await asyncio.gather(run_worker(cfg, stop), serve_webhooks(cfg, stop))
+    tasks = [run_worker(cfg, stop), serve_webhooks(cfg, stop)]
+    if with_codec:
+        from dunning.codec_server import build_codec_server
+
+        ui = int(cfg.temporal_address.rpartition(":")[2]) + 1000
+        server = build_codec_server(
+            cfg, "127.0.0.1", CODEC_PORT,
+            cors_origins=[f"http://127.0.0.1:{ui}", f"http://localhost:{ui}"],
+            log_level="warning",
+        )
+
+        async def codec() -> None:
+            serving = asyncio.create_task(server.serve())
+            await stop.wait()
+            server.should_exit = True
+            await serving
+
+        tasks.append(codec())
+    await asyncio.gather(*tasks)
 
 
 def demo(
