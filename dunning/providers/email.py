@@ -50,15 +50,17 @@ def build_message(email: OutgoingEmail) -> EmailMessage:
 class ConsoleEmailProvider:
     name = "console"
 
-    def __init__(self) -> None:
+    def __init__(self, echo: bool = True) -> None:
         self._lock = threading.Lock()
+        self.echo = echo
         self.sent: list[OutgoingEmail] = []
 
     def send(self, email: OutgoingEmail) -> str:
         msg = build_message(email)
         with self._lock:
             self.sent.append(email)
-        print(f"[email] to {mask_email(email.to)}: {email.subject}", flush=True)
+        if self.echo:
+            print(f"[email] to {mask_email(email.to)}: {email.subject}", flush=True)
         return str(msg["Message-ID"])
 
 

@@ -41,9 +41,10 @@ class ConsoleSmsProvider:
 
     name = "console"
 
-    def __init__(self) -> None:
+    def __init__(self, echo: bool = True) -> None:
         self._lock = threading.Lock()
         self._count = 0
+        self.echo = echo
         self.sent: list[OutgoingSms] = []
 
     def send(self, sms: OutgoingSms) -> str:
@@ -51,7 +52,8 @@ class ConsoleSmsProvider:
             self._count += 1
             self.sent.append(sms)
             msg_id = f"console-{self._count}"
-        print(f"[sms {msg_id}] to {mask_phone(sms.dst)}: {sms.text}", flush=True)
+        if self.echo:
+            print(f"[sms {msg_id}] to {mask_phone(sms.dst)}: {sms.text}", flush=True)
         return msg_id
 
 
