@@ -1,0 +1,98 @@
+"""`dunning report --account A [--json] [--html FILE] [--since DATE]`: recovery figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from dunning.cli.common import JsonOpt, console, fail, print_json, session
+from dunning.report import (
+    CHANNELS,
+    LABELS,
+    MESSAGE_STATUSES,
+    amounts_text,
+    build_report,
+    parse_since,
+    percent,
+    render_html,
+)
+
+
+def report(
+    account: str = typer.Option(..., "--account", help="Account id."),
+    as_json: bool = JsonOpt,
+    html: Path | None = typer.Option(
+        None, "--html", metavar="FILE", dir_okay=False,
+        help="Also write a self-contained HTML page with charts to FILE.",
+    ),
+    since: str | None = typer.Option(
+        None, "--since", metavar="DATE",
+        help="Only cases whose payment failed at or after DATE (2026-03-01 or RFC 3339), and "
+        "messages and credits from then on.",
+    ),
+) -> None:
+    """Recovery figures for an account: cases, recoveries, rates, channels, SMS spend."""
+    start = parse_since(since) if since else None
+    with session() as s:
+        data = build_report(s, account, since=start)
+    if html is not None:
+        try:
+            html.write_text(render_html(data), encoding="utf-8")
+        except OSError as exc:
+            fail(f"cannot write {html}: {exc.strerror or exc}")
+    if as_json:
+        print_json(data)
+    elif html is not None:
+        console.print(f"wrote the report for {account} to {html}", highlight=False)
+    else:
+        print_summary(data)
+
+
+def print_summary(data: dict[str, Any]) -> None:
+    cases = data["cases"]
+    rate = data["recovery_rate"]
+    spend = data["sms_spend"]
+    period = ("since " + data["since"][:10]) if data["since"] else "all time"
+    summary = Table(title=f"{data['company_name']} ({data['account_id']}), {period}",
+                    show_header=False, title_justify="left")
+    summary.add_column(style="bold")
+    summary.add_column()
+    by_state = cases["by_state"]
+    summary.add_row("cases", f"{cases['total']} ({by_state['active']} active, "
+                             f"{by_state['recovered']} recovered, {by_state['exhausted']} "
+                             f"exhausted, {by_state['canceled']} canceled)")
+    summary.add_row("recovered", f"{data['recovered']['count']} cases, "
+                                 f"{amounts_text(data['recovered']['amount'])}")
+    summary.add_row("still outstanding", amounts_text(cases["outstanding"]))
+    summary.add_row("recovery rate", f"{percent(rate['of_ended'])} of ended cases, "
+                                     f"{percent(rate['of_all'])} of all")
+    summary.add_row("median time to recovery", data["median_time_to_recovery"]["human"])
+    price = f" ({spend['price']['formatted']})" if spend["price"] else ""
+    refunded = f", {spend['refunded']} refunded" if spend["refunded"] else ""
+    summary.add_row("SMS spend", f"{spend['credits']} credits{price}{refunded}")
+    console.print(summary)
+
+    channels = Table("last reminder", "recovered", "amount", title="Recoveries by channel",
+                     title_justify="left")
+    channels.columns[1].justify = "right"
+    for ch in CHANNELS:
+        row = data["recoveries_by_channel"][ch]
+        channels.add_row(LABELS[ch], str(row["count"]), amounts_text(row["amount"]))
+    console.print(channels)
+
+    msgs = data["messages"]["by_channel"]
+    statuses = list(MESSAGE_STATUSES) + sorted(
+        {s for row in msgs.values() for s in row} - set(MESSAGE_STATUSES))
+    messages = Table("channel", *statuses, title="Messages", title_justify="left")
+    for column in messages.columns[1:]:
+        column.justify = "right"
+    for ch, row in msgs.items():
+        messages.add_row(LABELS.get(ch, ch), *(str(row.get(s, 0)) for s in statuses))
+    console.print(messages)
+    replies = data["messages"]["compliance_replies"]
+    if replies:
+        console.print(f"plus {replies} HELP/STOP {'reply' if replies == 1 else 'replies'} "
+                      "(not reminders)", highlight=False)
