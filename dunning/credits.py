@@ -1,24 +1,89 @@
 """The credit ledger: every change to a balance is one conditional UPDATE plus one ledger row,
 in the same transaction. The balance can never go below zero (the UPDATE's WHERE clause, and a
 CHECK constraint behind it), and it always equals the sum of the ledger.
+
+On PostgreSQL the UPDATE and the ledger INSERT travel as ONE statement (a data-modifying CTE), so
+the account row is locked for a single round trip; on SQLite (where BEGIN IMMEDIATE serialises
+writers anyway) they are two statements in the same transaction.
+
+Reservations (SMS debits) are fair, first come first served, with the waiters table as the
+queue: a case whose text the balance cannot pay is added to `sms_waiters` (keeping the time it
+first began waiting). A reservation succeeds only if the balance covers its own cost PLUS the
+credits needed by every waiter ahead of it (all waiters, for a case that is not waiting). So a
+newcomer never takes credits that older waiters are owed, and a waiter woken because the balance
+covers it and everyone ahead of it (see `dunning.wake`) can always reserve. The queue is strict:
+a waiter needing more than the balance holds back those behind it until a top-up covers it.
+
+No lost wake-up (PostgreSQL, READ COMMITTED): a reservation whose conditional UPDATE matched
+nothing holds no lock. Before it inserts its waiter row it locks the account row
+(SELECT ... FOR UPDATE) and tries once more. A top-up that committed in between is seen by the
+retry; a top-up arriving later waits for our commit, so its subsequent read of the waiters sees
+us. On SQLite, BEGIN IMMEDIATE already serialises the whole transaction.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.orm import Session, aliased
 
 from dunning.db.models import Account, CreditEntry, SmsWaiter, utcnow
 from dunning.domain import InputError
 
+KINDS = ("topup", "sms_debit", "refund", "refill")
+NOTICE_LOW = "low"
+NOTICE_ZERO = "zero"
+
 
 @dataclass
 class Reservation:
+    """The outcome of a debit attempt, with what the follow-ups (notices, auto-refill) need."""
+
     ok: bool
     balance: int
+    account_id: str = ""
+    amount: int = 0
+    entry_id: int | None = None  # the ledger row of the debit
+    waiting: bool = False  # a failed reservation that queued the case as a waiter
+    notice: str | None = None  # accounts.balance_notice as the debit left it
+    threshold: int | None = None  # auto-refill threshold (None: auto-refill off)
+    refill_amount: int | None = None
+
+    @property
+    def before(self) -> int:
+        """The balance before this debit."""
+        return self.balance + (self.amount if self.ok else 0)
+
+
+@dataclass
+class _Change:
+    balance: int
+    notice: str | None
+    threshold: int | None
+    refill_amount: int | None
+    entry_id: int | None
 
 
 def balance_of(session: Session, account_id: str) -> int:
@@ -26,6 +91,118 @@ def balance_of(session: Session, account_id: str) -> int:
     if value is None:
         raise InputError("account", f"unknown account {account_id!r}")
     return int(value)
+
+
+def _is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def credits_ahead(account_id: Any, workflow_id: Any) -> ColumnElement[Any]:
+    """Credits owed to the waiters ahead of `workflow_id` in the account's queue: all waiters
+    when it is not waiting itself, else those that began waiting before it (ties by id).
+    Takes values or bind parameters."""
+    w = aliased(SmsWaiter, name="w_ahead")
+    me = aliased(SmsWaiter, name="w_me")
+    my_since = (
+        select(me.since)
+        .where(me.account_id == account_id, me.workflow_id == workflow_id)
+        .scalar_subquery()
+    )
+    return (
+        select(func.coalesce(func.sum(w.credits_needed), 0))
+        .where(
+            w.account_id == account_id,
+            w.workflow_id != workflow_id,
+            or_(
+                my_since.is_(None),
+                w.since < my_since,
+                and_(w.since == my_since, w.workflow_id < workflow_id),
+            ),
+        )
+        .scalar_subquery()
+    )
+
+
+_P = {
+    "acct": bindparam("p_acct", type_=String),
+    "amount": bindparam("p_amount", type_=BigInteger),
+    "need": bindparam("p_need", type_=BigInteger),
+    "now": bindparam("p_now", type_=DateTime(timezone=True)),
+    "kind": bindparam("p_kind", type_=String),
+    "wf": bindparam("p_wf", type_=String),
+    "step": bindparam("p_step", type_=Integer),
+    "msg": bindparam("p_msg", type_=Integer),
+    "note": bindparam("p_note", type_=String),
+}
+_RETURNING = (
+    Account.credit_balance, Account.balance_notice, Account.auto_refill_threshold,
+    Account.auto_refill_amount,
+)
+
+
+@functools.cache
+def _statements(debit: bool, fair: bool, dequeue: bool, postgres: bool) -> tuple[Any, ...]:
+    """The statements of one kind of balance change, built once with bind parameters (so
+    SQLAlchemy's compiled cache is hit without rebuilding and re-keying them every time).
+
+    PostgreSQL: (one statement,): UPDATE ... RETURNING feeding the ledger INSERT (and the
+    waiter DELETE) as data-modifying CTEs. Others: (update, ledger insert, waiter delete)."""
+    new_balance = Account.credit_balance + _P["amount"]
+    values: dict[str, Any] = {"credit_balance": new_balance, "updated_at": _P["now"]}
+    if not debit:
+        # Credits re-arm the balance notices: back at/above the threshold (or above zero
+        # without one) clears them; above zero but still low turns `zero` back into `low`.
+        values["balance_notice"] = case(
+            (new_balance >= func.coalesce(Account.auto_refill_threshold, 1), null()),
+            (and_(new_balance > 0, Account.balance_notice == NOTICE_ZERO), literal(NOTICE_LOW)),
+            else_=Account.balance_notice,
+        )
+    upd = update(Account).where(Account.id == _P["acct"]).values(**values)
+    if debit:
+        upd = upd.where(Account.credit_balance >= _P["need"])  # cheap test first
+        if fair:  # an empty queue (the usual case) costs one index probe
+            anyone = aliased(SmsWaiter, name="w_any")
+            upd = upd.where(or_(
+                ~select(anyone.workflow_id).where(anyone.account_id == _P["acct"]).exists(),
+                Account.credit_balance >= _P["need"] + credits_ahead(_P["acct"], _P["wf"]),
+            ))
+    upd = upd.returning(*_RETURNING)
+    entry_cols = ["account_id", "kind", "amount", "workflow_id", "step", "message_id", "note",
+                  "created_at"]
+    entry_vals: list[Any] = [_P["acct"], _P["kind"], _P["amount"], _P["wf"], _P["step"], _P["msg"],
+                  _P["note"], _P["now"]]
+    dequeue_stmt = delete(SmsWaiter).where(
+        SmsWaiter.account_id == _P["acct"], SmsWaiter.workflow_id == _P["wf"]
+    )
+    if not postgres:
+        ledger_stmt = (
+            insert(CreditEntry)
+            .values({**dict(zip(entry_cols, entry_vals, strict=True)),
+                     "balance_after": bindparam("p_after", type_=BigInteger)})
+            .returning(CreditEntry.id)
+        )
+        return upd, ledger_stmt, dequeue_stmt
+    changed = upd.cte("changed")
+    ledger = (
+        insert(CreditEntry)
+        .from_select([*entry_cols, "balance_after"],
+                     select(*entry_vals, changed.c.credit_balance))
+        .returning(CreditEntry.id)
+        .cte("ledger")
+    )
+    columns: list[Any] = [changed.c[c.key] for c in _RETURNING]
+    query = select(*columns, ledger.c.id).select_from(changed.join(ledger, true()))
+    if dequeue:  # a data-modifying CTE runs even though nothing selects from it
+        query = query.add_cte(
+            dequeue_stmt.where(select(changed.c.credit_balance).exists()).cte("dequeued")
+        )
+    return (query,)
+
+
+@functools.cache
+def _compiled(stmt: Any, dialect: Any) -> tuple[str, dict[str, Any]]:
+    compiled = stmt.compile(dialect=dialect)
+    return str(compiled), dict(compiled.params)
 
 
 def _apply(
@@ -38,46 +215,69 @@ def _apply(
     step: int | None = None,
     message_id: int | None = None,
     note: str | None = None,
-) -> int | None:
-    """Add `amount` (negative for debits) unless that takes the balance below zero.
+    fair: bool = False,
+    dequeue: bool = False,
+) -> _Change | None:
+    """Add `amount` (negative for debits) unless that takes the balance below zero (or, with
+    `fair`, below what the waiters ahead of `workflow_id` are owed). With `dequeue`, a debit
+    that fits also takes `workflow_id` out of the waiters' queue.
 
-    Returns the new balance, or None when the debit does not fit. One statement decides, so
+    Returns the new state, or None when the debit does not fit. One statement decides, so
     concurrent writers on SQLite or PostgreSQL can never overdraw.
     """
-    stmt = (
-        update(Account)
-        .where(Account.id == account_id)
-        .values(credit_balance=Account.credit_balance + amount, updated_at=utcnow())
-        .returning(Account.credit_balance)
-    )
-    if amount < 0:
-        stmt = stmt.where(Account.credit_balance >= -amount)
-    new_balance = session.execute(stmt).scalar_one_or_none()
-    if new_balance is None:
-        return None
-    session.add(
-        CreditEntry(
-            account_id=account_id,
-            kind=kind,
-            amount=amount,
-            balance_after=int(new_balance),
-            workflow_id=workflow_id,
-            step=step,
-            message_id=message_id,
-            note=note,
-        )
-    )
-    return int(new_balance)
+    debit = amount < 0
+    fair = fair and debit and workflow_id is not None
+    dequeue = dequeue and debit and workflow_id is not None
+    postgres = _is_postgres(session)
+    stmts = _statements(debit, fair, dequeue, postgres)
+    params = {
+        "p_acct": account_id, "p_amount": amount, "p_need": -amount, "p_now": utcnow(),
+        "p_kind": kind, "p_wf": workflow_id, "p_step": step, "p_msg": message_id,
+        "p_note": note,
+    }
+    # Core execution on the session's connection (same transaction, none of the ORM's
+    # per-statement work): flush pending ORM changes first, as the ORM would.
+    if session.new or session.dirty or session.deleted:
+        session.flush()
+    conn = session.connection()
+    if postgres:
+        # The hot path: the statement compiled once, run on the driver's cursor in the
+        # session's transaction (SQLAlchemy's per-execution work would double the cost).
+        sql, defaults = _compiled(stmts[0], conn.dialect)
+        with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
+            cur.execute(sql, {**defaults, **params})
+            row = cur.fetchone()
+        if row is None:
+            return None
+        change = _Change(int(row[0]), row[1], _opt_int(row[2]), _opt_int(row[3]), int(row[4]))
+    else:
+        upd, ledger_stmt, dequeue_stmt = stmts
+        updated = conn.execute(upd, params).one_or_none()
+        if updated is None:
+            return None
+        entry_id = conn.execute(ledger_stmt, {**params, "p_after": int(updated[0])}).scalar_one()
+        if dequeue:
+            conn.execute(dequeue_stmt, params)
+        change = _Change(int(updated[0]), updated[1], _opt_int(updated[2]),
+                         _opt_int(updated[3]), int(entry_id))
+    loaded = session.identity_map.get(session.identity_key(Account, account_id))
+    if loaded is not None:  # an Account the session holds must not show the old balance
+        session.expire(loaded, ["credit_balance", "balance_notice", "updated_at"])
+    return change
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def top_up(session: Session, account_id: str, amount: int, *, kind: str = "topup",
            note: str | None = None) -> int:
     if amount <= 0:
         raise InputError("amount", "must be a positive whole number of credits")
-    new_balance = _apply(session, account_id, amount, kind, note=note)
-    if new_balance is None:
+    change = _apply(session, account_id, amount, kind, note=note)
+    if change is None:
         raise InputError("account", f"unknown account {account_id!r}")
-    return new_balance
+    return change.balance
 
 
 def reserve(
@@ -88,16 +288,48 @@ def reserve(
     workflow_id: str,
     step: int,
     message_id: int | None = None,
+    enqueue: bool = False,
+    fair: bool = True,
 ) -> Reservation:
+    """Debit `amount` credits for a case's SMS, first come first served.
+
+    Success is one statement (plus the ledger row). On failure the account row is locked and the
+    debit tried once more (a top-up may have landed); with `enqueue`, a case that still cannot
+    be served is then queued as a waiter (keeping its place if it was already waiting), and a
+    case that is served leaves the queue. The lock is held until the caller's commit.
+    """
     if amount <= 0:
-        return Reservation(True, balance_of(session, account_id))
-    new_balance = _apply(
-        session, account_id, -amount, "sms_debit", workflow_id=workflow_id, step=step,
-        message_id=message_id,
+        if enqueue:
+            remove_waiter(session, account_id, workflow_id)
+        return Reservation(True, balance_of(session, account_id), account_id, 0)
+    kwargs: dict[str, Any] = {
+        "workflow_id": workflow_id, "step": step, "message_id": message_id, "fair": fair,
+        "dequeue": enqueue,
+    }
+    change = _apply(session, account_id, -amount, "sms_debit", **kwargs)
+    if change is None:
+        locked = session.execute(
+            select(
+                Account.credit_balance, Account.balance_notice, Account.auto_refill_threshold,
+                Account.auto_refill_amount,
+            )
+            .where(Account.id == account_id)
+            .with_for_update()
+        ).one_or_none()
+        if locked is None:
+            raise InputError("account", f"unknown account {account_id!r}")
+        change = _apply(session, account_id, -amount, "sms_debit", **kwargs)
+        if change is None:
+            if enqueue:
+                add_waiter(session, account_id, workflow_id, amount)
+            return Reservation(
+                False, int(locked[0]), account_id, amount, waiting=enqueue, notice=locked[1],
+                threshold=_opt_int(locked[2]), refill_amount=_opt_int(locked[3]),
+            )
+    return Reservation(
+        True, change.balance, account_id, amount, entry_id=change.entry_id,
+        notice=change.notice, threshold=change.threshold, refill_amount=change.refill_amount,
     )
-    if new_balance is None:
-        return Reservation(False, balance_of(session, account_id))
-    return Reservation(True, new_balance)
 
 
 def refund(
@@ -110,12 +342,12 @@ def refund(
     message_id: int | None,
     note: str,
 ) -> int:
-    new_balance = _apply(
+    change = _apply(
         session, account_id, amount, "refund", workflow_id=workflow_id, step=step,
         message_id=message_id, note=note,
     )
-    assert new_balance is not None
-    return new_balance
+    assert change is not None
+    return change.balance
 
 
 def ledger_sum(session: Session, account_id: str) -> int:
@@ -133,13 +365,18 @@ def ledger_sum(session: Session, account_id: str) -> int:
 
 
 def add_waiter(session: Session, account_id: str, workflow_id: str, credits_needed: int) -> None:
+    """Queue a case (or update what it needs, keeping its place). `since` comes from the
+    database's clock on PostgreSQL, so workers on several hosts agree on the order."""
     exists = session.get(SmsWaiter, (account_id, workflow_id))
     if exists is None:
-        session.add(
-            SmsWaiter(account_id=account_id, workflow_id=workflow_id,
-                      credits_needed=credits_needed, since=utcnow())
+        since: Any = func.clock_timestamp() if _is_postgres(session) else utcnow()
+        session.execute(
+            insert(SmsWaiter).values(
+                account_id=account_id, workflow_id=workflow_id, credits_needed=credits_needed,
+                since=since,
+            )
         )
-    else:
+    elif exists.credits_needed != credits_needed:
         exists.credits_needed = credits_needed
 
 
@@ -151,10 +388,33 @@ def remove_waiter(session: Session, account_id: str, workflow_id: str) -> None:
     )
 
 
+def remove_waiters(session: Session, account_id: str, workflow_ids: list[str]) -> int:
+    removed = 0
+    for start in range(0, len(workflow_ids), 500):
+        chunk = workflow_ids[start:start + 500]
+        result = session.execute(
+            delete(SmsWaiter).where(
+                SmsWaiter.account_id == account_id, SmsWaiter.workflow_id.in_(chunk)
+            )
+        )
+        removed += int(getattr(result, "rowcount", 0) or 0)
+    return removed
+
+
 def waiters(session: Session, account_id: str) -> list[tuple[str, int, datetime]]:
+    """The account's queue, first come first served."""
     rows = session.execute(
         select(SmsWaiter.workflow_id, SmsWaiter.credits_needed, SmsWaiter.since)
         .where(SmsWaiter.account_id == account_id)
         .order_by(SmsWaiter.since, SmsWaiter.workflow_id)
     ).all()
     return [(r[0], int(r[1]), r[2]) for r in rows]
+
+
+def waiting_count(session: Session, account_id: str) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).select_from(SmsWaiter).where(SmsWaiter.account_id == account_id)
+        )
+        or 0
+    )

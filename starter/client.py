@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from types import TracebackType
@@ -22,7 +21,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from dunning import credits
+from dunning import wake
 from dunning.db import Database
 from dunning.domain import (
     QUERY_STATUS,
@@ -31,10 +30,8 @@ from dunning.domain import (
     SA_SMS_PAUSED,
     SA_STATE,
     SIGNAL_CANCEL,
-    SIGNAL_CREDITS_ADDED,
     SIGNAL_PAYMENT_RECOVERED,
     WORKFLOW_TYPE,
-    InputError,
     parse_case_input,
     workflow_id_for,
 )
@@ -169,55 +166,14 @@ class DunningClient:
             raise
 
     async def top_up(self, account_id: str, amount: int) -> TopUpResult:
-        """Add credits, then wake the paused cases of the account."""
-        if amount <= 0:
-            raise InputError("amount", "must be a positive whole number of credits")
-        with self.db.session() as s:
-            balance = credits.top_up(s, account_id, amount)
-        woken = await self.wake_paused(account_id)
-        return TopUpResult(account_id, balance, woken)
+        """Add credits, then wake the paused cases they cover, oldest first (dunning.wake)."""
+        done = await wake.top_up(self.client, self.db, account_id, amount)
+        return TopUpResult(account_id, done.balance, done.woken)
 
-    async def wake_paused(self, account_id: str, concurrency: int = 64) -> int:
-        """Signal `credits_added` to the cases waiting for credits, oldest first.
-
-        The database's waiter list is the source of truth (visibility is eventually consistent);
-        a visibility query adds any case the list might have missed. Only as many cases as the
-        balance can serve are woken, so a small top-up causes no stampede of failed
-        reservations; the rest stay paused and are woken by the next top-up (or their own
-        periodic re-check).
-        """
-        with self.db.session() as s:
-            balance = credits.balance_of(s, account_id)
-            waiting = credits.waiters(s, account_id)
-        chosen: list[str] = []
-        budget = balance
-        for workflow_id, needed, _since in waiting:
-            if needed > budget:
-                break
-            budget -= needed
-            chosen.append(workflow_id)
-        if budget > 0:
-            known = {w for w, _, _ in waiting}
-            query = (
-                f"{SA_ACCOUNT_ID.name} = '{account_id}' AND {SA_SMS_PAUSED.name} = true "
-                "AND ExecutionStatus = 'Running'"
-            )
-            async for wf in self.client.list_workflows(query):
-                if wf.id not in known and len(chosen) < balance:
-                    chosen.append(wf.id)
-        sem = asyncio.Semaphore(concurrency)
-
-        async def _wake(workflow_id: str) -> bool:
-            async with sem:
-                try:
-                    await self.client.get_workflow_handle(workflow_id).signal(
-                        SIGNAL_CREDITS_ADDED, {"account_id": account_id}
-                    )
-                    return True
-                except RPCError as err:
-                    if err.status == RPCStatusCode.NOT_FOUND:
-                        return False
-                    raise
-
-        results = await asyncio.gather(*(_wake(w) for w in chosen))
-        return sum(1 for r in results if r)
+    async def wake_paused(
+        self, account_id: str, concurrency: int = wake.DEFAULT_CONCURRENCY
+    ) -> int:
+        """Signal `credits_added` to the waiting cases the balance covers, first come first
+        served; the rest stay paused (no stampede). Returns how many were woken."""
+        result = await wake.wake_paused(self.client, self.db, account_id, concurrency=concurrency)
+        return result.woken

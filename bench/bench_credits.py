@@ -1,0 +1,175 @@
+"""Credit reservations under contention on PostgreSQL: R concurrent reservers on ONE account.
+
+Compares, in the same run, against the same row and with the same concurrency:
+- raw:  `UPDATE accounts SET credit_balance = credit_balance - 1 WHERE id = %s AND
+         credit_balance >= 1 RETURNING credit_balance` + COMMIT, through psycopg directly;
+- ours: `credits.reserve()` as the send activity calls it (fair, queue-aware, with its ledger
+        row), in a SQLAlchemy session: one statement + COMMIT.
+Threads, one connection each. The database is created and dropped by the bench.
+
+    python -m bench.bench_credits [--seconds 10] [--reservers 50] [--rounds 5]
+        [--admin-url postgresql://postgres@127.0.0.1:5432/postgres]
+
+Target: ours >= 0.5 x raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from bench.common import table
+from dunning import credits
+from dunning.accounts import AccountOptions, create_account
+from dunning.db import Database
+
+ACCOUNT = "bench-credits"
+START_BALANCE = 10**12
+
+
+def hammer(reservers: int, seconds: float, make_worker: Callable[[int], Callable[[], bool]],
+           cleanup: Callable[[], None] = lambda: None) -> tuple[int, float]:
+    """Run `reservers` threads, each calling its worker in a loop for `seconds`; returns
+    (successful reservations, elapsed seconds). Connections are opened before the clock
+    starts and closed (`cleanup`) after it stops."""
+    workers = [make_worker(i) for i in range(reservers)]
+    counts = [0] * reservers
+    start = threading.Barrier(reservers + 1)
+    stop_at = [0.0]
+
+    def run(i: int) -> None:
+        work = workers[i]
+        start.wait()
+        n = 0
+        while time.perf_counter() < stop_at[0]:
+            if work():
+                n += 1
+        counts[i] = n
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(reservers)]
+    for t in threads:
+        t.start()
+    stop_at[0] = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    start.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    cleanup()
+    return sum(counts), elapsed
+
+
+def raw_worker(dsn: str, opened: list[psycopg.Connection[Any]]
+               ) -> Callable[[int], Callable[[], bool]]:
+    def make(_i: int) -> Callable[[], bool]:
+        conn = psycopg.connect(dsn)
+        opened.append(conn)
+        sql = ("UPDATE accounts SET credit_balance = credit_balance - 1 "
+               "WHERE id = %s AND credit_balance >= 1 RETURNING credit_balance")
+
+        def work() -> bool:
+            with conn.cursor() as cur:
+                cur.execute(sql, (ACCOUNT,))
+                ok = cur.fetchone() is not None
+            conn.commit()
+            return ok
+
+        return work
+
+    return make
+
+
+def our_worker(db: Database) -> Callable[[int], Callable[[], bool]]:
+    def make(i: int) -> Callable[[], bool]:
+        k = [0]
+        with db.session() as s:  # open this thread's connection before the clock starts
+            s.connection()
+
+        def work() -> bool:
+            k[0] += 1
+            with db.session() as s:
+                return credits.reserve(
+                    s, ACCOUNT, 1, workflow_id=f"dunning-{ACCOUNT}-r{i}-{k[0]}", step=1,
+                    enqueue=True,
+                ).ok
+
+        return work
+
+    return make
+
+
+def run(admin_url: str, seconds: float, reservers: int, rounds: int) -> dict[str, Any]:
+    name = f"dunning_bench_credits_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = psycopg.connect(admin_url, autocommit=True)
+    admin.execute(f'CREATE DATABASE "{name}"')
+    base = admin_url.rsplit("/", 1)[0]
+    dsn = f"{base}/{name}"
+    url = dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+    db = Database(url, pool_size=reservers)
+    try:
+        db.upgrade()
+        with db.session() as s:
+            create_account(s, ACCOUNT, AccountOptions(company_name="Bench Co"))
+            credits.top_up(s, ACCOUNT, START_BALANCE)
+        raw_total = ours_total = 0
+        raw_time = ours_time = 0.0
+        for _ in range(rounds):  # short interleaved slices: both see the same machine
+            slice_s = seconds / rounds
+            opened: list[psycopg.Connection[Any]] = []
+
+            def close_all(conns: list[psycopg.Connection[Any]] = opened) -> None:
+                for c in conns:
+                    c.close()
+
+            n, t = hammer(reservers, slice_s, raw_worker(dsn, opened), close_all)
+            raw_total, raw_time = raw_total + n, raw_time + t
+            n, t = hammer(reservers, slice_s, our_worker(db), db.engine.dispose)
+            ours_total, ours_time = ours_total + n, ours_time + t
+        with db.session() as s:
+            balance = credits.balance_of(s, ACCOUNT)
+            exact = credits.ledger_sum(s, ACCOUNT) - raw_total == balance
+        assert balance == START_BALANCE - raw_total - ours_total
+        assert exact, "the ledger does not add up"
+    finally:
+        db.dispose()
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+    raw_rate, ours_rate = raw_total / raw_time, ours_total / ours_time
+    ratio = ours_rate / raw_rate
+    table(f"credit reservations: {reservers} reservers on one account, PostgreSQL, "
+          f"{seconds:g} s each, in {rounds} interleaved slices", [
+              ("raw conditional UPDATE", f"{raw_rate:,.0f} reservations/s ({raw_total:,})"),
+              ("ours: reserve() + ledger", f"{ours_rate:,.0f} reservations/s ({ours_total:,})"),
+              ("ours/raw", f"{ratio:.2f} (target >= 0.5: {'met' if ratio >= 0.5 else 'NOT met'})"),
+              ("ledger", "exact: balance == sum of ledger - raw debits (which have no entries)"),
+          ])
+    return {"reservers": reservers, "raw_per_s": raw_rate, "ours_per_s": ours_rate,
+            "ratio": ratio}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="measured time of each contender")
+    parser.add_argument("--reservers", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved slices the time is split into")
+    parser.add_argument("--admin-url", default=os.environ.get(
+        "DUNNING_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    args = parser.parse_args(argv)
+    return run(args.admin_url, args.seconds, args.reservers, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

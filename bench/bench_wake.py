@@ -1,0 +1,207 @@
+"""Waking paused cases: N cases of one account pause for credits (balance 0, SMS on, schedule
+0s, grace 2h), then one top-up covers them all. Measures how long until every case has been
+signalled, has left the waiters' queue (reserved its credits) and has sent its SMS.
+
+A local dev server, the real worker process (console providers, no SMS rate limit), SQLite by
+default.
+
+    python -m bench.bench_wake [--cases 10000] [--concurrency 200] [--database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from bench.common import ROOT, peak_rss_mb, stop, table
+from dunning import credits, wake
+from dunning.accounts import AccountOptions, create_account
+from dunning.codec import converter_for
+from dunning.db import Database
+from dunning.db.models import Account, Customer, Message
+from dunning.domain import SEARCH_ATTRIBUTES
+from dunning.settings import Settings
+from dunning.temporal import temporal_binary
+
+ACCOUNT = "wake"
+QUEUE = "bench-wake"
+
+
+def prepare(db: Database, cases: int) -> None:
+    with db.session() as s:
+        create_account(s, ACCOUNT, AccountOptions(
+            company_name="Wake Co", sms_sender="+14155550100", schedule="0s", grace="2h",
+            quiet_hours="off",
+        ))
+        acct = s.get(Account, ACCOUNT)
+        assert acct is not None
+        acct.sms_enabled = True
+        s.add_all(
+            Customer(account_id=ACCOUNT, customer_id=f"c{i}", name="Pat Doe", email=None,
+                     phone_e164=f"+1415{2000000 + i:07d}", phone_region="US",
+                     phone_type="FIXED_LINE_OR_MOBILE", phone_time_zones="America/Los_Angeles",
+                     source="bench")
+            for i in range(cases)
+        )
+
+
+def counts(db: Database) -> tuple[int, int]:
+    """(cases queued for credits, SMS sent)."""
+    with db.session() as s:
+        waiting = credits.waiting_count(s, ACCOUNT)
+        sent = s.scalar(select(func.count()).select_from(Message).where(
+            Message.account_id == ACCOUNT, Message.channel == "sms", Message.status == "sent"))
+    return waiting, int(sent or 0)
+
+
+async def poll(label: str, done: Any, timeout: float, every: float = 0.25) -> float:
+    """Wait until done() is true; returns the time it took. Prints progress now and then."""
+    t0 = time.perf_counter()
+    last = 0.0
+    while True:
+        value = await done() if asyncio.iscoroutinefunction(done) else done()
+        if value is True:
+            return time.perf_counter() - t0
+        now = time.perf_counter()
+        if now - last > 5:
+            print(f"  ... {label}: {value}", flush=True)
+            last = now
+        if now - t0 > timeout:
+            raise TimeoutError(f"{label}: not done after {timeout:.0f} s ({value})")
+        await asyncio.sleep(every)
+
+
+async def run(cases: int, concurrency: int, database_url: str | None,
+              timeout: float) -> dict[str, float]:
+    tmp = Path(tempfile.mkdtemp(prefix="dunning-bench-wake-"))
+    url = database_url or f"sqlite:///{tmp / 'bench.db'}"
+    db = Database(url, pool_size=8)
+    db.upgrade()
+    prepare(db, cases)
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(), search_attributes=list(SEARCH_ATTRIBUTES),
+        dev_server_log_level="error",
+    )
+    address = env.client.service_client.config.target_host
+    key = "bench:" + "5b" * 32
+    client = await Client.connect(
+        address, data_converter=converter_for(Settings(codec_keys=key, data_dir=tmp)))
+    worker_log = tmp / "worker.log"
+    with worker_log.open("wb") as log_file:  # a file, not a pipe nobody reads (it fills up)
+        worker = subprocess.Popen(
+            [sys.executable, "worker.py"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file,
+            env={**os.environ, "DUNNING_TEMPORAL_ADDRESS": address, "DUNNING_DATABASE_URL": url,
+                 "DUNNING_TASK_QUEUE": QUEUE, "DUNNING_SMS_RATE_LIMIT": "0",
+                 "DUNNING_CODEC_KEYS": key, "DUNNING_DATA_DIR": str(tmp),
+                 "DUNNING_SMS_BACKEND": "console", "DUNNING_EMAIL_BACKEND": "console"},
+        )
+    print(f"worker log: {worker_log}", flush=True)
+    try:
+        sem = asyncio.Semaphore(200)
+
+        async def start(i: int) -> None:
+            async with sem:
+                await client.start_workflow(
+                    "DunningWorkflow",
+                    {"account_id": ACCOUNT, "customer_id": f"c{i}", "invoice_id": f"i{i}",
+                     "amount_due": 4900, "currency": "USD",
+                     "billing_link": f"https://pay.bench.test/{i}"},
+                    id=f"dunning-{ACCOUNT}-i{i}", task_queue=QUEUE,
+                )
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(start(i) for i in range(cases)))
+        started_in = time.perf_counter() - t0
+
+        def all_queued() -> Any:
+            waiting, _ = counts(db)
+            return True if waiting == cases else f"{waiting}/{cases} queued"
+
+        queued_in = await poll("pausing", all_queued, timeout) + started_in
+        paused_query = f"DunningAccountId = '{ACCOUNT}' AND SmsPaused = true"
+
+        async def all_paused() -> Any:  # every workflow has taken in its no_credits answer
+            n = (await client.count_workflows(paused_query)).count
+            return True if n == cases else f"{n}/{cases} SmsPaused"
+
+        await poll("SmsPaused visible", all_paused, timeout, every=1)
+
+        # --- the measurement: one top-up covering every paused case ---------------------
+        t1 = time.perf_counter()
+        outcome = await wake.top_up(client, db, ACCOUNT, cases, concurrency=concurrency)
+        signalled_in = time.perf_counter() - t1
+        drained_at = sent_at = None
+
+        def progress() -> Any:
+            nonlocal drained_at, sent_at
+            waiting, sent = counts(db)
+            now = time.perf_counter() - t1
+            if waiting == 0 and drained_at is None:
+                drained_at = now
+            if sent == cases and sent_at is None:
+                sent_at = now
+            if drained_at is not None and sent_at is not None:
+                return True
+            return f"{cases - waiting}/{cases} reserved, {sent}/{cases} sent"
+
+        await poll("resuming", progress, timeout, every=0.1)
+        assert drained_at is not None and sent_at is not None
+        with db.session() as s:
+            balance = credits.balance_of(s, ACCOUNT)
+            exact = credits.ledger_sum(s, ACCOUNT) == balance
+        rss = peak_rss_mb(worker.pid)
+    finally:
+        stop(worker)
+        await env.shutdown()
+        db.dispose()
+    assert outcome.woken == cases, f"woke {outcome.woken} of {cases}"
+    assert balance == 0 and exact
+    figures = {
+        "cases": cases,
+        "started_per_s": cases / started_in,
+        "paused_in_s": queued_in,
+        "signalled_in_s": signalled_in,
+        "signals_per_s": outcome.woken / signalled_in,
+        "all_reserved_in_s": drained_at,
+        "all_sent_in_s": sent_at,
+        "sms_per_s": cases / sent_at,
+    }
+    db_name = "SQLite" if url.startswith("sqlite") else "PostgreSQL"
+    table(f"wake: {cases} paused cases of one account, one top-up covering them ({db_name})", [
+        ("setup", f"{cases} cases started in {started_in:.1f} s, all paused after "
+                  f"{queued_in:.1f} s"),
+        ("top-up + signals", f"{signalled_in:.2f} s for {outcome.woken} signals "
+                             f"({figures['signals_per_s']:.0f}/s, concurrency {concurrency})"),
+        ("all reserved", f"{drained_at:.2f} s after the top-up (queue empty)"),
+        ("all SMS sent", f"{sent_at:.2f} s after the top-up ({figures['sms_per_s']:.0f} SMS/s)"),
+        ("ledger", f"balance {balance} == sum of ledger: {exact}"),
+        ("worker peak RSS", f"{rss:.0f} MB"),
+    ])
+    return figures
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=10000)
+    parser.add_argument("--concurrency", type=int, default=wake.DEFAULT_CONCURRENCY,
+                        help="signals in flight at once")
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--timeout", type=float, default=1800, help="per phase, seconds")
+    args = parser.parse_args(argv)
+    return asyncio.run(run(args.cases, args.concurrency, args.database_url, args.timeout))
+
+
+if __name__ == "__main__":
+    main()
