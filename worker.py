@@ -1,24 +1,36 @@
 """The Temporal worker: runs DunningWorkflow and its activities. `dunning worker` or
-`python worker.py`. Scale out by starting more of these on the same task queue."""
+`python worker.py`. Scale out by starting more of these on the same task queue.
+
+Logs are structured (dunning.logs); with DUNNING_METRICS_ADDRESS the worker serves Prometheus
+metrics, Temporal's and the engine's (dunning.metrics), on that address."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.abc
+import importlib.machinery
 import logging
+import os
 import signal
-from collections.abc import AsyncIterator
+import sys
+import threading
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
+from types import CodeType, ModuleType
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.runtime import Runtime
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import DunningActivities
+from dunning import logs, metrics
 from dunning.db import Database
 from dunning.domain import sms_task_queue
 from dunning.providers.factory import email_provider, sms_provider
 from dunning.settings import Settings, ensure_data_dir, get_settings
-from dunning.temporal import connect
+from dunning.temporal import connect, data_converter
 from workflows import DunningWorkflow
 
 log = logging.getLogger("dunning.worker")
@@ -34,6 +46,68 @@ def build_activities(settings: Settings, db: Database) -> DunningActivities:
     )
 
 
+# --- the workflow sandbox ------------------------------------------------------------------
+#
+# The sandbox re-imports the workflow's module for every workflow run (fresh module state, checked
+# imports). Executing the module is cheap; compiling it is not, and without cached bytecode
+# (PYTHONDONTWRITEBYTECODE=1, as in the image, or a read-only install) every run compiled the
+# source again. `_WorkflowCodeCache` keeps the compiled code of our workflow packages in memory
+# (keyed by path, mtime and size), so each run only executes it: same isolation, same checks.
+
+WORKFLOW_PACKAGES = ("workflows",)
+
+
+class _CachedSourceLoader(importlib.machinery.SourceFileLoader):
+    _codes: dict[tuple[str, int, int], CodeType] = {}
+    _lock = threading.Lock()
+
+    def get_code(self, fullname: str) -> CodeType:
+        path = self.get_filename(fullname)
+        st = os.stat(path)
+        key = (path, st.st_mtime_ns, st.st_size)
+        code = self._codes.get(key)
+        if code is None:
+            code = super().get_code(fullname)
+            assert code is not None
+            with self._lock:
+                self._codes[key] = code
+        return code
+
+
+class _WorkflowCodeCache(importlib.abc.MetaPathFinder):
+    """Finds our workflow modules as the other finders do, with a caching loader."""
+
+    def __init__(self, packages: Sequence[str]) -> None:
+        self.packages = tuple(packages)
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname.partition(".")[0] not in self.packages:
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is None:
+                continue
+            if type(spec.loader) is importlib.machinery.SourceFileLoader and spec.origin:
+                spec.loader = _CachedSourceLoader(fullname, spec.origin)
+            return spec
+        return None
+
+
+def workflow_runner(sandboxed: bool = True) -> WorkflowRunner:
+    """Temporal's default sandbox, with our workflow modules' bytecode cached between runs; or,
+    with `sandboxed=False` (DUNNING_WORKFLOW_SANDBOX=off), no sandbox (see Settings)."""
+    if not sandboxed:
+        return UnsandboxedWorkflowRunner()
+    if not any(isinstance(f, _WorkflowCodeCache) for f in sys.meta_path):
+        sys.meta_path.insert(0, _WorkflowCodeCache(WORKFLOW_PACKAGES))
+    return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default)
+
+
 def build_workers(
     client: Client, settings: Settings, activities: DunningActivities, executor: ThreadPoolExecutor
 ) -> list[Worker]:
@@ -44,6 +118,7 @@ def build_workers(
             client,
             task_queue=settings.task_queue,
             workflows=[DunningWorkflow],
+            workflow_runner=workflow_runner(settings.workflow_sandbox),
             activities=activities.all(),
             activity_executor=executor,
             max_concurrent_activities=settings.activity_workers,
@@ -67,12 +142,25 @@ async def running(workers: list[Worker]) -> AsyncIterator[None]:
         yield
 
 
+async def connect_worker_client(settings: Settings, runtime: Runtime | None = None) -> Client:
+    """The worker's client; with a runtime (e.g. one exporting metrics), on that runtime."""
+    if runtime is None:
+        return await connect(settings)
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=data_converter(settings),
+        runtime=runtime,
+    )
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
     if not settings.database_url:
         ensure_data_dir(settings)
     db = Database(settings.effective_database_url, pool_size=settings.activity_workers)
     db.upgrade()
-    client = await connect(settings)
+    runtime = metrics.runtime_for(settings.metrics_address) if settings.metrics_address else None
+    client = await connect_worker_client(settings, runtime)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -85,13 +173,21 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         log.info("worker polling task queues %s and %s at %s (SMS limit %s/s)",
                  settings.task_queue, sms_task_queue(settings.task_queue),
                  settings.temporal_address, settings.sms_rate_limit or "no")
+        if runtime is not None:
+            log.info("metrics on http://%s/metrics", settings.metrics_address)
         async with running(workers):
+            sampler = (
+                asyncio.create_task(metrics.sample_paused_cases(db, runtime.metric_meter, stop))
+                if runtime is not None else None
+            )
             await stop.wait()
+            if sampler is not None:
+                await sampler
     db.dispose()
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
     asyncio.run(run_worker(get_settings()))
 
 

@@ -13,30 +13,44 @@ marks it `unknown` and does not send again; the credits stay spent (the provider
 billed) and a later delivery report for the message (its callback URL carries the row id) settles
 it. A transient provider error (5xx, 429, refused connection) proves nothing was taken: the row
 goes back to `retry` and Temporal retries with backoff, reusing the same credit reservation.
+
+Hot path: the statements a send runs on every reminder are built once, at import, as Core
+statements with bind parameters (no ORM unit of work, no per-call statement construction), and
+the account, the customer and the opt-out state come back in one query. A send heartbeats only
+when its database part was slow enough to eat into the heartbeat timeout; otherwise the attempt's
+own start already reset it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import (
+    CursorResult,
+    Insert,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dunning import credits
+from dunning import credits, metrics, refill
 from dunning.db import Database
-from dunning.db.models import (
-    Account,
-    Case,
-    Customer,
-    Message,
-    OptOut,
-    utcnow,
-)
+from dunning.db.models import Account, Case, Customer, Message, OptOut, utcnow
 from dunning.domain import (
     ACT_FINISH_CASE,
     ACT_REGISTER_CASE,
@@ -77,6 +91,124 @@ UNKNOWN_REASON = (
     "outcome unknown: the worker stopped or the provider timed out during the send; "
     "not resent, to avoid a duplicate"
 )
+# A send heartbeats before the provider call only when this share of its heartbeat timeout has
+# already gone by (a slow database); on the fast path the attempt's start is only just behind it.
+HEARTBEAT_AFTER_SHARE = 0.1
+
+# --- statements, built once ---------------------------------------------------------------
+
+_M = cast(Table, Message.__table__)
+_A = cast(Table, Account.__table__)
+_C = cast(Table, Customer.__table__)
+_O = cast(Table, OptOut.__table__)
+_CASES = cast(Table, Case.__table__)
+
+_FIND = select(
+    _M.c.id, _M.c.status, _M.c.reason, _M.c.credits, _M.c.account_id,
+).where(
+    _M.c.workflow_id == bindparam("k_workflow"),
+    _M.c.run_id == bindparam("k_run"),
+    _M.c.step == bindparam("k_step"),
+    _M.c.channel == bindparam("k_channel"),
+)
+
+# The account, the customer and (for SMS) the number's opt-out state, in one round trip.
+_RECIPIENT = (
+    select(
+        _A.c.company_name, _A.c.support_contact, _A.c.email_from, _A.c.sms_enabled,
+        _A.c.sms_steps, _A.c.sms_sender, _A.c.quiet_hours, _A.c.timezone,
+        _C.c.customer_id, _C.c.name, _C.c.email, _C.c.plan, _C.c.phone_e164,
+        _C.c.phone_region, _C.c.phone_time_zones, _O.c.opted_out,
+    )
+    .select_from(
+        _A.outerjoin(
+            _C, and_(_C.c.account_id == _A.c.id, _C.c.customer_id == bindparam("r_customer"))
+        ).outerjoin(
+            _O, and_(_O.c.account_id == _A.c.id, _O.c.phone_e164 == _C.c.phone_e164)
+        )
+    )
+    .where(_A.c.id == bindparam("r_account"))
+)
+
+_ACCOUNT_PLAN = select(_A.c.schedule, _A.c.grace_seconds).where(
+    _A.c.id == bindparam("p_account")
+)
+
+_INSERT_MESSAGE = insert(_M)
+
+_CLAIM_RETRY = (
+    update(_M)
+    .where(_M.c.id == bindparam("u_id"), _M.c.status == "retry")
+    .values(status="claimed", attempts=_M.c.attempts + 1, updated_at=bindparam("u_now"))
+)
+
+_SET_OUTCOME = (
+    update(_M)
+    .where(_M.c.id == bindparam("u_id"))
+    .values(
+        status=bindparam("u_status"), reason=bindparam("u_reason"),
+        updated_at=bindparam("u_now"),
+    )
+)
+
+_MARK_SENT = (
+    update(_M)
+    .where(_M.c.id == bindparam("u_id"))
+    .values(
+        status="sent", reason=None, provider_id=bindparam("u_provider_id"),
+        updated_at=bindparam("u_now"),
+    )
+)
+
+_BACK_TO_RETRY = (
+    update(_M)
+    .where(_M.c.id == bindparam("u_id"), _M.c.status == "claimed")
+    .values(status="retry", reason=bindparam("u_reason"), updated_at=bindparam("u_now"))
+)
+
+_FINISH_CASE = (
+    update(_CASES)
+    .where(_CASES.c.workflow_id == bindparam("f_workflow"))
+    .values(
+        state=bindparam("f_state"), ended_at=bindparam("f_ended_at"),
+        emails_sent=bindparam("f_emails"), sms_sent=bindparam("f_sms"),
+        credits_spent=bindparam("f_credits"), recovered_amount=bindparam("f_recovered"),
+        last_channel=bindparam("f_channel"),
+    )
+)
+
+
+def _upserts(dialect: str) -> tuple[Insert, Insert]:
+    """(customer upsert, case insert-if-missing) for a dialect with INSERT ... ON CONFLICT."""
+    ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    customer = ins(_C).values(
+        account_id=bindparam("c_account"), customer_id=bindparam("c_customer"),
+        email=bindparam("c_email"), name=bindparam("c_name"), plan=bindparam("c_plan"),
+        source="case", updated_at=bindparam("c_now"),
+    )
+    new = customer.excluded
+    changed = [
+        and_(new[c].is_not(None), new[c].is_distinct_from(_C.c[c]))
+        for c in ("email", "name", "plan")
+    ]
+    customer_upsert = customer.on_conflict_do_update(
+        index_elements=[_C.c.account_id, _C.c.customer_id],
+        set_={
+            "email": func.coalesce(new.email, _C.c.email),
+            "name": func.coalesce(new.name, _C.c.name),
+            "plan": func.coalesce(new.plan, _C.c.plan),
+            "updated_at": new.updated_at,
+        },
+        where=or_(*changed),  # a case repeating what is known writes nothing
+    )
+    case_insert = ins(_CASES).on_conflict_do_nothing(index_elements=[_CASES.c.workflow_id])
+    return customer_upsert, case_insert
+
+
+_UPSERTS: dict[str, tuple[Insert, Insert]] = {}
+
+
+# --- small records ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -86,41 +218,94 @@ class _Key:
     step: int
     channel: str
 
+    def params(self) -> dict[str, Any]:
+        return {"k_workflow": self.workflow_id, "k_run": self.run_id, "k_step": self.step,
+                "k_channel": self.channel}
+
+
+@dataclass(frozen=True)
+class _Row:
+    """The parts of a `messages` row a retry needs."""
+
+    id: int
+    status: str
+    reason: str | None
+    credits: int
+    account_id: str
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """A row this attempt holds as `claimed`: what recording the outcome needs."""
+
+    id: int
+    key: _Key
+    account_id: str
+    credits: int
+    hint: str  # the masked recipient, for logs
+
+
+def _log(level: int, message: str, key: _Key, **fields: Any) -> None:
+    """A structured line about one reminder (see dunning.logs); recipients only masked."""
+    if log.isEnabledFor(level):
+        log.log(level, message, extra={
+            "case": key.workflow_id, "step": key.step, "channel": key.channel, **fields,
+        })
+
 
 def _key(req: MessageRequest, channel: str) -> _Key:
     info = activity.info()
     return _Key(req.workflow_id, info.workflow_run_id or "", req.step, channel)
 
 
-def _find(session: Session, key: _Key) -> Message | None:
-    return session.scalar(
-        select(Message).where(
-            Message.workflow_id == key.workflow_id,
-            Message.run_id == key.run_id,
-            Message.step == key.step,
-            Message.channel == key.channel,
-        )
-    )
+def _find(session: Session, key: _Key) -> _Row | None:
+    row = session.execute(_FIND, key.params()).first()
+    if row is None:
+        return None
+    return _Row(int(row.id), row.status, row.reason, int(row.credits or 0), row.account_id)
 
 
-def _recorded(row: Message) -> MessageResult:
+def _recorded(row: _Row) -> MessageResult:
     status = row.status
     if status == "unknown":
         return MessageResult("failed", row.reason or UNKNOWN_REASON, row.credits)
     return MessageResult(status, row.reason or "", row.credits if status == "sent" else 0)  # type: ignore[arg-type]
 
 
-def _context(account: Account, customer: Customer | None, req: MessageRequest) -> TemplateContext:
+def _sms_step_on(sms_enabled: bool | None, sms_steps: dict[str, Any] | None, step: int) -> bool:
+    """As `Account.sms_step_on`, on the columns of a query row."""
+    if not sms_enabled:
+        return False
+    return bool((sms_steps or {}).get(str(step), True))
+
+
+def _context(recipient: Any, req: MessageRequest) -> TemplateContext:
+    """The template variables, from a `_RECIPIENT` row."""
     overdue = max(0, (req.now - req.failed_at).days)
     return TemplateContext(
-        company_name=account.company_name,
+        company_name=recipient.company_name,
         billing_link=req.billing_link,
-        customer_name=(customer.name if customer and customer.name else "there"),
+        customer_name=recipient.name or "there",
         amount=format_amount(req.amount_due, req.currency),
         invoice_id=req.invoice_id,
         days_overdue=overdue,
-        support_contact=account.support_contact or account.email_from or "",
+        support_contact=recipient.support_contact or recipient.email_from or "",
     )
+
+
+def _heartbeat_if_slow(started: float) -> None:
+    """Before a provider call: heartbeat if the attempt has run long enough that its heartbeat
+    timeout (counted from the attempt's start) might expire during the call."""
+    info = activity.info()
+    timeout = info.heartbeat_timeout
+    if timeout is None:
+        return
+    elapsed = time.monotonic() - started
+    if info.started_time is not None:  # the server's clock: covers time queued in the worker
+        elapsed = max(elapsed, (datetime.now(info.started_time.tzinfo) - info.started_time)
+                      .total_seconds())
+    if elapsed >= timeout.total_seconds() * HEARTBEAT_AFTER_SHARE:
+        activity.heartbeat()
 
 
 class DunningActivities:
@@ -153,98 +338,90 @@ class DunningActivities:
 
     @activity.defn(name=ACT_REGISTER_CASE)
     def register_case(self, req: RegisterCaseRequest) -> CasePlan:
+        dialect = self.db.dialect
+        if dialect not in _UPSERTS:
+            _UPSERTS[dialect] = _upserts(dialect)
+        customer_upsert, case_insert = _UPSERTS[dialect]
         with self.db.session() as s:
-            account = s.get(Account, req.account_id)
+            account = s.execute(_ACCOUNT_PLAN, {"p_account": req.account_id}).first()
             if account is None:
                 return CasePlan([], 0, error=f"account_id: unknown account {req.account_id!r}")
-            customer = s.get(Customer, (req.account_id, req.customer_id))
-            if customer is None:
-                customer = Customer(
-                    account_id=req.account_id, customer_id=req.customer_id, source="case"
-                )
-                s.add(customer)
-            if req.customer_email:
-                customer.email = req.customer_email
-            if req.customer_name:
-                customer.name = req.customer_name
-            if req.plan:
-                customer.plan = req.plan
-            if s.get(Case, req.workflow_id) is None:
-                s.add(
-                    Case(
-                        workflow_id=req.workflow_id,
-                        account_id=req.account_id,
-                        customer_id=req.customer_id,
-                        invoice_id=req.invoice_id,
-                        amount_due=req.amount_due,
-                        currency=req.currency,
-                        failed_at=req.failed_at,
-                        state="active",
-                    )
-                )
-            return CasePlan(parse_schedule(account.schedule), account.grace_seconds)
+            now = utcnow()
+            s.execute(customer_upsert, {
+                "c_account": req.account_id, "c_customer": req.customer_id,
+                "c_email": req.customer_email or None, "c_name": req.customer_name or None,
+                "c_plan": req.plan or None, "c_now": now,
+            })
+            s.execute(case_insert, {
+                "workflow_id": req.workflow_id, "account_id": req.account_id,
+                "customer_id": req.customer_id, "invoice_id": req.invoice_id,
+                "amount_due": req.amount_due, "currency": req.currency,
+                "failed_at": req.failed_at, "state": "active", "started_at": now,
+            })
+            return CasePlan(parse_schedule(account.schedule), int(account.grace_seconds))
 
     @activity.defn(name=ACT_FINISH_CASE)
     def finish_case(self, req: FinishCaseRequest) -> None:
         with self.db.session() as s:
             credits.remove_waiter(s, req.account_id, req.workflow_id)
-            s.execute(
-                update(Case)
-                .where(Case.workflow_id == req.workflow_id)
-                .values(
-                    state=req.outcome,
-                    ended_at=req.ended_at,
-                    emails_sent=req.emails_sent,
-                    sms_sent=req.sms_sent,
-                    credits_spent=req.credits_spent,
-                    recovered_amount=req.recovered_amount,
-                    last_channel=req.last_channel,
-                )
-            )
+            s.execute(_FINISH_CASE, {
+                "f_workflow": req.workflow_id, "f_state": req.outcome,
+                "f_ended_at": req.ended_at, "f_emails": req.emails_sent, "f_sms": req.sms_sent,
+                "f_credits": req.credits_spent, "f_recovered": req.recovered_amount,
+                "f_channel": req.last_channel,
+            })
 
     # --- email ------------------------------------------------------------------------------
 
     @activity.defn(name=ACT_SEND_EMAIL)
     def send_email(self, req: MessageRequest) -> MessageResult:
-        activity.heartbeat()
+        started = time.monotonic()
         key = _key(req, "email")
         try:
-            return self._send_email(key, req)
-        except IntegrityError:
+            prepared = self._prepare_email(key, req)
+        except IntegrityError:  # a concurrent attempt claimed it first; nothing of ours stuck
             return self._reread(key)
+        if isinstance(prepared, MessageResult):
+            return prepared
+        claimed, outgoing = prepared
+        _heartbeat_if_slow(started)
+        return self._deliver(claimed, lambda: self.email.send(outgoing), refund=False)
 
-    def _send_email(self, key: _Key, req: MessageRequest) -> MessageResult:
+    def _prepare_email(
+        self, key: _Key, req: MessageRequest
+    ) -> tuple[_Claimed, OutgoingEmail] | MessageResult:
         with self.db.session() as s:
             row = _find(s, key)
             if row is not None and row.status in FINAL:
                 return _recorded(row)
             if row is not None and row.status == "claimed":
-                return self._mark_unknown(s, row)
-            account = s.get(Account, req.account_id)
-            customer = s.get(Customer, (req.account_id, req.customer_id))
-            if account is None:
+                return self._mark_unknown(s, key, row)
+            who = s.execute(
+                _RECIPIENT, {"r_account": req.account_id, "r_customer": req.customer_id}
+            ).first()
+            if who is None:
                 return self._skip(s, key, req, "account no longer exists")
-            if customer is None or not customer.email:
+            if who.customer_id is None or not who.email:
                 return self._skip(s, key, req, "no email address for this customer")
-            plan = req.plan or customer.plan
-            subject_t, body_t = email_template_for(s, req.account_id, req.step, plan)
-            ctx = _context(account, customer, req)
+            subject_t, body_t = email_template_for(
+                s, req.account_id, req.step, req.plan or who.plan
+            )
+            ctx = _context(who, req)
             outgoing = OutgoingEmail(
-                sender=account.email_from or self.default_email_from,
-                to=customer.email,
+                sender=who.email_from or self.default_email_from,
+                to=who.email,
                 subject=render(subject_t, ctx),
                 body=render(body_t, ctx),
                 message_id=f"<{key.workflow_id}.{key.run_id[:8]}.{key.step}@dunning>",
             )
-            row = self._claim(s, row, key, req, mask_email(customer.email), credits=0)
-            row_id = row.id
-        return self._deliver(row_id, lambda: self.email.send(outgoing), refund=False)
+            claimed = self._claim(s, row, key, req, mask_email(who.email), credits=0)
+        return claimed, outgoing
 
     # --- SMS --------------------------------------------------------------------------------
 
     @activity.defn(name=ACT_SEND_SMS)
     def send_sms(self, req: MessageRequest) -> MessageResult:
-        activity.heartbeat()
+        started = time.monotonic()
         key = _key(req, "sms")
         try:
             with self.db.session() as s:
@@ -252,113 +429,115 @@ class DunningActivities:
                 if row is not None and row.status in FINAL:
                     return _recorded(row)
                 if row is not None and row.status == "claimed":
-                    return self._mark_unknown(s, row)
+                    return self._mark_unknown(s, key, row)
                 plan = self._sms_for(s, req)
                 if isinstance(plan, MessageResult):
-                    if plan.status != "skipped":
-                        return plan  # quiet hours: nothing recorded, the case waits
+                    if plan.status != "skipped":  # quiet hours: nothing recorded, the case waits
+                        _log(logging.INFO, "SMS held for quiet hours", key, reason=plan.reason)
+                        return plan
                     if row is not None:  # a `retry` row: e.g. opted out since the last try
-                        self._release(s, row, plan.reason, status="skipped")
+                        self._release(s, key, row.id, row.account_id, row.credits, plan.reason,
+                                      status="skipped")
                         return plan
                     return self._skip(s, key, req, plan.reason)
                 sms, cost, segments, encoding = plan
                 if row is None:
+                    # Fair: queues the case as a waiter on failure, dequeues it on success.
                     reservation = credits.reserve(
-                        s, req.account_id, cost, workflow_id=req.workflow_id, step=req.step
+                        s, req.account_id, cost, workflow_id=req.workflow_id, step=req.step,
+                        enqueue=True,
+                    )
+                    # Notices and auto-refill; never raises, acts after the commit.
+                    refill.after_reserve(
+                        s, reservation, self.db, self.email, self.default_email_from
                     )
                     if not reservation.ok:
-                        credits.add_waiter(s, req.account_id, req.workflow_id, cost)
-                        return MessageResult(
-                            "no_credits",
-                            f"needs {cost} credits, balance is {reservation.balance}",
-                            cost,
-                        )
-                    credits.remove_waiter(s, req.account_id, req.workflow_id)
-                row = self._claim(
+                        held = (" (held for cases waiting longer)"
+                                if reservation.balance >= cost else "")
+                        reason = f"needs {cost} credits, balance is {reservation.balance}{held}"
+                        _log(logging.INFO, "SMS waiting for credits", key, reason=reason)
+                        return MessageResult("no_credits", reason, cost)
+                claimed = self._claim(
                     s, row, key, req, mask_phone(sms.dst), credits=cost, segments=segments,
                     encoding=encoding,
                 )
-                row_id = row.id
         except IntegrityError:  # a concurrent attempt claimed it first; nothing of ours stuck
             return self._reread(key)
-        callback = f"{self.public_url}/webhooks/plivo/status?ref={row_id}"
+        callback = f"{self.public_url}/webhooks/plivo/status?ref={claimed.id}"
         outgoing = OutgoingSms(sms.src, sms.dst, sms.text, callback)
-        return self._deliver(row_id, lambda: self.sms.send(outgoing), refund=True)
+        _heartbeat_if_slow(started)
+        return self._deliver(claimed, lambda: self.sms.send(outgoing), refund=True)
 
     def _sms_for(
         self, s: Session, req: MessageRequest
     ) -> tuple[OutgoingSms, int, int, str] | MessageResult:
         """The SMS to send now, or why not (skipped, or quiet hours with the time to retry)."""
-        account = s.get(Account, req.account_id)
-        if account is None:
+        who = s.execute(
+            _RECIPIENT, {"r_account": req.account_id, "r_customer": req.customer_id}
+        ).first()
+        if who is None:
             return MessageResult("skipped", "account no longer exists")
-        if not account.sms_enabled:
+        if not who.sms_enabled:
             return MessageResult("skipped", "SMS is off for this account")
-        if not account.sms_step_on(req.step):
+        if not _sms_step_on(who.sms_enabled, who.sms_steps, req.step):
             return MessageResult("skipped", f"SMS is off for step {req.step}")
-        if not account.sms_sender:
+        if not who.sms_sender:
             return MessageResult("skipped", "the account has no SMS sender number")
-        customer = s.get(Customer, (req.account_id, req.customer_id))
-        if customer is None or not customer.phone_e164:
+        if who.customer_id is None or not who.phone_e164:
             return MessageResult("skipped", "no valid phone number for this customer")
-        opt = s.get(OptOut, (req.account_id, customer.phone_e164))
-        if opt is not None and opt.opted_out:
+        if who.opted_out:
             return MessageResult("skipped", "the number opted out (STOP)")
-        zones = zones_for(customer.phone_time_zones, account.timezone)
-        opens = next_allowed(req.now, account.quiet_hours, zones)
+        zones = zones_for(who.phone_time_zones, who.timezone)
+        opens = next_allowed(req.now, who.quiet_hours, zones)
         if opens > req.now:
             return MessageResult(
                 "quiet_hours", f"quiet hours for the recipient until {opens.isoformat()}",
                 retry_at=opens,
             )
-        template = sms_template_for(s, req.account_id, req.plan or customer.plan)
-        text = render_sms(template, _context(account, customer, req))
-        quote = quote_sms(s, account.id, customer.phone_region, text)
-        sms = OutgoingSms(account.sms_sender, customer.phone_e164, text)
+        template = sms_template_for(s, req.account_id, req.plan or who.plan)
+        text = render_sms(template, _context(who, req))
+        quote = quote_sms(s, req.account_id, who.phone_region, text)
+        sms = OutgoingSms(who.sms_sender, who.phone_e164, text)
         return sms, quote.credits, quote.segments, quote.encoding
-
 
     @activity.defn(name=ACT_RELEASE_SMS)
     def release_sms(self, req: ReleaseRequest) -> None:
         """The workflow gave up on a send that kept failing transiently: refund its credits."""
-        run_id = activity.info().workflow_run_id or ""
+        key = _Key(req.workflow_id, activity.info().workflow_run_id or "", req.step, "sms")
         with self.db.session() as s:
-            row = s.scalar(
-                select(Message).where(
-                    Message.workflow_id == req.workflow_id,
-                    Message.run_id == run_id,
-                    Message.step == req.step,
-                    Message.channel == "sms",
-                )
-            )
+            row = _find(s, key)
             if row is not None and row.status == "retry":
-                self._release(s, row, req.reason)
+                self._release(s, key, row.id, row.account_id, row.credits, req.reason)
 
     # --- shared steps ----------------------------------------------------------------------
 
-    def _release(self, s: Session, row: Message, reason: str, status: str = "failed") -> None:
-        row.status = status
-        row.reason = reason[:400]
-        if row.credits:
+    def _release(
+        self, s: Session, key: _Key, row_id: int, account_id: str, amount: int, reason: str,
+        status: str = "failed",
+    ) -> None:
+        """Close a row as `status` and give its credits back."""
+        s.execute(_SET_OUTCOME, {
+            "u_id": row_id, "u_status": status, "u_reason": reason[:400], "u_now": utcnow(),
+        })
+        if amount:
             credits.refund(
-                s, row.account_id, row.credits, workflow_id=row.workflow_id, step=row.step,
-                message_id=row.id, note=reason[:400],
+                s, account_id, amount, workflow_id=key.workflow_id, step=key.step,
+                message_id=row_id, note=reason[:400],
             )
 
     def _skip(self, s: Session, key: _Key, req: MessageRequest, reason: str) -> MessageResult:
-        s.add(
-            Message(
-                workflow_id=key.workflow_id, run_id=key.run_id, step=key.step,
-                channel=key.channel, account_id=req.account_id, customer_id=req.customer_id,
-                status="skipped", reason=reason[:400],
-            )
-        )
+        s.execute(_INSERT_MESSAGE, {
+            "workflow_id": key.workflow_id, "run_id": key.run_id, "step": key.step,
+            "channel": key.channel, "account_id": req.account_id,
+            "customer_id": req.customer_id, "status": "skipped", "reason": reason[:400],
+        })
+        _log(logging.INFO, "reminder skipped", key, reason=reason)
         return MessageResult("skipped", reason)
 
     def _claim(
         self,
         s: Session,
-        row: Message | None,
+        row: _Row | None,
         key: _Key,
         req: MessageRequest,
         hint: str,
@@ -366,19 +545,26 @@ class DunningActivities:
         credits: int,
         segments: int = 0,
         encoding: str | None = None,
-    ) -> Message:
+    ) -> _Claimed:
+        """Hold the row as `claimed` before calling the provider. A new row's INSERT raises
+        IntegrityError when a concurrent attempt inserted the same key; a `retry` row is taken
+        over only if it is still `retry`, keeping its original credit reservation."""
+        now = utcnow()
         if row is None:
-            row = Message(
-                workflow_id=key.workflow_id, run_id=key.run_id, step=key.step,
-                channel=key.channel, account_id=req.account_id, customer_id=req.customer_id,
-                recipient_hint=hint, credits=credits, segments=segments, encoding=encoding,
-                attempts=0,
-            )
-            s.add(row)
-        row.status = "claimed"
-        row.attempts += 1
-        s.flush()  # IntegrityError here when a concurrent attempt inserted the same key
-        return row
+            result = cast(CursorResult[Any], s.execute(_INSERT_MESSAGE, {
+                "workflow_id": key.workflow_id, "run_id": key.run_id, "step": key.step,
+                "channel": key.channel, "account_id": req.account_id,
+                "customer_id": req.customer_id, "status": "claimed", "recipient_hint": hint,
+                "credits": credits, "segments": segments, "encoding": encoding, "attempts": 1,
+                "created_at": now, "updated_at": now,
+            }))
+            pk = result.inserted_primary_key
+            assert pk is not None
+            return _Claimed(int(pk[0]), key, req.account_id, credits, hint)
+        taken = cast(CursorResult[Any], s.execute(_CLAIM_RETRY, {"u_id": row.id, "u_now": now}))
+        if taken.rowcount != 1:
+            raise ApplicationError("a concurrent attempt is sending this reminder")
+        return _Claimed(row.id, key, row.account_id, row.credits, hint)
 
     def _reread(self, key: _Key) -> MessageResult:
         with self.db.session() as s:
@@ -387,45 +573,58 @@ class DunningActivities:
                 raise ApplicationError("a concurrent attempt is sending this reminder")
             return _recorded(row)
 
-    def _mark_unknown(self, s: Session, row: Message) -> MessageResult:
-        row.status = "unknown"
-        row.reason = UNKNOWN_REASON
-        log.warning("ambiguous send workflow=%s step=%s channel=%s: not resent",
-                    row.workflow_id, row.step, row.channel)
+    def _mark_unknown(self, s: Session, key: _Key, row: _Row) -> MessageResult:
+        s.execute(_SET_OUTCOME, {
+            "u_id": row.id, "u_status": "unknown", "u_reason": UNKNOWN_REASON,
+            "u_now": utcnow(),
+        })
+        _log(logging.WARNING, "ambiguous send found on retry: outcome unknown, not resent", key)
         return MessageResult("failed", UNKNOWN_REASON, row.credits)
 
-    def _deliver(self, row_id: int, call: Any, *, refund: bool) -> MessageResult:
-        activity.heartbeat()
+    def _deliver(
+        self, claimed: _Claimed, call: Callable[[], str], *, refund: bool
+    ) -> MessageResult:
+        key = claimed.key
         try:
             provider_id = call()
         except TransientProviderError as exc:
             with self.db.session() as s:
-                s.execute(
-                    update(Message).where(Message.id == row_id, Message.status == "claimed")
-                    .values(status="retry", reason=exc.reason[:400], updated_at=utcnow())
-                )
+                s.execute(_BACK_TO_RETRY, {
+                    "u_id": claimed.id, "u_reason": exc.reason[:400], "u_now": utcnow(),
+                })
+            activity.metric_meter().create_counter(
+                metrics.PROVIDER_RETRIES, metrics.DESCRIPTIONS[metrics.PROVIDER_RETRIES]
+            ).add(1, {"channel": key.channel})
+            _log(logging.WARNING, "provider unavailable: retrying with backoff", key,
+                 to=claimed.hint, reason=exc.reason, attempt=activity.info().attempt)
             raise ApplicationError(
                 f"provider unavailable: {exc.reason}", type="Transient"
             ) from None
         except (PermanentProviderError, AmbiguousProviderError, ProviderError) as exc:
             with self.db.session() as s:
-                row = s.get(Message, row_id)
-                assert row is not None
                 if isinstance(exc, AmbiguousProviderError):
-                    row.status = "unknown"
-                    row.reason = f"{UNKNOWN_REASON} ({exc.reason})"[:400]
-                    return MessageResult("failed", row.reason, row.credits)
+                    reason = f"{UNKNOWN_REASON} ({exc.reason})"[:400]
+                    s.execute(_SET_OUTCOME, {
+                        "u_id": claimed.id, "u_status": "unknown", "u_reason": reason,
+                        "u_now": utcnow(),
+                    })
+                    _log(logging.WARNING, "reminder outcome unknown: not resent", key,
+                         to=claimed.hint, reason=exc.reason)
+                    return MessageResult("failed", reason, claimed.credits)
                 if refund:
-                    self._release(s, row, exc.reason)
+                    self._release(s, claimed.key, claimed.id, claimed.account_id,
+                                  claimed.credits, exc.reason)
                 else:
-                    row.status = "failed"
-                    row.reason = exc.reason[:400]
-                return MessageResult("failed", exc.reason)
+                    s.execute(_SET_OUTCOME, {
+                        "u_id": claimed.id, "u_status": "failed", "u_reason": exc.reason[:400],
+                        "u_now": utcnow(),
+                    })
+            _log(logging.WARNING, "reminder failed", key, to=claimed.hint, reason=exc.reason)
+            return MessageResult("failed", exc.reason)
         with self.db.session() as s:
-            row = s.get(Message, row_id)
-            assert row is not None
-            row.status = "sent"
-            row.provider_id = provider_id[:64] if provider_id else None
-            row.reason = None
-            return MessageResult("sent", "", row.credits)
-
+            s.execute(_MARK_SENT, {
+                "u_id": claimed.id, "u_provider_id": provider_id[:64] if provider_id else None,
+                "u_now": utcnow(),
+            })
+        _log(logging.INFO, "reminder sent", key, to=claimed.hint, credits=claimed.credits)
+        return MessageResult("sent", "", claimed.credits)

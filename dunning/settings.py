@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     # SMS sends per second across ALL workers (the SMS task queue's rate limit); 0 = no limit.
     sms_rate_limit: float = Field(5.0, ge=0, validation_alias=_alias("DUNNING_SMS_RATE_LIMIT"))
     metrics_address: str = Field("", validation_alias=_alias("DUNNING_METRICS_ADDRESS"))
+    # Temporal's workflow sandbox (re-imports the workflow per case and blocks non-deterministic
+    # calls at run time). `off` saves CPU per case; the tests replay recorded histories in the
+    # sandbox either way (tests/test_replay.py), so a forbidden call still fails CI.
+    workflow_sandbox: bool = Field(True, validation_alias=_alias("DUNNING_WORKFLOW_SANDBOX"))
 
     @field_validator("database_url")
     @classmethod

@@ -12,7 +12,18 @@ Read top to bottom, this is the whole reminder logic:
 4. `payment_recovered` or `cancel` ends the case at once: lanes check before every send. After the
    last step and the grace period the outcome is `exhausted`.
 
-No I/O here: every side effect is an activity, referenced by name.
+No I/O here: every side effect is an activity, referenced by name. Metrics go through
+`workflow.metric_meter()` and logs through `workflow.logger`, both silent while a history is
+replayed, so nothing is counted or logged twice.
+
+Changing this workflow: cases run for weeks, and a worker replays a running case's history
+through the code it has NOW. Any change to the commands a case issues (activities, timers,
+search attributes, their order or count) must keep the old path for cases already running:
+branch with `if workflow.patched("short-change-id"): <new> else: <old>`, deploy, and once no
+case started before the deploy is open, switch to `workflow.deprecate_patch("short-change-id")`
+and finally drop the old branch. tests/test_replay.py replays recorded histories of the current
+workflow (tests/histories/) and fails on a change that breaks them; re-record them
+(tests/histories/record.py) only when a change is patched this way.
 """
 
 
@@ -25,6 +36,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from dunning import metrics
     from dunning.domain import (
         ACT_FINISH_CASE,
         ACT_REGISTER_CASE,
@@ -85,7 +97,9 @@ class DunningWorkflow:
         self._emails_sent = self._sms_sent = self._credits_spent = 0
         self._last_channel: str | None = None
         self._amount_due = 0
+        self._currency = ""
         self._failed_at = datetime.min
+        self._counters: dict[str, Any] = {}
 
     # --- the case, top to bottom -----------------------------------------------------------
 
@@ -112,6 +126,9 @@ class DunningWorkflow:
         )
         if plan.error:
             raise ApplicationError(plan.error, type="InvalidInput", non_retryable=True)
+        self._count(metrics.CASES_STARTED)
+        workflow.logger.info("case started: %s steps, failed at %s", len(plan.offsets),
+                             failed_at.isoformat())
 
         self._due = [failed_at + timedelta(seconds=o) for o in plan.offsets]
         self._end_at = self._due[-1] + timedelta(seconds=plan.grace_seconds)
@@ -146,9 +163,10 @@ class DunningWorkflow:
                 self._record(step, channel, "skipped", overtaken)
                 step, retrying = step + 1, False
                 continue
+            credits_seen = self._credits_seq
             result = await self._send(case, step, channel)
             if result.status == "no_credits":
-                await self._wait_for_credits(step, result.reason)
+                await self._wait_for_credits(step, result.reason, credits_seen)
                 retrying = True
                 continue
             if result.status == "quiet_hours":
@@ -169,11 +187,14 @@ class DunningWorkflow:
         self._describe(channel, "no more reminders")
         self._lanes_done += 1
 
-    async def _wait_for_credits(self, step: int, reason: str) -> None:
-        """Pause the SMS lane until credits are added, the next step is due, or the case ends."""
+    async def _wait_for_credits(self, step: int, reason: str, seq: int) -> None:
+        """Pause the SMS lane until credits are added, the next step is due, or the case ends.
+        `seq` is the `credits_added` count from before the send that found no credits: a top-up
+        signalled while that send was under way retries at once (no lost wake-up)."""
+        if self._credits_seq != seq:
+            return
         self._set_paused(True)
         self._describe("sms", f"paused at step {step}, waiting for credits ({reason})")
-        seq = self._credits_seq
         deadline = min(self._next_due(step), workflow.now() + CREDITS_RECHECK)
         try:
             await workflow.wait_condition(
@@ -221,7 +242,17 @@ class DunningWorkflow:
                 reminder.reason = f"case {outcome}" + (
                     f": {self._outcome_reason}" if self._outcome_reason else ""
                 )
+                self._count(metrics.REMINDERS, 1, channel=reminder.channel, outcome="skipped")
         self._set_paused(False)
+        self._count(metrics.CASES_FINISHED, outcome=outcome)
+        if outcome == "recovered":
+            self._count(metrics.RECOVERIES)
+            self._count(metrics.RECOVERED_AMOUNT, self._recovered_amount,
+                        currency=self._currency)
+        workflow.logger.info(
+            "case %s: %s emails, %s SMS, %s credits", outcome, self._emails_sent, self._sms_sent,
+            self._credits_spent,
+        )
         workflow.upsert_search_attributes([SA_STATE.value_set(outcome)])
         self._lanes = {}
         self._describe("case", outcome)
@@ -288,6 +319,7 @@ class DunningWorkflow:
                 non_retryable=True,
             ) from None
         self._amount_due = case.amount_due
+        self._currency = case.currency
         return case
 
     async def _sleep_until(self, when: datetime, lane: str, why: str) -> bool:
@@ -326,13 +358,28 @@ class DunningWorkflow:
                 self._emails_sent += 1
             else:
                 self._sms_sent += 1
-        if channel == "sms":
-            self._credits_spent += credits if status in ("sent", "failed") else 0
+        self._count(metrics.REMINDERS, channel=channel, outcome=status)
+        if channel == "sms" and status in ("sent", "failed") and credits:
+            self._credits_spent += credits
+            self._count(metrics.CREDITS_SPENT, credits)
 
     def _set_paused(self, paused: bool) -> None:
         if paused != self._sms_paused:
             self._sms_paused = paused
             workflow.upsert_search_attributes([SA_SMS_PAUSED.value_set(paused)])
+            self._count(metrics.SMS_PAUSES if paused else metrics.SMS_RESUMES)
+            workflow.logger.info("SMS %s", "paused: waiting for credits" if paused
+                                 else "resumed")
+
+    def _count(self, name: str, value: int = 1, **attributes: str) -> None:
+        """Add to one of the engine's counters (see dunning.metrics); replay-aware."""
+        counter = self._counters.get(name)
+        if counter is None:
+            counter = self._counters[name] = workflow.metric_meter().create_counter(
+                name, metrics.DESCRIPTIONS[name]
+            )
+        if value > 0:
+            counter.add(value, attributes or None)
 
     def _describe(self, lane: str, text: str) -> None:
         """What each lane is doing, in words: the query's `waiting_for` and the UI's details."""

@@ -1,0 +1,1 @@
+"""Recorded histories of DunningWorkflow for the replay tests (see record.py)."""
