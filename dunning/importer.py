@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import multiprocessing
 import operator
 import os
@@ -357,7 +358,13 @@ class PhoneChecker:
                 mp_context=multiprocessing.get_context(method),
                 initializer=_worker_init,
             )
-            self._pool.submit(int).result()  # start the workers now
+            # Objects inherited through fork stay shared only if the workers' garbage collector
+            # leaves them alone (it writes to every object it visits): freeze them for the fork.
+            gc.freeze()
+            try:
+                self._pool.submit(int).result()  # start the workers now
+            finally:
+                gc.unfreeze()
         return self
 
     def __exit__(self, exc_type: object, *_: object) -> None:
