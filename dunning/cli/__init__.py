@@ -36,7 +36,9 @@ server.register(app)
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes exit 1 with one line on stderr, usage errors exit 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        returned = app(args=argv, standalone_mode=False)
+        if isinstance(returned, int) and returned:  # Ctrl-C (130) or typer.Exit(n)
+            sys.exit(returned)
     except (UserError, InputError, SettingsError) as exc:
         err_console.print(
             f"[red]error:[/red] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True
