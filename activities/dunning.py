@@ -57,12 +57,14 @@ from dunning.domain import (
     ACT_RELEASE_SMS,
     ACT_SEND_EMAIL,
     ACT_SEND_SMS,
+    ACT_SETTLE_MESSAGE,
     CasePlan,
     FinishCaseRequest,
     MessageRequest,
     MessageResult,
     RegisterCaseRequest,
     ReleaseRequest,
+    SettleRequest,
     parse_schedule,
 )
 from dunning.providers import (
@@ -328,7 +330,8 @@ class DunningActivities:
 
     def all(self) -> list[Any]:
         """Activities of the case's own task queue."""
-        return [self.register_case, self.send_email, self.release_sms, self.finish_case]
+        return [self.register_case, self.send_email, self.release_sms, self.finish_case,
+                self.settle_message]
 
     def sms_queue(self) -> list[Any]:
         """Activities of the rate-limited SMS task queue."""
@@ -508,6 +511,24 @@ class DunningActivities:
             row = _find(s, key)
             if row is not None and row.status == "retry":
                 self._release(s, key, row.id, row.account_id, row.credits, req.reason)
+
+    @activity.defn(name=ACT_SETTLE_MESSAGE)
+    def settle_message(self, req: SettleRequest) -> MessageResult:
+        """The case ended while this send was queued or retrying: report what the message log
+        says. Never started: skipped. Waiting for a retry: released (credits back), skipped.
+        A claim left by a killed worker: unknown, as everywhere else."""
+        key = _Key(req.workflow_id, activity.info().workflow_run_id or "", req.step, req.channel)
+        with self.db.session() as s:
+            row = _find(s, key)
+            if row is None:
+                return MessageResult("skipped", req.reason)
+            if row.status in FINAL:
+                return _recorded(row)
+            if row.status == "retry":
+                self._release(s, key, row.id, row.account_id, row.credits, req.reason,
+                              status="skipped")
+                return MessageResult("skipped", req.reason)
+            return self._mark_unknown(s, key, row)
 
     # --- shared steps ----------------------------------------------------------------------
 

@@ -4,9 +4,10 @@ Nothing here does I/O or reads a clock: the workflow sandbox imports this module
 deterministic. Activity inputs and outputs are dataclasses (Temporal's default JSON converter);
 the workflow's own argument, query result and result are plain JSON objects so that any SDK or
 the `temporal` CLI can use them.
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` here: the payload converter resolves these dataclasses'
+field types on every conversion, and string annotations would be re-evaluated each time.
+"""
 
 import itertools
 import re
@@ -30,6 +31,7 @@ ACT_SEND_EMAIL = "send_email"
 ACT_SEND_SMS = "send_sms"
 ACT_RELEASE_SMS = "release_sms"
 ACT_FINISH_CASE = "finish_case"
+ACT_SETTLE_MESSAGE = "settle_message"
 
 # Search attributes (contract names). No PII ever goes into one.
 SA_ACCOUNT_ID = SearchAttributeKey.for_keyword("DunningAccountId")
@@ -291,6 +293,16 @@ class MessageResult:
 class ReleaseRequest:
     workflow_id: str
     step: int
+    reason: str
+
+
+@dataclass
+class SettleRequest:
+    """A send interrupted by the end of the case: what the message log says happened."""
+
+    workflow_id: str
+    step: int
+    channel: str
     reason: str
 
 

@@ -3,6 +3,7 @@ server, a real SMTP server. Schedules are seconds long so the suite stays quick.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -314,3 +315,36 @@ async def test_opted_out_and_missing_phone_are_skipped_with_reasons(stack):
     assert next(r for r in s2["reminders"] if r["channel"] == "sms")["reason"] == (
         "no valid phone number for this customer")
     assert plivo.accepted(phone.lstrip("+")) == []
+
+
+async def test_recovery_withdraws_a_send_still_queued_behind_the_sms_rate_limit(stack):
+    """No SMS worker polls (as when the rate-limited queue is backed up): the step's SMS is
+    queued. Recovery ends the case at once, and the queued send never reaches the provider."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from temporalio.worker import Worker
+
+    from workflows import DunningWorkflow
+
+    db, plivo = stack["db"], stack["plivo"]
+    phone = _phone(stack["uid"])
+    make_account(db, stack["account"], schedule="0s,30s", grace="1s")
+    add_customer(db, stack["account"], "cus1", phone=phone, email=f"{stack['uid']}@example.com")
+    acts = real_activities(db, plivo, stack["smtp"])
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        worker = Worker(stack["env"].client, task_queue=stack["queue"],
+                        workflows=[DunningWorkflow], activities=acts.all(),
+                        activity_executor=ex)
+        async with worker:
+            handle = await _start(stack, "inv1", "cus1")
+            await wait_for(lambda: len(stack["smtp"].to(f"{stack['uid']}@example.com")) == 1)
+            await handle.signal("payment_recovered")
+            result = await asyncio.wait_for(handle.result(), timeout=15)
+            st = await query_status(handle)
+    assert result["outcome"] == "recovered" and result["sms_sent"] == 0
+    sms1 = next(r for r in st["reminders"] if r["step"] == 1 and r["channel"] == "sms")
+    assert sms1["status"] == "skipped"
+    assert sms1["reason"] == "case recovered before it was sent"
+    assert plivo.accepted(phone.lstrip("+")) == []
+    with db.session() as s:
+        assert credits.balance_of(s, stack["account"]) == 100

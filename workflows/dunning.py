@@ -33,7 +33,8 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from dunning import metrics
@@ -43,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         ACT_RELEASE_SMS,
         ACT_SEND_EMAIL,
         ACT_SEND_SMS,
+        ACT_SETTLE_MESSAGE,
         QUERY_STATUS,
         SA_ACCOUNT_ID,
         SA_CUSTOMER_ID,
@@ -61,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
         RegisterCaseRequest,
         ReleaseRequest,
         Reminder,
+        SettleRequest,
         parse_case_input,
         sms_task_queue,
     )
@@ -77,6 +80,8 @@ SEND_HEARTBEAT = timedelta(seconds=15)
 SEND_GIVE_UP = timedelta(hours=24)
 SEND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
                          maximum_interval=timedelta(minutes=10))
+# Versioning: behaviour changes go behind workflow.patched(...) so running cases replay.
+PATCH_END_CANCELS_SENDS = "end-cancels-queued-sends"
 CREDITS_RECHECK = timedelta(hours=1)  # safety net for a lost `credits_added` signal
 
 
@@ -90,6 +95,7 @@ class DunningWorkflow:
         self._sms_paused = False
         self._waiting_for = "starting"
         self._lanes: dict[str, str] = {}
+        self._interrupted: list[tuple[int, str]] = []
         self._due: list[datetime] = []
         self._end_at: datetime | None = None
         self._reminders: dict[tuple[int, str], Reminder] = {}
@@ -147,7 +153,23 @@ class DunningWorkflow:
             self._end_at, "case", "grace period: the schedule is done, a payment may come"
         ):
             self._outcome = "exhausted"
-        await asyncio.gather(*lanes)
+        if self._lanes_done < 2 and workflow.patched(PATCH_END_CANCELS_SENDS):
+            # Recovered or canceled: no queued send may start now (one waiting behind the SMS
+            # rate limit would otherwise go out after the signal). Sends already running finish.
+            for lane in lanes:
+                lane.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
+            for step, channel in self._interrupted:
+                settled: MessageResult = await workflow.execute_local_activity(
+                    ACT_SETTLE_MESSAGE,
+                    SettleRequest(workflow.info().workflow_id, step, channel,
+                                  f"case {self._outcome} before it was sent"),
+                    result_type=MessageResult,
+                    start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+                    retry_policy=BOOKKEEPING_RETRY,
+                )
+                self._record(step, channel, settled.status, settled.reason, settled.credits)
+        await asyncio.gather(*lanes, return_exceptions=True)
         return await self._finish(case)
 
     async def _lane(self, case: CaseInput, channel: str) -> None:
@@ -224,8 +246,16 @@ class DunningWorkflow:
                 heartbeat_timeout=SEND_HEARTBEAT,
                 schedule_to_close_timeout=SEND_GIVE_UP,
                 retry_policy=SEND_RETRY,
+                # When the case ends, a queued send is withdrawn; a running one finishes.
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
+        except asyncio.CancelledError:
+            self._interrupted.append((step, channel))
+            raise
         except ActivityError as err:
+            if self._outcome is not None and isinstance(err.cause, CancelledError):
+                self._interrupted.append((step, channel))
+                raise asyncio.CancelledError() from None
             reason = f"provider kept failing: {err.cause or err}"[:300]
             if channel == "sms":
                 await workflow.execute_activity(
