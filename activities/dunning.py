@@ -435,6 +435,9 @@ class DunningActivities:
                     return self._mark_unknown(s, key, row)
                 plan = self._sms_for(s, req)
                 if isinstance(plan, MessageResult):
+                    # Not sending now (skipped, or held for quiet hours): if this case was
+                    # queued for credits it leaves the queue, so it holds no one back.
+                    credits.remove_waiter(s, req.account_id, req.workflow_id)
                     if plan.status != "skipped":  # quiet hours: nothing recorded, the case waits
                         _log(logging.INFO, "SMS held for quiet hours", key, reason=plan.reason)
                         return plan

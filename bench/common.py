@@ -42,9 +42,16 @@ def rss_mb(pid: int) -> float:
 
 
 def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start a Python process of the project; its output goes to a log file (never a pipe
+    nobody reads, which would stall a chatty worker)."""
+    import tempfile
+
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+        prefix="dunning-bench-", suffix=".log", delete=False
+    )
     return subprocess.Popen(
         [sys.executable, *args], cwd=ROOT, env={**os.environ, **env},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=log, stderr=subprocess.STDOUT,
     )
 
 

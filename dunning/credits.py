@@ -2,9 +2,10 @@
 in the same transaction. The balance can never go below zero (the UPDATE's WHERE clause, and a
 CHECK constraint behind it), and it always equals the sum of the ledger.
 
-On PostgreSQL the UPDATE and the ledger INSERT travel as ONE statement (a data-modifying CTE), so
-the account row is locked for a single round trip; on SQLite (where BEGIN IMMEDIATE serialises
-writers anyway) they are two statements in the same transaction.
+On PostgreSQL the UPDATE, the ledger INSERT (and, for a reservation, leaving the waiters' queue)
+travel as ONE statement (data-modifying CTEs), compiled once and run on the driver's cursor, so
+the account row stays locked for as short a time as possible; on SQLite (where BEGIN IMMEDIATE
+serialises writers anyway) they are separate statements in the same transaction.
 
 Reservations (SMS debits) are fair, first come first served, with the waiters table as the
 queue: a case whose text the balance cannot pay is added to `sms_waiters` (keeping the time it
@@ -243,10 +244,14 @@ def _apply(
     if postgres:
         # The hot path: the statement compiled once, run on the driver's cursor in the
         # session's transaction (SQLAlchemy's per-execution work would double the cost).
-        sql, defaults = _compiled(stmts[0], conn.dialect)
-        with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
-            cur.execute(sql, {**defaults, **params})
-            row = cur.fetchone()
+        row: Any
+        if conn.dialect.driver == "psycopg":
+            sql, defaults = _compiled(stmts[0], conn.dialect)
+            with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
+                cur.execute(sql, {**defaults, **params})
+                row = cur.fetchone()
+        else:
+            row = conn.execute(stmts[0], params).one_or_none()
         if row is None:
             return None
         change = _Change(int(row[0]), row[1], _opt_int(row[2]), _opt_int(row[3]), int(row[4]))
