@@ -18,14 +18,18 @@ Hot path: the statements a send runs on every reminder are built once, at import
 statements with bind parameters (no ORM unit of work, no per-call statement construction), and
 the account, the customer and the opt-out state come back in one query. A send heartbeats only
 when its database part was slow enough to eat into the heartbeat timeout; otherwise the attempt's
-own start already reset it.
+own start already reset it. On SQLite, which lets one writer in at a time anyway, this process's
+transactions take turns on a lock: SQLite's own busy handler sleeps in growing steps, and a burst
+of sends piles up behind it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -327,6 +331,17 @@ class DunningActivities:
         self.email = email
         self.public_url = public_url.rstrip("/")
         self.default_email_from = default_email_from
+        self._turns = threading.RLock() if db.dialect == "sqlite" else None
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        """One transaction (see the module's docstring for the SQLite turns)."""
+        if self._turns is None:
+            with self.db.session() as s:
+                yield s
+            return
+        with self._turns, self.db.session() as s:
+            yield s
 
     def all(self) -> list[Any]:
         """Activities of the case's own task queue."""
@@ -345,7 +360,7 @@ class DunningActivities:
         if dialect not in _UPSERTS:
             _UPSERTS[dialect] = _upserts(dialect)
         customer_upsert, case_insert = _UPSERTS[dialect]
-        with self.db.session() as s:
+        with self._session() as s:
             account = s.execute(_ACCOUNT_PLAN, {"p_account": req.account_id}).first()
             if account is None:
                 return CasePlan([], 0, error=f"account_id: unknown account {req.account_id!r}")
@@ -365,7 +380,7 @@ class DunningActivities:
 
     @activity.defn(name=ACT_FINISH_CASE)
     def finish_case(self, req: FinishCaseRequest) -> None:
-        with self.db.session() as s:
+        with self._session() as s:
             credits.remove_waiter(s, req.account_id, req.workflow_id)
             s.execute(_FINISH_CASE, {
                 "f_workflow": req.workflow_id, "f_state": req.outcome,
@@ -393,7 +408,7 @@ class DunningActivities:
     def _prepare_email(
         self, key: _Key, req: MessageRequest
     ) -> tuple[_Claimed, OutgoingEmail] | MessageResult:
-        with self.db.session() as s:
+        with self._session() as s:
             row = _find(s, key)
             if row is not None and row.status in FINAL:
                 return _recorded(row)
@@ -427,7 +442,7 @@ class DunningActivities:
         started = time.monotonic()
         key = _key(req, "sms")
         try:
-            with self.db.session() as s:
+            with self._session() as s:
                 row = _find(s, key)
                 if row is not None and row.status in FINAL:
                     return _recorded(row)
@@ -510,7 +525,7 @@ class DunningActivities:
     def release_sms(self, req: ReleaseRequest) -> None:
         """The workflow gave up on a send that kept failing transiently: refund its credits."""
         key = _Key(req.workflow_id, activity.info().workflow_run_id or "", req.step, "sms")
-        with self.db.session() as s:
+        with self._session() as s:
             row = _find(s, key)
             if row is not None and row.status == "retry":
                 self._release(s, key, row.id, row.account_id, row.credits, req.reason)
@@ -521,7 +536,7 @@ class DunningActivities:
         says. Never started: skipped. Waiting for a retry: released (credits back), skipped.
         A claim left by a killed worker: unknown, as everywhere else."""
         key = _Key(req.workflow_id, activity.info().workflow_run_id or "", req.step, req.channel)
-        with self.db.session() as s:
+        with self._session() as s:
             row = _find(s, key)
             if row is None:
                 return MessageResult("skipped", req.reason)
@@ -591,7 +606,7 @@ class DunningActivities:
         return _Claimed(row.id, key, row.account_id, row.credits, hint)
 
     def _reread(self, key: _Key) -> MessageResult:
-        with self.db.session() as s:
+        with self._session() as s:
             row = _find(s, key)
             if row is None or row.status not in FINAL:
                 raise ApplicationError("a concurrent attempt is sending this reminder")
@@ -612,7 +627,7 @@ class DunningActivities:
         try:
             provider_id = call()
         except TransientProviderError as exc:
-            with self.db.session() as s:
+            with self._session() as s:
                 s.execute(_BACK_TO_RETRY, {
                     "u_id": claimed.id, "u_reason": exc.reason[:400], "u_now": utcnow(),
                 })
@@ -625,7 +640,7 @@ class DunningActivities:
                 f"provider unavailable: {exc.reason}", type="Transient"
             ) from None
         except (PermanentProviderError, AmbiguousProviderError, ProviderError) as exc:
-            with self.db.session() as s:
+            with self._session() as s:
                 if isinstance(exc, AmbiguousProviderError):
                     reason = f"{UNKNOWN_REASON} ({exc.reason})"[:400]
                     s.execute(_SET_OUTCOME, {
@@ -645,7 +660,7 @@ class DunningActivities:
                     })
             _log(logging.WARNING, "reminder failed", key, to=claimed.hint, reason=exc.reason)
             return MessageResult("failed", exc.reason)
-        with self.db.session() as s:
+        with self._session() as s:
             s.execute(_MARK_SENT, {
                 "u_id": claimed.id, "u_provider_id": provider_id[:64] if provider_id else None,
                 "u_now": utcnow(),

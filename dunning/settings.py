@@ -69,16 +69,14 @@ class Settings(BaseSettings):
     codec_keys: str = Field("", validation_alias=_alias("DUNNING_CODEC_KEYS"))
 
     # Engine tuning (not part of the contract's table, documented in README).
-    credits_recheck_seconds: int = Field(
-        3600, validation_alias=_alias("DUNNING_CREDITS_RECHECK_SECONDS")
-    )
     activity_workers: int = Field(32, validation_alias=_alias("DUNNING_ACTIVITY_WORKERS"))
     # SMS sends per second across ALL workers (the SMS task queue's rate limit); 0 = no limit.
     sms_rate_limit: float = Field(5.0, ge=0, validation_alias=_alias("DUNNING_SMS_RATE_LIMIT"))
     metrics_address: str = Field("", validation_alias=_alias("DUNNING_METRICS_ADDRESS"))
-    # Temporal's workflow sandbox (re-imports the workflow per case and blocks non-deterministic
-    # calls at run time). `off` saves CPU per case; the tests replay recorded histories in the
-    # sandbox either way (tests/test_replay.py), so a forbidden call still fails CI.
+    # Temporal's workflow sandbox: re-imports the workflow for every case and refuses
+    # non-deterministic calls (clock, randomness, I/O) while it runs. On by default (safety
+    # first); it costs about a quarter of a worker's CPU per case, so a deployment that has the
+    # replay tests in CI may switch it off (`off`) for throughput.
     workflow_sandbox: bool = Field(True, validation_alias=_alias("DUNNING_WORKFLOW_SANDBOX"))
 
     @field_validator("database_url")

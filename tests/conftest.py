@@ -22,6 +22,10 @@ from dunning.temporal import temporal_binary
 from tests.fakes.plivo import FakePlivo
 from tests.fakes.smtp import SmtpSink
 
+# Every workflow the tests run goes through Temporal's sandbox (whatever the environment says,
+# see Settings.workflow_sandbox): a non-deterministic call in the workflow fails here.
+os.environ.setdefault("DUNNING_WORKFLOW_SANDBOX", "on")
+
 PG_ADMIN_URL = os.environ.get(
     "DUNNING_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )

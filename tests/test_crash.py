@@ -93,6 +93,7 @@ async def test_sigkill_mid_run_no_duplicate_no_lost_reminder(
         )
         statuses = [await h.query("status") for h in handles]  # queries need a worker
     finally:
+        plivo_server.script.clear()  # scripted answers left unused must not reach later tests
         second.send_signal(signal.SIGTERM)
         try:
             second.wait(timeout=20)

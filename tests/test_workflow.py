@@ -193,6 +193,12 @@ async def test_late_start_sends_only_the_latest_due_step(stack):
         handle = await _start(stack, "inv1", "cus1", failed_at=failed_at)
         await wait_for(lambda: len(stack["smtp"].to(f"{stack['uid']}@example.com")) == 1)
         await wait_for(lambda: len(plivo.accepted(phone.lstrip("+"))) == 1)
+
+        async def step3_recorded() -> bool:  # the provider saw it; now the case records it
+            reminders = (await query_status(handle))["reminders"]
+            return all(r["status"] == "sent" for r in reminders if r["step"] == 3)
+
+        await wait_for(step3_recorded)
         st = await query_status(handle)
         await handle.signal("cancel")
         await handle.result()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 import socket
 import subprocess
@@ -32,9 +31,10 @@ def db_upgrade(as_json: bool = JsonOpt) -> None:
 
 
 def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    """Structured logs on stdout (dunning.logs: DUNNING_LOG_FORMAT, DUNNING_LOG_LEVEL)."""
+    from dunning import logs
+
+    logs.configure()
 
 
 def dev_server(

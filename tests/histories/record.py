@@ -9,6 +9,9 @@ non-determinism. Re-record only after a deliberate workflow change that is guard
 `workflow.patched(...)` (see workflows/dunning.py), and keep the old histories too (rename them,
 e.g. `full_schedule.v1.json`): they are what cases started before the change look like.
 
+The files: `<name>.json`, recorded by the current workflow; `<name>.v1.json`, recorded before
+the `end-cancels-queued-sends` patch (no patch marker: they take the old branch on replay).
+
 The workers use Temporal's default data converter (no payload encryption), so the payloads in
 these files are plain JSON (base64 in the proto JSON); the data is made up.
 """
@@ -180,7 +183,8 @@ async def record(names: list[str], out_dir: Path = HERE) -> list[Path]:
         dev_server_log_level="error",
     )
     acts = DunningActivities(db, ConsoleSmsProvider(echo=False), ConsoleEmailProvider(echo=False))
-    settings = Settings(task_queue=QUEUE, sms_rate_limit=0, activity_workers=8, data_dir=tmp)
+    settings = Settings(task_queue=QUEUE, sms_rate_limit=0, activity_workers=8, data_dir=tmp,
+                        workflow_sandbox=True)
     written: list[Path] = []
     try:
         with ThreadPoolExecutor(max_workers=8) as executor:
