@@ -154,6 +154,7 @@ class Demo:
             plivo_auth_id=AUTH_ID,
             plivo_auth_token=AUTH_TOKEN,
             sms_rate_limit=0,
+            activity_workers=16,
         )
         self.db = Database(self.settings.effective_database_url)
         self.cases: list[DemoCase] = []
