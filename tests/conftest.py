@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -140,3 +140,37 @@ def tmp_data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def cli(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Iterator[Callable[..., tuple[int, str, str]]]:
+    """`dunning ...` in-process on the test database: run(*args) -> (exit code, stdout, stderr).
+    Temporal points at a port nothing listens on, so commands that need it fail clearly."""
+    from dunning.cli import common as cli_common
+    from dunning.cli import main
+    from dunning.settings import reset_settings_cache
+
+    monkeypatch.setenv("DUNNING_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DUNNING_DATABASE_URL", db.url)
+    monkeypatch.setenv("DUNNING_TEMPORAL_ADDRESS", "127.0.0.1:1")
+    reset_settings_cache()
+    cli_common._DB = None
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield run
+    if cli_common._DB is not None:
+        cli_common._DB.dispose()
+    cli_common._DB = None
+    reset_settings_cache()

@@ -7,24 +7,20 @@ Real databases (SQLite and PostgreSQL through the `db` fixture); the CLI runs in
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-import dunning.cli.common as cli_common
 from activities import dunning as engine
 from dunning import sms_settings
 from dunning.accounts import AccountOptions, create_account
-from dunning.cli import main
 from dunning.db import Database
 from dunning.db.models import Account, Customer, EmailTemplate, SmsTemplate
 from dunning.domain import InputError, MessageRequest
 from dunning.pricing import sms_cost
 from dunning.segments import count_segments
-from dunning.settings import reset_settings_cache
 from dunning.templates import (
     DEFAULT_EMAIL_SUBJECT,
     DEFAULT_SMS_TEMPLATE,
@@ -367,31 +363,6 @@ def test_email_templates_set_validate_show_preview(db: Database, uid: str) -> No
 Run = Callable[..., tuple[int, str, str]]
 
 
-@pytest.fixture
-def cli(
-    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> Iterator[Run]:
-    monkeypatch.setenv("DUNNING_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("DUNNING_DATABASE_URL", db.url)
-    reset_settings_cache()
-    cli_common._DB = None
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    if cli_common._DB is not None:
-        cli_common._DB.dispose()
-    cli_common._DB = None
-    reset_settings_cache()
 
 
 def test_cli_enable_disable_and_show(cli: Run, db: Database, uid: str) -> None:

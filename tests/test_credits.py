@@ -8,22 +8,18 @@ from __future__ import annotations
 import json
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select, text
 
-import dunning.cli.common as cli_common
 from dunning import credits, pricing
 from dunning.accounts import AccountOptions, create_account
-from dunning.cli import main
 from dunning.db import Database
 from dunning.db.models import Account, CreditEntry, SmsWaiter
 from dunning.domain import InputError
-from dunning.settings import reset_settings_cache
 
 
 def make_account(db: Database, account_id: str, balance: int = 0) -> None:
@@ -359,30 +355,6 @@ def test_display_price_refuses_what_the_currency_cannot_express(db: Database, ui
 Run = Callable[..., tuple[int, str, str]]
 
 
-@pytest.fixture
-def cli(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> Iterator[Run]:
-    monkeypatch.setenv("DUNNING_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("DUNNING_DATABASE_URL", db.url)
-    monkeypatch.setenv("DUNNING_TEMPORAL_ADDRESS", "127.0.0.1:1")  # nothing listens there
-    reset_settings_cache()
-    cli_common._DB = None
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    if cli_common._DB is not None:
-        cli_common._DB.dispose()
-    cli_common._DB = None
-    reset_settings_cache()
 
 
 def one_json(out: str) -> dict[str, Any]:

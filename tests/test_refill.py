@@ -14,22 +14,18 @@ from collections import deque
 from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
 from sqlalchemy import select, update
 
-import dunning.cli.common as cli_common
 from dunning import credits, pricing, refill, wake
 from dunning.accounts import AccountOptions, create_account
-from dunning.cli import main
 from dunning.db import Database
 from dunning.db.models import Account, CreditEntry, Refill, utcnow
 from dunning.domain import InputError
 from dunning.providers.email import SmtpEmailProvider
-from dunning.settings import reset_settings_cache
 from tests.fakes.smtp import SmtpSink
 from tests.test_credits import assert_ledger_exact, run_threads
 
@@ -479,30 +475,6 @@ def test_stripe_without_an_api_key_fails_the_refill_clearly(
 # --- the CLI -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
-    monkeypatch.setenv("DUNNING_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("DUNNING_DATABASE_URL", db.url)
-    monkeypatch.setenv("DUNNING_TEMPORAL_ADDRESS", "127.0.0.1:1")
-    reset_settings_cache()
-    cli_common._DB = None
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    if cli_common._DB is not None:
-        cli_common._DB.dispose()
-    cli_common._DB = None
-    reset_settings_cache()
 
 
 def test_cli_auto_refill_refills_and_balance(cli: Any, db: Database, uid: str, gateway, waker):
