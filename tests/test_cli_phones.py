@@ -6,17 +6,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-import dunning.cli.common as common
-from dunning.cli import main
 from dunning.db import Database
 from dunning.db.models import Customer
-from dunning.settings import reset_settings_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 Run = Callable[..., tuple[int, str, str]]
@@ -30,32 +27,6 @@ GOOD_AND_BAD = (
     "c1,+44 7400 123458,,\r\n"
     "c5,+33 6 12 34 56 78,not-an-email,\r\n"
 )
-
-
-@pytest.fixture
-def cli(db: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> Iterator[Run]:
-    """Run `dunning ...` in this process against the test database: (exit code, out, err)."""
-    monkeypatch.setenv("DUNNING_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("DUNNING_DATABASE_URL", db.url)
-    reset_settings_cache()
-    common._DB = None
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = 0
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    if common._DB is not None:
-        common._DB.dispose()
-    common._DB = None
-    reset_settings_cache()
 
 
 @pytest.fixture

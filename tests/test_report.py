@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,13 +14,10 @@ from typing import Any
 import pytest
 
 import dunning.cli as cli_module
-import dunning.cli.common as common
-from dunning.cli import main
 from dunning.db import Database
 from dunning.db.models import Account, Case, CreditEntry, Message
 from dunning.domain import InputError
 from dunning.report import build_report, human_duration, parse_since, render_html
-from dunning.settings import reset_settings_cache
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
 Run = Callable[..., tuple[int, str, str]]
@@ -249,31 +246,8 @@ def test_html_has_figures_and_valid_svg(db: Database, seeded: str) -> None:
 # --- the command --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli(db: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> Iterator[Run]:
-    """Run `dunning ...` in this process against the test database: (exit code, out, err)."""
-    monkeypatch.setenv("DUNNING_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("DUNNING_DATABASE_URL", db.url)
-    reset_settings_cache()
-    common._DB = None
+def test_report_is_a_dunning_command() -> None:
     assert any(c.name == "report" for c in cli_module.app.registered_commands)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = 0
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    if common._DB is not None:
-        common._DB.dispose()
-    common._DB = None
-    reset_settings_cache()
 
 
 def test_cli_json(cli: Run, seeded: str) -> None:

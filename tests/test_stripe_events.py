@@ -19,15 +19,10 @@ from typing import Any
 import httpx
 import pytest
 import stripe
-import typer
 from sqlalchemy import func, select
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
-import dunning.cli as cli_pkg
-import dunning.cli.common as cli_common
-from dunning.cli import main
-from dunning.cli import stripe as stripe_cli
 from dunning.customers import zones_column
 from dunning.db import Database
 from dunning.db.models import Account, Case, Customer, ProcessedEvent
@@ -535,32 +530,12 @@ async def test_temporal_down_answers_503_and_the_retry_succeeds(
 
 
 @pytest.fixture
-def cli(db: Database, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., tuple[int, str, str]]]:
-    monkeypatch.setenv("DUNNING_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("DUNNING_DATABASE_URL", db.url)
+def cli(cli: Callable[..., tuple[int, str, str]], monkeypatch: pytest.MonkeyPatch
+        ) -> Callable[..., tuple[int, str, str]]:
+    """conftest's in-process runner, with the public URL the endpoint is shown under."""
     monkeypatch.setenv("DUNNING_PUBLIC_URL", "https://hooks.example.test/base")
     reset_settings_cache()
-    cli_common._DB = None
-    root = typer.Typer()  # `dunning stripe`, whether or not the main app registers it yet
-    root.add_typer(stripe_cli.app, name="stripe")
-    monkeypatch.setattr(cli_pkg, "app", root)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    if cli_common._DB is not None:
-        cli_common._DB.dispose()
-    cli_common._DB = None
-    reset_settings_cache()
+    return cli
 
 
 def test_cli_sets_the_signing_secret(
