@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import logging
 import os
 import random
@@ -20,7 +17,7 @@ import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -36,6 +33,7 @@ from dunning.templates import OPT_OUT_LINE
 from dunning.webhooks import create_app
 from dunning.webhooks.server import make_server, serve_webhooks
 from tests.fakes.plivo import FakePlivo
+from tests.test_signatures import independent_v2, independent_v3
 
 with warnings.catch_warnings():  # Starlette 1.x suggests httpx2 for its test client
     warnings.simplefilter("ignore")
@@ -51,26 +49,6 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 # --- signing, written independently of dunning.webhooks.signatures --------------------------
 
 
-def _b64_hmac(token: str, message: str) -> str:
-    return base64.b64encode(hmac.new(token.encode(), message.encode(), hashlib.sha256).digest()
-                            ).decode()
-
-
-def sign_v3(token: str, url: str, nonce: str, params: list[tuple[str, str]]) -> str:
-    parts = urlsplit(url)
-    base = f"{parts.scheme}://{parts.netloc}{parts.path}"
-    query = "&".join(f"{k}={v}" for k, v in sorted(parse_qsl(parts.query, True)))
-    body = "".join(f"{k}{v}" for k, v in sorted(params))
-    if query or params:
-        base += "?" + query
-    if query and params:
-        base += "."
-    return _b64_hmac(token, f"{base}{body}.{nonce}")
-
-
-def sign_v2(token: str, url: str, nonce: str) -> str:
-    parts = urlsplit(url)
-    return _b64_hmac(token, f"{parts.scheme}://{parts.netloc}{parts.path}{nonce}")
 
 
 def signed_headers(
@@ -86,9 +64,9 @@ def signed_headers(
     nonce = nonce or uuid.uuid4().hex
     url = public_url + path + (f"?{query}" if query else "")
     if scheme == "v3":
-        return {**FORM, "X-Plivo-Signature-V3": sign_v3(token, url, nonce, params),
+        return {**FORM, "X-Plivo-Signature-V3": independent_v3(token, url, nonce, params),
                 "X-Plivo-Signature-V3-Nonce": nonce}
-    return {**FORM, "X-Plivo-Signature-V2": sign_v2(token, url, nonce),
+    return {**FORM, "X-Plivo-Signature-V2": independent_v2(token, url, nonce),
             "X-Plivo-Signature-V2-Nonce": nonce}
 
 
@@ -226,7 +204,7 @@ def test_several_v3_signatures_one_valid(db: Database, uid: str, client: TestCli
     phone = fresh_number()
     items = list(inbound(phone, t.sender, "STOP").items())
     headers = signed_headers(INBOUND, items, nonce="n-multi")
-    other = sign_v3("old-token", PUBLIC_URL + INBOUND, "n-multi", items)
+    other = independent_v3("old-token", PUBLIC_URL + INBOUND, "n-multi", items)
     headers["X-Plivo-Signature-V3"] = f"{other},{headers['X-Plivo-Signature-V3']}"
     assert client.post(INBOUND, content=urlencode(items), headers=headers).status_code == 200
     assert opted_out(db, t.id, phone)
