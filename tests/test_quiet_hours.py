@@ -277,7 +277,11 @@ async def test_sms_at_night_waits_for_the_morning_email_does_not(
 ) -> None:
     now = await skipping_env.get_current_time()
     night = zone_at_local_hour(now, range(1, 3))
-    day = zone_at_local_hour(now, range(12, 15))
+    # Day there, 10-12 hours ahead: the night zone's 08:00 is still within the day zone's
+    # window, so the two windows overlap from the night zone's morning on (whatever the hour
+    # the suite runs at; 13 hours ahead would only overlap in the night zone's evening).
+    lead = now.astimezone(night).hour
+    day = zone_at_local_hour(now, range(lead + 10, lead + 12))
     case = Case(skipping_env, sqlite_db, plivo_server, smtp_server, uid, "a")
     # The number spans a zone where it is day and one where it is night: night decides.
     case.setup(schedule="0s", grace="1d", zones=f"{day.key},{night.key}")
