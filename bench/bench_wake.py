@@ -1,6 +1,8 @@
 """Waking paused cases: N cases of one account pause for credits (balance 0, SMS on, schedule
-0s, grace 2h), then one top-up covers them all. Measures how long until every case has been
-signalled, has left the waiters' queue (reserved its credits) and has sent its SMS.
+0s, grace 2h), then one top-up covers them all. Measures how long until every case is served
+(its credits granted in the ledger: the waiters' queue is empty), until every case has been
+signalled (`credits_added`: the workflow runs again), until every case's send has used its
+grant, and until every SMS is out (no provider rate limit here: the engine's own pace).
 
 A local dev server, the real worker process (console providers, no SMS rate limit), SQLite by
 default.
@@ -56,13 +58,14 @@ def prepare(db: Database, cases: int) -> None:
         )
 
 
-def counts(db: Database) -> tuple[int, int]:
-    """(cases queued for credits, SMS sent)."""
+def counts(db: Database) -> tuple[int, int, int]:
+    """(cases queued for credits, cases granted whose send has not used it yet, SMS sent)."""
     with db.session() as s:
         waiting = credits.waiting_count(s, ACCOUNT)
+        granted = credits.granted_count(s, ACCOUNT)
         sent = s.scalar(select(func.count()).select_from(Message).where(
             Message.account_id == ACCOUNT, Message.channel == "sms", Message.status == "sent"))
-    return waiting, int(sent or 0)
+    return waiting, granted, int(sent or 0)
 
 
 async def poll(label: str, done: Any, timeout: float, every: float = 0.25) -> float:
@@ -125,7 +128,7 @@ async def run(cases: int, concurrency: int, database_url: str | None,
         started_in = time.perf_counter() - t0
 
         def all_queued() -> Any:
-            waiting, _ = counts(db)
+            waiting, _, _ = counts(db)
             return True if waiting == cases else f"{waiting}/{cases} queued"
 
         queued_in = await poll("pausing", all_queued, timeout) + started_in
@@ -138,25 +141,39 @@ async def run(cases: int, concurrency: int, database_url: str | None,
         await poll("SmsPaused visible", all_paused, timeout, every=1)
 
         # --- the measurement: one top-up covering every paused case ---------------------
+        served_at: float | None = None
+        watching = True
+
+        def watch_queue() -> None:  # on a thread: when does the queue empty (all served)?
+            nonlocal served_at
+            while watching and served_at is None:
+                if counts(db)[0] == 0:
+                    served_at = time.perf_counter() - t1
+                time.sleep(0.02)
+
         t1 = time.perf_counter()
+        watcher = asyncio.get_running_loop().run_in_executor(None, watch_queue)
         outcome = await wake.top_up(client, db, ACCOUNT, cases, concurrency=concurrency)
         signalled_in = time.perf_counter() - t1
-        drained_at = sent_at = None
+        watching = False
+        await watcher
+        used_at = sent_at = None
 
         def progress() -> Any:
-            nonlocal drained_at, sent_at
-            waiting, sent = counts(db)
+            nonlocal used_at, sent_at
+            waiting, granted, sent = counts(db)
             now = time.perf_counter() - t1
-            if waiting == 0 and drained_at is None:
-                drained_at = now
+            if waiting == 0 and granted == 0 and used_at is None:
+                used_at = now
             if sent == cases and sent_at is None:
                 sent_at = now
-            if drained_at is not None and sent_at is not None:
+            if used_at is not None and sent_at is not None:
                 return True
-            return f"{cases - waiting}/{cases} reserved, {sent}/{cases} sent"
+            return f"{cases - granted}/{cases} grants used, {sent}/{cases} sent"
 
-        await poll("resuming", progress, timeout, every=0.1)
-        assert drained_at is not None and sent_at is not None
+        await poll("sending", progress, timeout, every=0.1)
+        assert used_at is not None and sent_at is not None
+        served_in = served_at if served_at is not None else signalled_in
         with db.session() as s:
             balance = credits.balance_of(s, ACCOUNT)
             exact = credits.ledger_sum(s, ACCOUNT) == balance
@@ -173,7 +190,8 @@ async def run(cases: int, concurrency: int, database_url: str | None,
         "paused_in_s": queued_in,
         "signalled_in_s": signalled_in,
         "signals_per_s": outcome.woken / signalled_in,
-        "all_reserved_in_s": drained_at,
+        "all_served_in_s": served_in,
+        "all_grants_used_in_s": used_at,
         "all_sent_in_s": sent_at,
         "sms_per_s": cases / sent_at,
     }
@@ -181,9 +199,12 @@ async def run(cases: int, concurrency: int, database_url: str | None,
     table(f"wake: {cases} paused cases of one account, one top-up covering them ({db_name})", [
         ("setup", f"{cases} cases started in {started_in:.1f} s, all paused after "
                   f"{queued_in:.1f} s"),
-        ("top-up + signals", f"{signalled_in:.2f} s for {outcome.woken} signals "
-                             f"({figures['signals_per_s']:.0f}/s, concurrency {concurrency})"),
-        ("all reserved", f"{drained_at:.2f} s after the top-up (queue empty)"),
+        ("all served", f"{served_in:.2f} s after the top-up: {outcome.wake.granted} credits "
+                       "granted first come first served, queue empty"),
+        ("all resumed", f"{signalled_in:.2f} s after the top-up: {outcome.woken} cases "
+                        f"signalled ({figures['signals_per_s']:.0f}/s, concurrency "
+                        f"{concurrency})"),
+        ("all grants used", f"{used_at:.2f} s after the top-up (every case's send ran)"),
         ("all SMS sent", f"{sent_at:.2f} s after the top-up ({figures['sms_per_s']:.0f} SMS/s)"),
         ("ledger", f"balance {balance} == sum of ledger: {exact}"),
         ("worker peak RSS", f"{rss:.0f} MB"),

@@ -1,18 +1,21 @@
 """Waking the cases paused for credits: after a top-up, a refill, or on demand.
 
 The waiters table (`sms_waiters`, see `dunning.credits`) is the queue and the source of truth.
-A wake reads the balance and the queue in first-come order and signals `credits_added` to the
-longest prefix of waiters whose needs the balance covers; the rest stay paused, so a small
-top-up causes no stampede of reservations bound to fail. Fair reservations (`credits.reserve`)
-guarantee that every woken case can reserve: newcomers cannot take the credits owed to the
-waiters ahead of them.
+A wake first serves the queue in the database, in ONE transaction (`credits.grant`): under the
+account row's lock it debits, first come first served, the credits of every waiter the balance
+covers (one ledger entry each) and marks them granted; the rest stay paused, so a small top-up
+causes no stampede of reservations bound to fail. Then it signals `credits_added` to each
+granted case; the case's send finds its credits set aside and goes out at the provider's pace.
+So resuming 10,000 cases costs one transaction plus 10,000 signals, and no case re-checks the
+queue.
 
 Signals go out concurrently, with a bound (`concurrency`), straight to each workflow id: this is
 the fast path (hundreds of signals per second on one dev server), unlike a server-side batch
-operation. A waiter whose workflow no longer runs (NOT_FOUND) is dropped from the queue and the
-credits it held go to the next waiters, in further passes. Cases the queue does not know but
-visibility shows paused (SmsPaused = true) get what the queue leaves over: a safety net only.
-Lost signals are harmless: a paused case re-checks by itself periodically.
+operation. A waiter whose workflow no longer runs (NOT_FOUND) leaves the queue, its grant is
+refunded and goes to the next waiters, in further passes. A grant not used a minute after it was
+made (a lost signal) is signalled again by the next wake; the case also re-checks by itself
+periodically, so no wake-up is ever lost. Cases the queue does not know but visibility shows
+paused (SmsPaused = true) get what the queue leaves over: a safety net only.
 
 `Waker`s let code without a Temporal client at hand (the send activity's auto-refill) wake an
 account: `LoopWaker` uses an existing client on its event loop (a worker can install one with
@@ -28,19 +31,22 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any, Protocol
 
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from dunning import credits
+from dunning import credits, refill
 from dunning.db import Database
+from dunning.db.models import utcnow
 from dunning.domain import SA_ACCOUNT_ID, SA_SMS_PAUSED, SIGNAL_CREDITS_ADDED, InputError
 
 log = logging.getLogger("dunning.wake")
 
 DEFAULT_CONCURRENCY = 200
 MAX_PASSES = 5
+STALE_GRANT = timedelta(minutes=1)  # a grant not used by then is signalled again
 
 
 @dataclass
@@ -52,6 +58,8 @@ class WakeResult:
     still_waiting: int  # cases left paused: the balance does not cover them yet
     removed: int = 0  # queue entries of cases that no longer run, dropped
     errors: int = 0  # signals that failed for another reason (the case re-checks itself)
+    granted: int = 0  # credits set aside for the cases served
+    balance_after: int = 0  # what the balance holds once they are served
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,18 +72,6 @@ class TopUpOutcome:
     woken: int
     still_waiting: int
     wake: WakeResult
-
-
-def _covered(balance: int, queue: list[tuple[str, int, Any]]) -> tuple[list[str], int]:
-    """The longest first-come prefix of the queue the balance pays for, and what is left."""
-    chosen: list[str] = []
-    budget = balance
-    for workflow_id, needed, _since in queue:
-        if needed > budget:
-            break
-        budget -= needed
-        chosen.append(workflow_id)
-    return chosen, budget
 
 
 async def _signal_all(
@@ -112,42 +108,49 @@ async def wake_paused(
     concurrency: int = DEFAULT_CONCURRENCY,
     visibility: bool = True,
 ) -> WakeResult:
-    """Signal the waiting cases the balance covers, first come first served."""
+    """Serve the waiting cases the balance covers, first come first served, and signal them."""
     signalled: set[str] = set()
-    removed = errors = 0
-    first: tuple[int, int] | None = None
-    budget = 0
-    queue: list[tuple[str, int, Any]] = []
-    balance = 0
+    removed = errors = granted = 0
+    first: credits.Grant | None = None
+    last: credits.Grant | None = None
     for _ in range(MAX_PASSES):
         with db.session() as s:
-            balance = credits.balance_of(s, account_id)
-            queue = credits.waiters(s, account_id)
+            last = credits.grant(s, account_id)
+            if last.credits:  # balance notices and auto-refill, once per crossing
+                refill.after_reserve(s, last.as_reservation(), db)
+            stale = (credits.stale_grants(s, account_id, utcnow() - STALE_GRANT)
+                     if first is None else [])
+        granted += last.credits
         if first is None:
-            first = (balance, len(queue))
-        chosen, budget = _covered(balance, queue)
-        batch = [w for w in chosen if w not in signalled]
+            first = last
+        batch = [w for w in dict.fromkeys([*last.workflow_ids, *stale]) if w not in signalled]
         if not batch:
             break
         outcome = await _signal_all(client, account_id, batch, concurrency)
         signalled.update(w for w, o in outcome.items() if o == "ok")
-        errors += sum(1 for o in outcome.values() if o == "error")
-        gone = [w for w, o in outcome.items() if o == "gone"]
-        if errors and not signalled and errors == len(batch):
+        failed = sum(1 for o in outcome.values() if o == "error")
+        errors += failed
+        if failed == len(batch) and not signalled:
             raise RuntimeError(f"could not signal any paused case of {account_id!r}")
+        gone = [w for w, o in outcome.items() if o == "gone"]
         if not gone:
             break
         with db.session() as s:  # their credits go to the next in line, in another pass
+            granted -= credits.granted_to(s, account_id, gone)
             removed += credits.remove_waiters(s, account_id, gone)
-    if visibility and budget > 0:
-        known = {w for w, _, _ in queue} | signalled
-        extra = await _unqueued_paused(client, account_id, known, limit=budget)
+    assert first is not None and last is not None
+    with db.session() as s:
+        balance_after = credits.balance_of(s, account_id)
+        still = credits.waiting_count(s, account_id)
+    if visibility and balance_after > 0 and still == 0:
+        extra = await _unqueued_paused(client, account_id, signalled, limit=balance_after)
         if extra:
             outcome = await _signal_all(client, account_id, extra, concurrency)
             signalled.update(w for w, o in outcome.items() if o == "ok")
-    balance0, waiting0 = first or (balance, 0)
-    still = max(0, len(queue) - len([w for w, _, _ in queue if w in signalled]))
-    return WakeResult(account_id, balance0, waiting0, len(signalled), still, removed, errors)
+    return WakeResult(
+        account_id, first.balance_before, first.still_waiting + len(first.workflow_ids),
+        len(signalled), still, removed, errors, granted, balance_after,
+    )
 
 
 async def _unqueued_paused(

@@ -10,15 +10,16 @@ import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from dunning import credits, pricing
 from dunning.accounts import AccountOptions, create_account
 from dunning.db import Database
-from dunning.db.models import Account, CreditEntry, SmsWaiter
+from dunning.db.models import Account, CreditEntry, SmsWaiter, utcnow
 from dunning.domain import InputError
 
 
@@ -500,7 +501,25 @@ async def test_wake_signals_the_covered_prefix_and_skips_gone_cases(db: Database
     assert sorted(fake.signals) == ["w0", "w1", "w2", "w3"]
     assert (result.woken, result.removed, result.waiting, result.still_waiting) == (3, 1, 6, 2)
     assert fake.max_in_flight <= 2
-    assert [w for w, _ in queue(db, uid)] == ["w0", "w2", "w3", "w4", "w5"]
+    # w0, w2, w3 are served: their credits are set aside (debited now), w4 and w5 still wait.
+    assert [w for w, _ in queue(db, uid)] == ["w4", "w5"]
+    assert (result.granted, result.balance_after) == (3, 0)
+    with db.session() as s:
+        assert credits.granted_count(s, uid) == 3
+        debits = s.execute(
+            select(CreditEntry.workflow_id, func.sum(CreditEntry.amount))
+            .where(CreditEntry.account_id == uid, CreditEntry.workflow_id.is_not(None))
+            .group_by(CreditEntry.workflow_id)
+        ).all()
+    assert {w: int(n) for w, n in debits if n} == {"w0": -1, "w2": -1, "w3": -1}  # w1 refunded
+    assert assert_ledger_exact(db, uid) == 0
+    # Their sends use the grants: no second debit, and the balance does not move.
+    for w in ("w3", "w0", "w2"):
+        assert reserve(db, uid, 1, w).ok
+    assert assert_ledger_exact(db, uid) == 0
+    with db.session() as s:
+        assert credits.granted_count(s, uid) == 0
+    assert not reserve(db, uid, 1, "w4").ok  # still nothing for those behind
 
 
 async def test_wake_uses_visibility_only_for_what_the_queue_leaves(db: Database, uid: str):
@@ -522,4 +541,89 @@ async def test_wake_reports_when_no_signal_gets_through(db: Database, uid: str):
     top_up(db, uid, 1)
     with pytest.raises(RuntimeError, match="could not signal"):
         await wake.wake_paused(FakeTemporal(failing={"w0"}), db, uid)  # type: ignore[arg-type]
-    assert queue(db, uid) == [("w0", 1)]  # still queued: its own re-check will find credits
+    # Served but not told: its credits stay set aside; its own re-check finds them, and the
+    # next wake signals it again once the grant is stale.
+    assert queue(db, uid) == []
+    with db.session() as s:
+        assert credits.granted_count(s, uid) == 1
+        assert credits.stale_grants(s, uid, utcnow() + timedelta(minutes=2)) == ["w0"]
+    assert reserve(db, uid, 1, "w0").ok
+    assert assert_ledger_exact(db, uid) == 0
+
+
+def test_grant_serves_first_come_and_stops_at_the_first_it_cannot_cover(db: Database, uid: str):
+    make_account(db, uid)
+    for wf, need in (("a", 2), ("b", 3), ("c", 1)):
+        assert not reserve(db, uid, need, wf).ok
+    top_up(db, uid, 4)
+    with db.session() as s:
+        g = credits.grant(s, uid)
+    # a (2) fits, b (3) does not: c (1) would, but the queue is strict, it waits behind b.
+    assert (g.workflow_ids, g.credits, g.balance, g.still_waiting) == (["a"], 2, 2, 2)
+    assert queue(db, uid) == [("b", 3), ("c", 1)]
+    assert not reserve(db, uid, 1, "newcomer").ok  # the 2 left are owed to b first
+    with db.session() as s:
+        assert credits.grant(s, uid).workflow_ids == []  # nothing more to serve
+    assert assert_ledger_exact(db, uid) == 2
+
+
+def test_a_grant_the_case_does_not_use_goes_back(db: Database, uid: str):
+    make_account(db, uid)
+    for wf in ("ended", "skipped", "repriced"):
+        assert not reserve(db, uid, 2, wf).ok
+    top_up(db, uid, 6)
+    with db.session() as s:
+        assert credits.grant(s, uid).credits == 6
+    with db.session() as s:  # the case ended; another's step was skipped
+        credits.leave_queue(s, uid, "ended", "case recovered")
+        credits.leave_queue(s, uid, "skipped", "the number opted out (STOP)")
+    assert assert_ledger_exact(db, uid) == 4
+    # The text now costs 3 (template changed): the grant of 2 goes back, 3 are taken instead.
+    assert reserve(db, uid, 3, "repriced").ok
+    assert assert_ledger_exact(db, uid) == 3
+    with db.session() as s:
+        notes = list(s.scalars(select(CreditEntry.note).where(
+            CreditEntry.account_id == uid, CreditEntry.kind == "refund")))
+        assert credits.granted_count(s, uid) == credits.waiting_count(s, uid) == 0
+    assert sorted(n or "" for n in notes) == [
+        "grant returned: case recovered",
+        "grant returned: the number opted out (STOP)",
+        "grant returned: the text now costs a different amount",
+    ]
+
+
+def test_grants_racing_sends_and_top_ups_never_debit_a_text_twice(db: Database, uid: str):
+    """Wakes (grants), top-ups and the cases' own sends at once: every case pays for its text
+    exactly once, whoever served it, and the ledger replays to the balance."""
+    make_account(db, uid)
+    cases = [f"r{i}" for i in range(24)]
+    for wf in cases:
+        assert not reserve(db, uid, 1, wf).ok
+
+    done: set[str] = set()  # each case belongs to one thread: one send at a time per case
+
+    def act(i: int) -> Any:
+        if i % 4 == 0:
+            top_up(db, uid, 3)
+            with db.session() as s:
+                return credits.grant(s, uid)
+        mine = cases[(i - 1 - i // 4)::12]
+        for wf in mine:
+            if wf not in done and reserve(db, uid, 1, wf).ok:
+                done.add(wf)
+        return None
+
+    for _ in range(3):
+        run_threads(16, act)
+    with db.session() as s:
+        paid = s.execute(
+            select(CreditEntry.workflow_id, func.sum(CreditEntry.amount))
+            .where(CreditEntry.account_id == uid, CreditEntry.workflow_id.is_not(None))
+            .group_by(CreditEntry.workflow_id)
+        ).all()
+        granted = credits.granted_count(s, uid)
+    assert all(int(n) in (0, -1) for _, n in paid)
+    served = sum(1 for _, n in paid if int(n) == -1)
+    assert served == min(len(cases), 3 * 4 * 3)  # 36 credits added, 24 cases: all served
+    assert granted == served - len(done)  # served by a wake, send not made yet
+    assert assert_ledger_exact(db, uid) == 36 - served

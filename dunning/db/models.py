@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -201,14 +202,32 @@ class Message(Base):
 
 
 class SmsWaiter(Base):
-    """A case whose SMS lane is paused for credits; top-ups signal these in `since` order."""
+    """A case whose SMS lane is paused for credits; top-ups serve these in `since` order.
+
+    A wake grants credits to the waiters the balance covers (debited at once, in the ledger):
+    `credits_granted` > 0 marks a waiter whose credits are set aside and whose next send uses
+    them without reserving again; it leaves the queue when it does (or gets them back)."""
 
     __tablename__ = "sms_waiters"
+    __table_args__ = (Index("ix_sms_waiters_account_since", "account_id", "since"),)
 
     account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     workflow_id: Mapped[str] = mapped_column(String(300), primary_key=True)
     credits_needed: Mapped[int] = mapped_column(Integer, default=1)
     since: Mapped[datetime] = mapped_column(default=utcnow)
+    step: Mapped[int | None] = mapped_column(Integer)
+    credits_granted: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    granted_at: Mapped[datetime | None] = mapped_column()
+
+
+class SendSlot(Base):
+    """The provider's send pace, shared by every worker: the earliest time (epoch seconds, on
+    the database's clock for PostgreSQL) the next send of `key` may start (see dunning.pacing)."""
+
+    __tablename__ = "send_slots"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    next_at: Mapped[float] = mapped_column(Float)
 
 
 class Case(Base):
