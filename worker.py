@@ -25,9 +25,10 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import DunningActivities
-from dunning import logs, metrics
+from dunning import logs, metrics, refill, wake
 from dunning.db import Database
 from dunning.domain import sms_task_queue
+from dunning.pacing import pacer_for
 from dunning.providers.factory import email_provider, sms_provider
 from dunning.settings import Settings, ensure_data_dir, get_settings
 from dunning.temporal import connect, data_converter
@@ -43,6 +44,7 @@ def build_activities(settings: Settings, db: Database) -> DunningActivities:
         email_provider(settings),
         public_url=settings.public_url,
         default_email_from=settings.email_from,
+        pacer=pacer_for(db, settings.sms_rate_limit),
     )
 
 
@@ -114,7 +116,11 @@ def build_workers(
     client: Client, settings: Settings, activities: DunningActivities, executor: ThreadPoolExecutor
 ) -> list[Worker]:
     """Two workers in one process: the case queue (workflows, email, bookkeeping) and the SMS
-    queue, whose rate limit holds across all worker processes together."""
+    queue, whose rate limit holds across all worker processes together. With a pacer (see
+    dunning.pacing) the queue hands out sends at the pacer's rate, so the pacer only has to
+    absorb the queue's burst after an idle spell, not a standing backlog."""
+    pacer = activities.pacer
+    rate = 1 / pacer.interval if pacer is not None else settings.sms_rate_limit
     return [
         Worker(
             client,
@@ -131,7 +137,7 @@ def build_workers(
             activities=activities.sms_queue(),
             activity_executor=executor,
             max_concurrent_activities=settings.activity_workers,
-            max_task_queue_activities_per_second=settings.sms_rate_limit or None,
+            max_task_queue_activities_per_second=rate or None,
         ),
     ]
 
@@ -178,6 +184,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
                  "on" if settings.workflow_sandbox else "off")
         if runtime is not None:
             log.info("metrics on http://%s/metrics", settings.metrics_address)
+        # Auto-refills started by this worker's sends wake paused cases through its own client.
+        wake.set_waker(wake.LoopWaker(client))
         async with running(workers):
             sampler = (
                 asyncio.create_task(metrics.sample_paused_cases(db, runtime.metric_meter, stop))
@@ -186,6 +194,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
             await stop.wait()
             if sampler is not None:
                 await sampler
+        await asyncio.to_thread(refill.drain)  # refills and notices already under way finish
+        wake.set_waker(None)
     db.dispose()
 
 

@@ -14,6 +14,11 @@ billed) and a later delivery report for the message (its callback URL carries th
 it. A transient provider error (5xx, 429, refused connection) proves nothing was taken: the row
 goes back to `retry` and Temporal retries with backoff, reusing the same credit reservation.
 
+Provider rate: besides the SMS task queue's rate limit (which lets a burst through after an idle
+spell), every SMS waits for a send slot from `dunning.pacing` (one row in the database, shared by
+all workers) right before its claim, so provider calls are spaced at least 1/rate apart. While
+it waits, its row is `retry` with the credits reserved: a crash there is simply retried.
+
 Hot path: the statements a send runs on every reminder are built once, at import, as Core
 statements with bind parameters (no ORM unit of work, no per-call statement construction), and
 the account, the customer and the opt-out state come back in one query. A send heartbeats only
@@ -71,6 +76,7 @@ from dunning.domain import (
     SettleRequest,
     parse_schedule,
 )
+from dunning.pacing import SendPacer
 from dunning.providers import (
     AmbiguousProviderError,
     PermanentProviderError,
@@ -325,8 +331,10 @@ class DunningActivities:
         *,
         public_url: str = "http://127.0.0.1:8000",
         default_email_from: str = "billing@localhost",
+        pacer: SendPacer | None = None,
     ) -> None:
         self.db = db
+        self.pacer = pacer
         self.sms = sms
         self.email = email
         self.public_url = public_url.rstrip("/")
@@ -381,7 +389,7 @@ class DunningActivities:
     @activity.defn(name=ACT_FINISH_CASE)
     def finish_case(self, req: FinishCaseRequest) -> None:
         with self._session() as s:
-            credits.remove_waiter(s, req.account_id, req.workflow_id)
+            credits.leave_queue(s, req.account_id, req.workflow_id, f"case {req.outcome}")
             s.execute(_FINISH_CASE, {
                 "f_workflow": req.workflow_id, "f_state": req.outcome,
                 "f_ended_at": req.ended_at, "f_emails": req.emails_sent, "f_sms": req.sms_sent,
@@ -451,8 +459,9 @@ class DunningActivities:
                 plan = self._sms_for(s, req)
                 if isinstance(plan, MessageResult):
                     # Not sending now (skipped, or held for quiet hours): if this case was
-                    # queued for credits it leaves the queue, so it holds no one back.
-                    credits.remove_waiter(s, req.account_id, req.workflow_id)
+                    # queued for credits it leaves the queue, so it holds no one back (credits
+                    # a wake granted it go back to the balance).
+                    credits.leave_queue(s, req.account_id, req.workflow_id, plan.reason)
                     if plan.status != "skipped":  # quiet hours: nothing recorded, the case waits
                         _log(logging.INFO, "SMS held for quiet hours", key, reason=plan.reason)
                         return plan
@@ -478,10 +487,24 @@ class DunningActivities:
                         reason = f"needs {cost} credits, balance is {reservation.balance}{held}"
                         _log(logging.INFO, "SMS waiting for credits", key, reason=reason)
                         return MessageResult("no_credits", reason, cost)
-                claimed = self._claim(
-                    s, row, key, req, mask_phone(sms.dst), credits=cost, segments=segments,
-                    encoding=encoding,
-                )
+                if self.pacer is not None and row is None:
+                    # Credits reserved, provider not called yet: a `retry` row, which the claim
+                    # below takes over once a send slot is ours (a crash meanwhile leaves a
+                    # row the next attempt sends from, not an ambiguous one).
+                    row = self._hold(s, key, req, mask_phone(sms.dst), cost, segments, encoding)
+                if self.pacer is None:
+                    claimed = self._claim(
+                        s, row, key, req, mask_phone(sms.dst), credits=cost, segments=segments,
+                        encoding=encoding,
+                    )
+            if self.pacer is not None:
+                # The provider's rate, strict across every worker: one DB-paced slot per call.
+                self.pacer.wait(activity.heartbeat)
+                with self._session() as s:
+                    waited = _find(s, key)
+                    if waited is None or waited.status != "retry":  # settled while we waited
+                        return self._reread(key)
+                    claimed = self._claim(s, waited, key, req, mask_phone(sms.dst), credits=cost)
         except IntegrityError:  # a concurrent attempt claimed it first; nothing of ours stuck
             return self._reread(key)
         callback = f"{self.public_url}/webhooks/plivo/status?ref={claimed.id}"
@@ -604,6 +627,22 @@ class DunningActivities:
         if taken.rowcount != 1:
             raise ApplicationError("a concurrent attempt is sending this reminder")
         return _Claimed(row.id, key, row.account_id, row.credits, hint)
+
+    def _hold(self, s: Session, key: _Key, req: MessageRequest, hint: str, cost: int,
+              segments: int, encoding: str | None) -> _Row:
+        """A new SMS row holding its credit reservation while it waits for a send slot."""
+        now = utcnow()
+        s.execute(_INSERT_MESSAGE, {
+            "workflow_id": key.workflow_id, "run_id": key.run_id, "step": key.step,
+            "channel": key.channel, "account_id": req.account_id,
+            "customer_id": req.customer_id, "status": "retry",
+            "reason": "waiting for a send slot (SMS rate limit)", "recipient_hint": hint,
+            "credits": cost, "segments": segments, "encoding": encoding, "attempts": 0,
+            "created_at": now, "updated_at": now,
+        })
+        row = _find(s, key)
+        assert row is not None
+        return row
 
     def _reread(self, key: _Key) -> MessageResult:
         with self._session() as s:

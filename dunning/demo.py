@@ -45,6 +45,7 @@ from dunning.accounts import AccountOptions, create_account
 from dunning.db import Database
 from dunning.db.models import CreditEntry, Customer, Message
 from dunning.importer import import_file
+from dunning.pacing import pacer_for
 from dunning.providers.email import ConsoleEmailProvider
 from dunning.providers.sms import ConsoleSmsProvider
 from dunning.settings import Settings
@@ -248,7 +249,8 @@ class Demo:
     async def run(self, as_json: bool) -> dict[str, Any]:
         import_report = self.setup_account()
         sms, email = ConsoleSmsProvider(echo=False), ConsoleEmailProvider(echo=False)
-        acts = DunningActivities(self.db, sms, email, public_url=self.settings.public_url)
+        acts = DunningActivities(self.db, sms, email, public_url=self.settings.public_url,
+                                 pacer=pacer_for(self.db, self.settings.sms_rate_limit))
         client = await DunningClient.connect(self.settings, self.db)
         from dunning.webhooks import create_app
         from dunning.webhooks.server import make_server

@@ -147,3 +147,63 @@ def test_no_credits_registers_a_waiter_and_records_nothing(db, uid):
     assert sms.calls == [] and _rows(db, acct) == []
     with db.session() as s:
         assert [w[0] for w in credits.waiters(s, acct)] == [f"dunning-{acct}-inv1"]
+
+
+def test_paced_sends_are_spaced_by_the_shared_slot(db, account, uid):
+    """With a pacer, each provider call waits for its slot: a crash while waiting leaves the
+    credits held on a `retry` row that the next attempt sends from (not an ambiguous claim)."""
+    from dunning.pacing import SendPacer
+
+    class Killed(BaseException):
+        """Stands in for SIGKILL while the attempt sleeps for its slot."""
+
+    sms = ScriptedSms()
+    pacer = SendPacer(db, 10.0, key=f"test-{uid}")
+
+    class DyingPacer(SendPacer):
+        def wait(self, *args: object, **kwargs: object) -> float:
+            raise Killed()
+
+    env = _env(f"run-{uid}")
+    dying = DunningActivities(db, sms, ConsoleEmailProvider(echo=False),
+                              pacer=DyingPacer(db, 10.0, key=f"test-{uid}"))
+    with pytest.raises(Killed):
+        env.run(dying.send_sms, _request(account))
+    rows = _rows(db, account)
+    assert [(r.status, r.credits, r.attempts) for r in rows] == [("retry", 1, 0)]
+    acts = DunningActivities(db, sms, ConsoleEmailProvider(echo=False), pacer=pacer)
+    assert env.run(acts.send_sms, _request(account)).status == "sent"
+    assert len(sms.calls) == 1
+    with db.session() as s:
+        assert credits.balance_of(s, account) == 9  # one debit, kept across the crash
+    # Two more reminders back to back: the second waits for its slot (1/10 s + margin).
+    import time
+
+    starts = []
+    for step in (2, 3):
+        env.run(acts.send_sms, _request(account, step))
+        starts.append(time.monotonic())
+    assert starts[1] - starts[0] >= pacer.interval * 0.9
+    assert [r.status for r in _rows(db, account)] == ["sent"] * 3
+
+
+def test_a_send_after_a_wake_uses_the_credits_granted_to_it(db, uid):
+    acct = f"grant-{uid}"
+    make_account(db, acct, schedule="0s", balance=0)
+    add_customer(db, acct, "cus1")
+    sms = ScriptedSms()
+    acts = DunningActivities(db, sms, ConsoleEmailProvider(echo=False))
+    env = _env(f"run-{uid}")
+    assert env.run(acts.send_sms, _request(acct)).status == "no_credits"
+    with db.session() as s:
+        credits.top_up(s, acct, 1)
+    with db.session() as s:
+        assert credits.grant(s, acct).workflow_ids == [f"dunning-{acct}-inv1"]
+        assert credits.balance_of(s, acct) == 0  # set aside for the waiting case at once
+    assert env.run(acts.send_sms, _request(acct)).status == "sent"
+    with db.session() as s:
+        assert credits.balance_of(s, acct) == 0 == credits.ledger_sum(s, acct) - 0
+        assert credits.granted_count(s, acct) == 0
+        debits = s.scalars(select(CreditEntry.amount).where(
+            CreditEntry.account_id == acct, CreditEntry.kind == "sms_debit")).all()
+    assert list(debits) == [-1]
