@@ -15,9 +15,10 @@ it. A transient provider error (5xx, 429, refused connection) proves nothing was
 goes back to `retry` and Temporal retries with backoff, reusing the same credit reservation.
 
 Provider rate: besides the SMS task queue's rate limit (which lets a burst through after an idle
-spell), every SMS waits for a send slot from `dunning.pacing` (one row in the database, shared by
-all workers) right before its claim, so provider calls are spaced at least 1/rate apart. While
-it waits, its row is `retry` with the credits reserved: a crash there is simply retried.
+spell), the claim's transaction takes the provider's send slot from `dunning.pacing` (one row in
+the database, shared by all workers), so provider calls are spaced at least 1/rate apart. While
+it waits for the slot, its row is `retry` with the credits reserved: a crash there is simply
+retried.
 
 Hot path: the statements a send runs on every reminder are built once, at import, as Core
 statements with bind parameters (no ORM unit of work, no per-call statement construction), and
@@ -497,14 +498,19 @@ class DunningActivities:
                         s, row, key, req, mask_phone(sms.dst), credits=cost, segments=segments,
                         encoding=encoding,
                     )
-            if self.pacer is not None:
-                # The provider's rate, strict across every worker: one DB-paced slot per call.
-                self.pacer.wait(activity.heartbeat)
+            while self.pacer is not None:
+                # The provider's rate, strict across every worker: the claim's transaction
+                # takes the send slot, and the provider call follows its commit.
                 with self._session() as s:
                     waited = _find(s, key)
                     if waited is None or waited.status != "retry":  # settled while we waited
                         return self._reread(key)
-                    claimed = self._claim(s, waited, key, req, mask_phone(sms.dst), credits=cost)
+                    left = self.pacer.take(s)
+                    if not left:
+                        claimed = self._claim(s, waited, key, req, mask_phone(sms.dst),
+                                              credits=cost)
+                        break
+                self.pacer.sleep(left, activity.heartbeat)
         except IntegrityError:  # a concurrent attempt claimed it first; nothing of ours stuck
             return self._reread(key)
         callback = f"{self.public_url}/webhooks/plivo/status?ref={claimed.id}"

@@ -161,7 +161,7 @@ def test_paced_sends_are_spaced_by_the_shared_slot(db, account, uid):
     pacer = SendPacer(db, 10.0, key=f"test-{uid}")
 
     class DyingPacer(SendPacer):
-        def wait(self, *args: object, **kwargs: object) -> float:
+        def take(self, *args: object, **kwargs: object) -> float:
             raise Killed()
 
     env = _env(f"run-{uid}")

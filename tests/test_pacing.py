@@ -1,22 +1,19 @@
-"""The send pacer (dunning.pacing) on SQLite and PostgreSQL: slots one interval apart, per key,
-strict under concurrent reservers from two engines (two workers), and `wait()`'s heartbeats."""
+"""The send pacer (dunning.pacing) on SQLite and PostgreSQL: a slot is taken only when it is
+free and then not again for one interval, per key; takes from two engines (two workers) and
+many threads never come closer than the interval; `sleep()` heartbeats."""
 
 from __future__ import annotations
 
 import bisect
 import threading
 import time
-from dataclasses import dataclass
 from itertools import pairwise
 
 import pytest
+from sqlalchemy import text
 
 from dunning.db import Database
-from dunning.pacing import HEARTBEAT_EVERY, PACING_MARGIN, SendPacer, Slot
-
-# Slot starts are compared on the clock that stamped them (the database's), and a free slot means
-# no wait at all; float rounding of epoch seconds is below a microsecond.
-EXACT = 1e-5
+from dunning.pacing import HEARTBEAT_EVERY, PACING_MARGIN, SendPacer
 
 
 def max_in_window(times: list[float], window: float = 1.0) -> int:
@@ -27,34 +24,15 @@ def max_in_window(times: list[float], window: float = 1.0) -> int:
     )
 
 
-@dataclass
-class Reserved:
-    """A reservation with this process's monotonic clock read just before and after it."""
-
-    slot: Slot
-    before: float
-    after: float
-
-    @property
-    def offset(self) -> tuple[float, float]:
-        """Bounds of (database clock - monotonic clock): the reservation read the database's
-        clock somewhere between `before` and `after`, and `start - wait` is that reading
-        (unless the wait was cut to 0: then the reading was later, the lower bound stands)."""
-        now = self.slot.start - self.slot.wait
-        return now - self.after, now - self.before if self.slot.wait > 0 else float("inf")
+def take(db: Database, pacer: SendPacer) -> float:
+    with db.session() as s:
+        return pacer.take(s)
 
 
-def reserve(pacer: SendPacer) -> Reserved:
-    before = time.monotonic()
-    slot = pacer.reserve()
-    return Reserved(slot, before, time.monotonic())
-
-
-def assert_waits_consistent(reserved: list[Reserved]) -> None:
-    """One clock offset explains every wait: each wait leads to its own slot start."""
-    low = max(r.offset[0] for r in reserved)
-    high = min(r.offset[1] for r in reserved)
-    assert low <= high + EXACT, (low, high)
+def next_at(db: Database, key: str) -> float:
+    with db.session() as s:
+        return float(s.execute(text("SELECT next_at FROM send_slots WHERE key = :k"),
+                               {"k": key}).scalar_one())
 
 
 def test_interval_and_bad_rates(sqlite_db: Database) -> None:
@@ -67,130 +45,95 @@ def test_interval_and_bad_rates(sqlite_db: Database) -> None:
         SendPacer(sqlite_db, 5, margin=-0.1)
 
 
-def test_consecutive_slots_are_one_interval_apart(db: Database, uid: str) -> None:
-    pacer = SendPacer(db, 10, key=f"seq-{uid}")
-    reserved = [reserve(pacer) for _ in range(6)]
-    waits = [r.slot.wait for r in reserved]
-    assert waits[0] < EXACT  # a fresh key: the first slot is now
-    assert all(w >= 0 for w in waits)
-    # Nobody sleeps, so slot k starts k intervals after the first, and its wait is that minus
-    # the time the earlier reservations took.
-    first = reserved[0].slot.start
-    for k, r in enumerate(reserved):
-        assert r.slot.start - first == pytest.approx(k * pacer.interval, abs=EXACT)
-        elapsed = (r.before - reserved[0].after, r.after - reserved[0].before)
-        assert elapsed[0] - EXACT <= k * pacer.interval - r.slot.wait <= elapsed[1] + EXACT
-    assert_waits_consistent(reserved)
-    assert pacer.next_slot() == pytest.approx(6 * pacer.interval, abs=0.2)
+def test_a_slot_is_free_once_per_interval(db: Database, uid: str) -> None:
+    pacer = SendPacer(db, 5, key=f"seq-{uid}")
+    assert take(db, pacer) == 0.0  # a fresh key: free
+    first = next_at(db, pacer.key)
+    left = take(db, pacer)  # taken a moment ago: not free, and nothing changes
+    assert 0 < left <= pacer.interval
+    assert next_at(db, pacer.key) == first
+    time.sleep(left)
+    assert take(db, pacer) == 0.0
+    assert next_at(db, pacer.key) >= first + pacer.interval - 1e-3
+
+
+def test_a_take_rolled_back_leaves_the_slot_free(db: Database, uid: str) -> None:
+    """The slot belongs to the claim's transaction: if it rolls back, nobody called out."""
+    pacer = SendPacer(db, 1, key=f"rb-{uid}")
+    with pytest.raises(RuntimeError), db.session() as s:
+        assert pacer.take(s) == 0.0
+        raise RuntimeError("claim failed")
+    assert take(db, pacer) == 0.0
 
 
 def test_keys_do_not_interfere(db: Database, uid: str) -> None:
     a = SendPacer(db, 2, key=f"a-{uid}")
     b = SendPacer(db, 2, key=f"b-{uid}")
-    a0, a1 = a.reserve(), a.reserve()
-    assert a0.wait < EXACT
-    assert a1.start - a0.start == pytest.approx(a.interval, abs=EXACT)
-    b0 = b.reserve()  # free at once although a's next slot is a second off
-    assert b0.wait < EXACT
-    a2, b1 = a.reserve(), b.reserve()
-    assert a2.start - a0.start == pytest.approx(2 * a.interval, abs=EXACT)
-    assert b1.start - b0.start == pytest.approx(b.interval, abs=EXACT)
-    assert a1.wait > a.interval / 2 and b1.wait > b.interval / 2
+    assert take(db, a) == 0.0
+    assert take(db, b) == 0.0  # free although a's slot is half a second off
+    assert take(db, a) > a.interval / 2 and take(db, b) > b.interval / 2
 
 
-def test_an_idle_spell_banks_no_slots(db: Database, uid: str) -> None:
-    """Unlike a token bucket, a pacer idle for a while does not let a burst through after it."""
-    pacer = SendPacer(db, 20, key=f"idle-{uid}")
-    pacer.reserve()
-    time.sleep(4 * pacer.interval)
-    reserved = [reserve(pacer) for _ in range(3)]
-    assert reserved[0].slot.wait < EXACT
-    for k in (1, 2):
-        assert reserved[k].slot.start - reserved[0].slot.start == pytest.approx(
-            k * pacer.interval, abs=EXACT)
-        assert reserved[k].slot.wait > (k - 0.5) * pacer.interval
-    assert_waits_consistent(reserved)
-
-
-def test_concurrent_reservers_on_two_workers_never_crowd(db: Database, uid: str) -> None:
-    """8 threads x 10 slots, split over two engines on the same database (two workers)."""
-    rate = 10.0
+def test_concurrent_senders_on_two_workers_never_crowd(db: Database, uid: str) -> None:
+    """8 threads over two engines on one database (two workers) each take 4 slots, sleeping
+    as told in between: the moments they got them (the database's clock, read in the same
+    transaction) are never closer than the interval and never more than `rate` in a second."""
+    rate = 20.0
     other = Database(db.url, pool_size=4)
+    key = f"many-{uid}"
+    clock = ("SELECT CAST(extract(epoch from clock_timestamp()) AS double precision)"
+             if db.dialect == "postgresql" else None)
+    got: list[float] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
     try:
-        pacers = [SendPacer(db, rate, key=f"many-{uid}"), SendPacer(other, rate, key=f"many-{uid}")]
-        reserved: list[Reserved] = []
-        lock = threading.Lock()
+        pacers = [SendPacer(db, rate, key=key), SendPacer(other, rate, key=key)]
+        dbs = [db, other]
         go = threading.Barrier(8)
-        errors: list[BaseException] = []
 
-        def reserver(n: int) -> None:
+        def sender(n: int) -> None:
+            pacer, base = pacers[n % 2], dbs[n % 2]
             try:
                 go.wait()
-                for _ in range(10):
-                    r = reserve(pacers[n % 2])
+                for _ in range(4):
+                    while True:
+                        with base.session() as s:
+                            left = pacer.take(s)
+                            if not left:
+                                at = (float(s.execute(text(clock)).scalar_one()) if clock
+                                      else time.time())
+                                break
+                        pacer.sleep(left)
                     with lock:
-                        reserved.append(r)
+                        got.append(at)
             except BaseException as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=reserver, args=(n,)) for n in range(8)]
+        threads = [threading.Thread(target=sender, args=(n,)) for n in range(8)]
         for t in threads:
             t.start()
         for t in threads:
-            t.join(timeout=30)
+            t.join(timeout=60)
     finally:
         other.dispose()
     assert not errors, errors
-    assert len(reserved) == 80
-    starts = sorted(r.slot.start for r in reserved)
-    gaps = [b - a for a, b in pairwise(starts)]
-    interval = pacers[0].interval
-    assert min(gaps) >= interval - EXACT, sorted(gaps)[:5]
-    assert max_in_window(starts) <= rate
-    # ...and no slack: the slots are back to back (80 slots fill 79 intervals).
-    assert starts[-1] - starts[0] == pytest.approx(79 * interval, abs=79 * EXACT)
-    assert_waits_consistent(reserved)
+    assert len(got) == 32
+    gaps = [b - a for a, b in pairwise(sorted(got))]
+    assert min(gaps) >= pacers[0].interval - 2e-3, sorted(gaps)[:3]
+    assert max_in_window(got) <= rate
 
 
-def test_wait_heartbeats_while_sleeping(db: Database, uid: str) -> None:
-    pacer = SendPacer(db, 0.05, key=f"hb-{uid}")  # one send every 20.4 s
+def test_sleep_heartbeats_while_waiting(sqlite_db: Database) -> None:
+    pacer = SendPacer(sqlite_db, 0.05)  # one send every 20.4 s
     events: list[tuple[str, float]] = []
-
-    def heartbeat() -> None:
-        events.append(("heartbeat", 0.0))
-
-    def sleep(seconds: float) -> None:
-        events.append(("sleep", seconds))
-
-    # A fresh key: no wait, so neither a heartbeat nor a sleep.
-    assert pacer.wait(heartbeat, sleep=sleep) == 0
-    assert events == []
-
-    waited = pacer.wait(heartbeat, sleep=sleep)
-    assert waited == pytest.approx(pacer.interval, abs=0.5)
+    pacer.sleep(20.4, lambda: events.append(("heartbeat", 0.0)),
+                sleep=lambda s: events.append(("sleep", s)))
     slept = [s for kind, s in events if kind == "sleep"]
-    assert sum(slept) == pytest.approx(waited)
+    assert sum(slept) == pytest.approx(20.4, abs=0.011)
     assert all(0 < s <= HEARTBEAT_EVERY for s in slept)
-    # A heartbeat first, then never more than HEARTBEAT_EVERY of sleep without one, and one
-    # right before the provider call.
-    assert events[0][0] == "heartbeat" and events[-1][0] == "heartbeat"
+    assert events[0][0] == "heartbeat"
     since = 0.0
-    for kind, seconds in events:
+    for kind, seconds in events:  # never more than HEARTBEAT_EVERY without one
         since = 0.0 if kind == "heartbeat" else since + seconds
         assert since <= HEARTBEAT_EVERY
-    assert sum(1 for kind, _ in events if kind == "heartbeat") >= 5
-
-    # Without a heartbeat it still sleeps the whole wait.
-    events.clear()
-    waited = pacer.wait(sleep=sleep)
-    assert waited == pytest.approx(2 * pacer.interval, abs=0.5)
-    assert sum(s for _, s in events) == pytest.approx(waited)
-
-
-def test_wait_really_sleeps_until_the_slot(db: Database, uid: str) -> None:
-    pacer = SendPacer(db, 20, key=f"real-{uid}")
-    assert pacer.wait() == 0
-    before = time.monotonic()
-    waited = pacer.wait()
-    assert 0 < waited <= pacer.interval + EXACT
-    assert time.monotonic() - before >= waited
+    assert sum(1 for kind, _ in events if kind == "heartbeat") == 5
