@@ -362,8 +362,10 @@ async def test_cli_topup_wakes_paused_cases(
             lines = [line for line in out.splitlines() if line.strip()]
             assert len(lines) == 1
             data = json.loads(lines[0])
-            assert {k: data[k] for k in ("account_id", "balance", "woken", "still_waiting")} == {
-                "account_id": account, "balance": 2, "woken": 2, "still_waiting": 1}
+            keys = ("account_id", "balance", "woken", "still_waiting", "set_aside", "available")
+            assert {k: data[k] for k in keys} == {
+                "account_id": account, "balance": 2, "woken": 2, "still_waiting": 1,
+                "set_aside": 2, "available": 0}
             await wait_for(lambda: sent_to(plivo_server, uid, 3) == [0, 1], timeout=10)
             await finish(handles)
     finally:

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
@@ -929,3 +930,30 @@ def test_run_webhooks_process_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             proc.wait()
     assert proc.returncode == 0, err
     assert b"Traceback" not in err
+
+
+def test_a_refund_wakes_the_accounts_paused_cases(db: Database, uid: str,
+                                                   sms: ConsoleSmsProvider) -> None:
+    """Credits that come back (an unbilled failure) serve paused cases like a top-up does."""
+    woken: list[str] = []
+
+    class Temporal:
+        async def wake_paused(self, account_id: str) -> int:
+            woken.append(account_id)
+            return 0
+
+    async def connect() -> Any:
+        return Temporal()
+
+    t = Tenant(db, f"a-{uid}", fresh_number(), "Acme", balance=10)
+    mid, puid = make_message(db, t.id, credits_=2)
+    with TestClient(create_app(make_settings(), db, sms, temporal=connect)) as c:
+        q = f"ref={mid}"
+        assert post(c, STATUS, report(puid, "sent", 1), query=q).status_code == 200
+        assert woken == []  # nothing came back
+        failed = report(puid, "failed", 2, ErrorCode="300", TotalAmount="0.00000")
+        assert post(c, STATUS, failed, query=q).status_code == 200
+        assert woken == [t.id]
+        assert post(c, STATUS, failed, query=q).status_code == 200  # no second refund
+        assert woken == [t.id]
+    assert balance(db, t.id) == 10

@@ -105,13 +105,17 @@ def topup(
     try:
         woke = asyncio.run(_wake(account))
         data["woken"], data["still_waiting"] = woke["woken"], woke["still_waiting"]
+        # Credits set aside for the cases served, and what is left for new sends.
+        data["set_aside"], data["available"] = woke["granted"], woke["balance_after"]
     except Exception as exc:  # credits are in; the cases' own re-check wakes them later
         data["wake_error"] = _wake_error(exc)
         _warn_unwoken()
     if as_json:
         print_json(data)
         return
-    tail = (f"; {data['still_waiting']} still waiting" if data["still_waiting"] else "")
+    tail = (f" ({data['set_aside']} credits set aside for them, {data['available']} "
+            "available)" if data.get("set_aside") else "")
+    tail += (f"; {data['still_waiting']} still waiting" if data["still_waiting"] else "")
     console.print(escape(f"{account}: balance {new_balance} credits{money}; woke "
                          f"{data['woken']} paused cases{tail}"))
 

@@ -287,15 +287,28 @@ class WebhookApp:
                 parent_uuid=form.uuid("ParentMessageUUID", required=False),
                 ref=_int_or_none(refs[0] if refs else None, "ref", minimum=1),
             )
+            refunded: list[str] = []
             await run_in_threadpool(
                 self._in_transaction, sig, url, params,
-                lambda s: process_delivery_report(s, report),
+                lambda s: process_delivery_report(s, report, refunded.append),
             )
         except WebhookError as exc:
             return self._refused(request, exc)
         except DBAPIError as exc:
             return self._db_down(exc)
-        return JSONResponse({"status": "ok"})
+        after = BackgroundTasks()
+        for account_id in refunded:  # credits came back: serve the account's paused cases
+            after.add_task(self._wake_after_refund, account_id)
+        return JSONResponse({"status": "ok"}, background=after)
+
+    async def _wake_after_refund(self, account_id: str) -> None:
+        """Best effort: a case this misses re-checks by itself."""
+        try:
+            client = await self.temporal.get()
+            await client.wake_paused(account_id)
+        except Exception as exc:
+            log.warning("after a refund, could not wake paused cases of %s now (%s); they "
+                        "resume at their next re-check", account_id, exc)
 
     async def stripe(self, request: Request) -> Response:
         account_id = request.path_params["account_id"]

@@ -25,6 +25,7 @@ failed/undelivered -> `failed`. Error 200 records an opt-out of the number for t
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -108,8 +109,12 @@ def _is_newer(row: Message, report: DeliveryReport) -> bool:
     return _RANK.get(report.status, 0) > _RANK.get(row.delivery_status or "", 0)
 
 
-def process_delivery_report(session: Session, report: DeliveryReport) -> str:
-    """Apply one report; returns what happened, for the log ('updated', 'stale', ...)."""
+def process_delivery_report(
+    session: Session, report: DeliveryReport,
+    on_refund: Callable[[str], None] | None = None,
+) -> str:
+    """Apply one report; returns what happened, for the log ('updated', 'stale', ...).
+    `on_refund(account_id)` is told when credits went back (paused cases may now fit)."""
     row, why = _find(session, report)
     if row is None:
         log.info("delivery report uuid=%s ignored: %s", report.message_uuid, why)
@@ -137,6 +142,8 @@ def process_delivery_report(session: Session, report: DeliveryReport) -> str:
             + (f" error {report.error_code}" if report.error_code else ""),
         )
         log.info("refunded %s credits for message %s (%s)", row.credits, row.id, report.status)
+        if on_refund is not None:
+            on_refund(row.account_id)
     if report.error_code == OPT_OUT_ERROR_CODE:
         phone = report.to_number or _customer_phone(session, row)
         if phone:
