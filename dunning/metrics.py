@@ -71,13 +71,16 @@ def runtime_for(address: str) -> Runtime:
 
 
 def paused_cases(db: Database) -> int:
-    """Cases waiting for credits now: the length of the waiters queue, all accounts."""
+    """Cases waiting for credits now: the waiters queue, all accounts (cases a wake already
+    served, whose send has not run yet, no longer wait for credits)."""
     from sqlalchemy import func, select
 
     from dunning.db.models import SmsWaiter
 
     with db.session() as s:
-        return int(s.scalar(select(func.count()).select_from(SmsWaiter)) or 0)
+        return int(s.scalar(
+            select(func.count()).select_from(SmsWaiter).where(SmsWaiter.credits_granted == 0)
+        ) or 0)
 
 
 async def sample_paused_cases(

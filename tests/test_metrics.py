@@ -213,3 +213,21 @@ async def test_provider_429_backs_off_and_delivers_once(
         rows = s.scalars(select(Message).where(
             Message.account_id == account, Message.channel == "sms")).all()
     assert [(r.status, r.attempts) for r in rows] == [("sent", 3)]
+
+
+def test_paused_cases_counts_the_queue_not_the_cases_already_served(db: Database, uid: str):
+    from dunning import credits
+    from dunning.accounts import AccountOptions, create_account
+
+    before = metrics.paused_cases(db)
+    with db.session() as s:
+        create_account(s, uid, AccountOptions(company_name="Gauge Co"))
+    for wf in ("w1", "w2", "w3"):
+        with db.session() as s:
+            assert not credits.reserve(s, uid, 1, workflow_id=wf, step=1, enqueue=True).ok
+    assert metrics.paused_cases(db) == before + 3
+    with db.session() as s:
+        credits.top_up(s, uid, 2)
+    with db.session() as s:
+        assert len(credits.grant(s, uid).workflow_ids) == 2
+    assert metrics.paused_cases(db) == before + 1
