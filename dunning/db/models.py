@@ -209,7 +209,10 @@ class SmsWaiter(Base):
     them without reserving again; it leaves the queue when it does (or gets them back)."""
 
     __tablename__ = "sms_waiters"
-    __table_args__ = (Index("ix_sms_waiters_account_since", "account_id", "since"),)
+    # The queue of an account: still waiting (credits_granted = 0) in `since` order, or served.
+    __table_args__ = (
+        Index("ix_sms_waiters_queue", "account_id", "credits_granted", "since"),
+    )
 
     account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     workflow_id: Mapped[str] = mapped_column(String(300), primary_key=True)

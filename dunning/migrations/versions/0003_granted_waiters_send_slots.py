@@ -5,7 +5,7 @@ Revises: 0002
 Create Date: 2026-11-25 01:00:00
 
 Waiters gain the step they wait on and the credits a wake set aside for them (granted at once,
-in first-come order); the queue gets its (account, since) index; `send_slots` paces provider
+in first-come order); the queue gets its (account, credits_granted, since) index; `send_slots` paces provider
 calls across workers.
 """
 from alembic import op
@@ -28,12 +28,12 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('step', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('credits_granted', sa.Integer(), nullable=False, server_default='0'))
         batch_op.add_column(sa.Column('granted_at', sa.DateTime(timezone=True), nullable=True))
-        batch_op.create_index('ix_sms_waiters_account_since', ['account_id', 'since'], unique=False)
+        batch_op.create_index('ix_sms_waiters_queue', ['account_id', 'credits_granted', 'since'], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table('sms_waiters', schema=None) as batch_op:
-        batch_op.drop_index('ix_sms_waiters_account_since')
+        batch_op.drop_index('ix_sms_waiters_queue')
         batch_op.drop_column('granted_at')
         batch_op.drop_column('credits_granted')
         batch_op.drop_column('step')
