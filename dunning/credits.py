@@ -174,19 +174,26 @@ def _statements(
     upd = update(Account).where(Account.id == _P["acct"]).values(**values)
     if debit:
         upd = upd.where(Account.credit_balance >= _P["need"])  # cheap test first
-        if fair:  # an empty queue (the usual case) costs one index probe
+        if fair:
+            # An empty queue (the usual case) costs one index probe. With `newcomer`, a case
+            # that is itself queued (granted or not) never takes this path: it takes the
+            # locked one, where a grant is used rather than a second debit.
             anyone = aliased(SmsWaiter, name="w_any")
-            upd = upd.where(or_(
-                ~select(anyone.workflow_id).where(
-                    anyone.account_id == _P["acct"], anyone.credits_granted == 0
-                ).exists(),
-                Account.credit_balance >= _P["need"] + credits_ahead(_P["acct"], _P["wf"]),
-            ))
-        if newcomer:  # a waiter (granted or not) takes the locked path: one primary-key probe
             me = aliased(SmsWaiter, name="w_self")
-            upd = upd.where(~select(me.workflow_id).where(
-                me.account_id == _P["acct"], me.workflow_id == _P["wf"]
-            ).exists())
+            waiting: ColumnElement[bool] = anyone.credits_granted == 0
+            behind: ColumnElement[bool] = (
+                Account.credit_balance >= _P["need"] + credits_ahead(_P["acct"], _P["wf"])
+            )
+            if newcomer:
+                waiting = or_(waiting, anyone.workflow_id == _P["wf"])
+                behind = and_(behind, ~select(me.workflow_id).where(
+                    me.account_id == _P["acct"], me.workflow_id == _P["wf"]
+                ).exists())
+            upd = upd.where(or_(
+                ~select(anyone.workflow_id).where(anyone.account_id == _P["acct"], waiting)
+                .exists(),
+                behind,
+            ))
     upd = upd.returning(*_RETURNING)
     entry_cols = ["account_id", "kind", "amount", "workflow_id", "step", "message_id", "note",
                   "created_at"]
