@@ -127,6 +127,7 @@ def build_workers(
             task_queue=settings.task_queue,
             workflows=[DunningWorkflow],
             workflow_runner=workflow_runner(settings.workflow_sandbox),
+            max_cached_workflows=settings.max_cached_workflows,
             activities=activities.all(),
             activity_executor=executor,
             max_concurrent_activities=settings.activity_workers,
