@@ -511,3 +511,28 @@ def test_cli_auto_refill_refills_and_balance(cli: Any, db: Database, uid: str, g
     code, out, err = cli("credits", "auto-refill", "--account", uid, "--threshold", "5",
                          "--amount", "10", "--gateway", "stripe")
     assert code == 1 and "price" in err and "Traceback" not in err
+
+
+async def test_a_wake_whose_grants_cross_the_threshold_starts_one_refill(
+        db: Database, uid: str, gateway, waker):
+    """Credits set aside by a wake are debits like any other: the crossing they make starts
+    one refill, and the cases' sends that use the grants later start none."""
+    from tests.test_credits import FakeTemporal
+
+    make_account(db, uid, 0, threshold=5, amount=20)
+    for i in range(8):
+        assert not debit(db, uid, f"wf-{i}").ok  # paused, queued
+    assert refill.drain(10)
+    with db.session() as s:
+        credits.top_up(s, uid, 10)
+    result = await wake.wake_paused(FakeTemporal(), db, uid)  # type: ignore[arg-type]
+    assert (result.woken, result.granted) == (8, 8)
+    assert result.balance_after in (2, 22)  # 10 - 8, and the refill may have landed already
+    assert refill.drain(10)
+    assert [r.status for r in refills_of(db, uid)] == ["succeeded"]
+    assert waker.calls == [uid]  # the refill's credits serve whoever waits next
+    for i in range(8):
+        assert debit(db, uid, f"wf-{i}").ok  # each send uses its grant
+    assert refill.drain(10)
+    assert len(refills_of(db, uid)) == 1
+    assert balance(db, uid) == 22 and assert_ledger_exact(db, uid) == 22

@@ -72,6 +72,9 @@ def entry() -> None:
         import logging
         import os
 
+        from dunning import refill
+
+        refill.drain()  # balance notices and refills a command started (a top-up's wake)
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
