@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from temporalio import workflow
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from bench.common import ROOT, peak_rss_mb, stop, table
 from dunning import credits, wake
@@ -32,7 +34,7 @@ from dunning.accounts import AccountOptions, create_account
 from dunning.codec import converter_for
 from dunning.db import Database
 from dunning.db.models import Account, Customer, Message
-from dunning.domain import SEARCH_ATTRIBUTES
+from dunning.domain import SEARCH_ATTRIBUTES, SIGNAL_CREDITS_ADDED
 from dunning.settings import Settings
 from dunning.temporal import temporal_binary
 
@@ -85,8 +87,51 @@ async def poll(label: str, done: Any, timeout: float, every: float = 0.25) -> fl
         await asyncio.sleep(every)
 
 
+@workflow.defn(name="WakeFloor", sandboxed=False)
+class WakeFloor:
+    """The least a woken case can be: a workflow that waits for `credits_added` and ends."""
+
+    def __init__(self) -> None:
+        self.woken = False
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.wait_condition(lambda: self.woken)
+
+    @workflow.signal(name=SIGNAL_CREDITS_ADDED)
+    def credits_added(self, payload: dict[str, Any] | None = None) -> None:
+        self.woken = True
+
+
+async def signal_floor(client: Client, cases: int, concurrency: int) -> tuple[float, float]:
+    """Signalling N waiting bare workflows (same server, same client, same concurrency): seconds
+    until every signal was accepted, and until the last workflow took it and ended. What
+    Temporal alone costs."""
+    queue = f"{QUEUE}-floor"
+    async with Worker(client, task_queue=queue, workflows=[WakeFloor],
+                      max_cached_workflows=max(1000, cases)):
+        sem = asyncio.Semaphore(200)
+        handles = []
+
+        async def start(i: int) -> None:
+            async with sem:
+                handles.append(await client.start_workflow(
+                    WakeFloor.run, id=f"floor-{i}", task_queue=queue))
+
+        await asyncio.gather(*(start(i) for i in range(cases)))
+        await asyncio.sleep(2)  # let the starts settle: every workflow is waiting
+        t0 = time.perf_counter()
+        outcome = await wake._signal_all(client, ACCOUNT, [f"floor-{i}" for i in range(cases)],
+                                         concurrency)
+        assert all(o == "ok" for o in outcome.values())
+        signalled = time.perf_counter() - t0
+        for h in handles:
+            await h.result()
+        return signalled, time.perf_counter() - t0
+
+
 async def run(cases: int, concurrency: int, database_url: str | None,
-              timeout: float) -> dict[str, float]:
+              timeout: float, floor: bool = True) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="dunning-bench-wake-"))
     url = database_url or f"sqlite:///{tmp / 'bench.db'}"
     db = Database(url, pool_size=8)
@@ -178,6 +223,8 @@ async def run(cases: int, concurrency: int, database_url: str | None,
             balance = credits.balance_of(s, ACCOUNT)
             exact = credits.ledger_sum(s, ACCOUNT) == balance
         rss = peak_rss_mb(worker.pid)
+        stop(worker)  # the floor runs on the same server, with nothing else on the machine
+        floor_in = await signal_floor(client, cases, concurrency) if floor else None
     finally:
         stop(worker)
         await env.shutdown()
@@ -192,6 +239,7 @@ async def run(cases: int, concurrency: int, database_url: str | None,
         "signals_per_s": outcome.woken / signalled_in,
         "all_served_in_s": served_in,
         "all_grants_used_in_s": used_at,
+        "floor_signalled_in_s": floor_in[0] if floor_in else 0.0,
         "all_sent_in_s": sent_at,
         "sms_per_s": cases / sent_at,
     }
@@ -204,6 +252,10 @@ async def run(cases: int, concurrency: int, database_url: str | None,
         ("all resumed", f"{signalled_in:.2f} s after the top-up: {outcome.woken} cases "
                         f"signalled ({figures['signals_per_s']:.0f}/s, concurrency "
                         f"{concurrency})"),
+        *([("floor", f"{floor_in[0]:.2f} s to signal {cases} bare waiting workflows on the "
+                     f"same server ({cases / floor_in[0]:.0f}/s; all ended after "
+                     f"{floor_in[1]:.2f} s): ours/floor {floor_in[0] / signalled_in:.2f}")]
+          if floor_in else []),
         ("all grants used", f"{used_at:.2f} s after the top-up (every case's send ran)"),
         ("all SMS sent", f"{sent_at:.2f} s after the top-up ({figures['sms_per_s']:.0f} SMS/s)"),
         ("ledger", f"balance {balance} == sum of ledger: {exact}"),
@@ -220,8 +272,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         help="signals in flight at once")
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--timeout", type=float, default=1800, help="per phase, seconds")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip signalling bare waiting workflows for comparison")
     args = parser.parse_args(argv)
-    return asyncio.run(run(args.cases, args.concurrency, args.database_url, args.timeout))
+    return asyncio.run(run(args.cases, args.concurrency, args.database_url, args.timeout,
+                           floor=not args.no_floor))
 
 
 if __name__ == "__main__":
