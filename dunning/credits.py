@@ -314,6 +314,22 @@ def top_up(session: Session, account_id: str, amount: int, *, kind: str = "topup
     return change.balance
 
 
+def _lock_account(session: Session, account_id: str) -> Any:
+    """SELECT ... FOR UPDATE of the account row: (balance, notice, refill threshold, refill
+    amount), held until the caller's commit. An unknown account is an InputError."""
+    locked = session.execute(
+        select(
+            Account.credit_balance, Account.balance_notice, Account.auto_refill_threshold,
+            Account.auto_refill_amount,
+        )
+        .where(Account.id == account_id)
+        .with_for_update()
+    ).one_or_none()
+    if locked is None:
+        raise InputError("account", f"unknown account {account_id!r}")
+    return locked
+
+
 def reserve(
     session: Session,
     account_id: str,
@@ -344,16 +360,7 @@ def reserve(
     }
     change = _apply(session, account_id, -amount, "sms_debit", newcomer=enqueue, **kwargs)
     if change is None:
-        locked = session.execute(
-            select(
-                Account.credit_balance, Account.balance_notice, Account.auto_refill_threshold,
-                Account.auto_refill_amount,
-            )
-            .where(Account.id == account_id)
-            .with_for_update()
-        ).one_or_none()
-        if locked is None:
-            raise InputError("account", f"unknown account {account_id!r}")
+        locked = _lock_account(session, account_id)
         if enqueue and _use_grant(session, account_id, workflow_id, step, amount):
             # Debited by the wake that granted it: nothing to take now (amount 0, so the
             # follow-ups see no new crossing).
@@ -525,16 +532,7 @@ def grant(session: Session, account_id: str) -> Grant:
     """Serve the queue from the balance: lock the account row, walk the ungranted waiters in
     first-come order and grant each one the balance still covers (stopping at the first it does
     not: the queue is strict), debiting each with its own ledger entry. One transaction."""
-    locked = session.execute(
-        select(
-            Account.credit_balance, Account.balance_notice, Account.auto_refill_threshold,
-            Account.auto_refill_amount,
-        )
-        .where(Account.id == account_id)
-        .with_for_update()
-    ).one_or_none()
-    if locked is None:
-        raise InputError("account", f"unknown account {account_id!r}")
+    locked = _lock_account(session, account_id)
     balance = int(locked[0])
     queue = session.execute(
         select(SmsWaiter.workflow_id, SmsWaiter.credits_needed, SmsWaiter.step)
