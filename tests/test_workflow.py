@@ -354,3 +354,55 @@ async def test_recovery_withdraws_a_send_still_queued_behind_the_sms_rate_limit(
     assert plivo.accepted(phone.lstrip("+")) == []
     with db.session() as s:
         assert credits.balance_of(s, stack["account"]) == 100
+
+
+async def test_a_woken_case_is_not_shown_paused_while_its_send_waits_its_turn(stack):
+    """The wake sets the case's credits aside and signals it: from then on it is not paused
+    (SmsPaused false, for operators and the paused gauge), even though its send still waits
+    behind the SMS queue (here: no SMS worker polls it, as with a backed-up rate limit)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker import build_workers
+
+    db, plivo, smtp = stack["db"], stack["plivo"], stack["smtp"]
+    phone = _phone(stack["uid"])
+    make_account(db, stack["account"], schedule="0s,60s", grace="1s", balance=0)
+    add_customer(db, stack["account"], "cus1", phone=phone, email=f"{stack['uid']}@example.com")
+    acts = real_activities(db, plivo, smtp)
+    client = stack["env"].client
+    settings = Settings(task_queue=stack["queue"], sms_rate_limit=0, activity_workers=4)
+    query = f"DunningAccountId = '{stack['account']}' AND SmsPaused = true"
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        cases, sms = build_workers(client, settings, acts, ex)
+        async with cases:
+            async with sms:
+                handle = await _start(stack, "inv1", "cus1")
+                await wait_for(lambda: _sms_paused(handle), timeout=20)
+                await wait_for(lambda: _count(client, query), timeout=10)
+            # The SMS worker is gone: a send scheduled from now on stays queued.
+            top = await DunningClient(client, _settings(stack), db).top_up(stack["account"], 3)
+            assert top.woken == 1
+            await wait_for(lambda: _not(_sms_paused(handle)), timeout=10)
+            await wait_for(lambda: _not(_count(client, query)), timeout=10)
+            st = await query_status(handle)
+            sms1 = next(r for r in st["reminders"] if r["step"] == 1 and r["channel"] == "sms")
+            assert sms1["status"] == "pending"  # not sent: still queued
+            assert plivo.accepted(phone.lstrip("+")) == []
+            with db.session() as s:  # served: its credit is set aside for it
+                assert credits.balance_of(s, stack["account"]) == 2
+                assert credits.granted_count(s, stack["account"]) == 1
+            await handle.signal("payment_recovered")
+            result = await asyncio.wait_for(handle.result(), timeout=15)
+    assert result["outcome"] == "recovered" and result["sms_sent"] == 0
+    with db.session() as s:  # the queued send was withdrawn and the grant went back
+        assert credits.balance_of(s, stack["account"]) == 3
+        assert credits.ledger_sum(s, stack["account"]) == 3
+        assert credits.waiters(s, stack["account"]) == []
+
+
+async def _sms_paused(handle) -> bool:
+    return bool((await query_status(handle))["sms_paused"])
+
+
+async def _not(value) -> bool:
+    return not await value

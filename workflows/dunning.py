@@ -82,6 +82,7 @@ SEND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coeffici
                          maximum_interval=timedelta(minutes=10))
 # Versioning: behaviour changes go behind workflow.patched(...) so running cases replay.
 PATCH_END_CANCELS_SENDS = "end-cancels-queued-sends"
+PATCH_RESUME_CLEARS_PAUSED = "resume-clears-sms-paused"
 CREDITS_RECHECK = timedelta(hours=1)  # safety net for a lost `credits_added` signal
 
 
@@ -224,7 +225,11 @@ class DunningWorkflow:
                 timeout=max(timedelta(0), deadline - workflow.now()),
             )
         except TimeoutError:
-            pass  # re-check: a lost signal never leaves a case paused for good
+            return  # re-check: a lost signal never leaves a case paused for good
+        if self._outcome is None and workflow.patched(PATCH_RESUME_CLEARS_PAUSED):
+            # Woken (a wake set its credits aside): no longer paused, even while its send
+            # waits its turn behind the provider's rate limit. Paused again if still short.
+            self._set_paused(False)
 
     async def _send(self, case: CaseInput, step: int, channel: str) -> MessageResult:
         request = MessageRequest(

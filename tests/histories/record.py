@@ -9,8 +9,9 @@ non-determinism. Re-record only after a deliberate workflow change that is guard
 `workflow.patched(...)` (see workflows/dunning.py), and keep the old histories too (rename them,
 e.g. `full_schedule.v1.json`): they are what cases started before the change look like.
 
-The files: `<name>.json`, recorded by the current workflow; `<name>.v1.json`, recorded before
-the `end-cancels-queued-sends` patch (no patch marker: they take the old branch on replay).
+The files: `<name>.json`, recorded by the current workflow; `<name>.v2.json`, recorded before
+the `resume-clears-sms-paused` patch; `<name>.v1.json`, recorded before the
+`end-cancels-queued-sends` patch. Without a patch's marker, a replay takes its old branch.
 
 The workers use Temporal's default data converter (no payload encryption), so the payloads in
 these files are plain JSON (base64 in the proto JSON); the data is made up.
