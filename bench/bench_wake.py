@@ -1,8 +1,9 @@
 """Waking paused cases: N cases of one account pause for credits (balance 0, SMS on, schedule
 0s, grace 2h), then one top-up covers them all. Measures how long until every case is served
 (its credits granted in the ledger: the waiters' queue is empty), until every case has been
-signalled (`credits_added`: the workflow runs again), until every case's send has used its
-grant, and until every SMS is out (no provider rate limit here: the engine's own pace).
+signalled (`credits_added`), until every case has taken the signal in (SmsPaused false
+everywhere, per visibility), until every case's send has used its grant, and until every SMS
+is out (no provider rate limit here: the engine's own pace).
 
 A local dev server, the real worker process (console providers, no SMS rate limit), SQLite by
 default.
@@ -202,22 +203,25 @@ async def run(cases: int, concurrency: int, database_url: str | None,
         signalled_in = time.perf_counter() - t1
         watching = False
         await watcher
-        used_at = sent_at = None
+        used_at = sent_at = unpaused_at = None
 
-        def progress() -> Any:
-            nonlocal used_at, sent_at
+        async def progress() -> Any:
+            nonlocal used_at, sent_at, unpaused_at
             waiting, granted, sent = counts(db)
             now = time.perf_counter() - t1
             if waiting == 0 and granted == 0 and used_at is None:
                 used_at = now
             if sent == cases and sent_at is None:
                 sent_at = now
-            if used_at is not None and sent_at is not None:
+            # every case took its signal in: SmsPaused false
+            if unpaused_at is None and (await client.count_workflows(paused_query)).count == 0:
+                unpaused_at = time.perf_counter() - t1
+            if used_at is not None and sent_at is not None and unpaused_at is not None:
                 return True
             return f"{cases - granted}/{cases} grants used, {sent}/{cases} sent"
 
         await poll("sending", progress, timeout, every=0.1)
-        assert used_at is not None and sent_at is not None
+        assert used_at is not None and sent_at is not None and unpaused_at is not None
         served_in = served_at if served_at is not None else signalled_in
         with db.session() as s:
             balance = credits.balance_of(s, ACCOUNT)
@@ -238,6 +242,7 @@ async def run(cases: int, concurrency: int, database_url: str | None,
         "signalled_in_s": signalled_in,
         "signals_per_s": outcome.woken / signalled_in,
         "all_served_in_s": served_in,
+        "all_unpaused_in_s": unpaused_at,
         "all_grants_used_in_s": used_at,
         "floor_signalled_in_s": floor_in[0] if floor_in else 0.0,
         "all_sent_in_s": sent_at,
@@ -252,6 +257,8 @@ async def run(cases: int, concurrency: int, database_url: str | None,
         ("all resumed", f"{signalled_in:.2f} s after the top-up: {outcome.woken} cases "
                         f"signalled ({figures['signals_per_s']:.0f}/s, concurrency "
                         f"{concurrency})"),
+        ("all unpaused", f"{unpaused_at:.2f} s after the top-up: every case took its signal "
+                         "in (SmsPaused false everywhere, per visibility)"),
         *([("floor", f"{floor_in[0]:.2f} s to signal {cases} bare waiting workflows on the "
                      f"same server ({cases / floor_in[0]:.0f}/s; all ended after "
                      f"{floor_in[1]:.2f} s): ours/floor {floor_in[0] / signalled_in:.2f}")]
