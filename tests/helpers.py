@@ -127,3 +127,8 @@ async def wait_for(
 async def query_status(handle: WorkflowHandle[Any, Any]) -> dict[str, Any]:
     result: dict[str, Any] = await handle.query("status")
     return result
+
+
+async def sms_paused(handle: WorkflowHandle[Any, Any]) -> bool:
+    """The case's own view: is its SMS lane paused for credits?"""
+    return bool((await query_status(handle))["sms_paused"])

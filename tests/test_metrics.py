@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -30,9 +29,9 @@ from tests.helpers import (
     add_customer,
     case_input,
     make_account,
-    query_status,
     real_activities,
     running_worker,
+    sms_paused,
     wait_for,
 )
 
@@ -112,7 +111,7 @@ async def test_worker_exports_engine_metrics_and_masked_json_logs(
             "DunningWorkflow", case_input(dry, "inv1", "c1"), id=f"dunning-{dry}-inv1",
             task_queue=queue,
         )
-        await wait_for(lambda: _sms_paused(waiting), timeout=20)
+        await wait_for(lambda: sms_paused(waiting), timeout=20)
 
         def gauge() -> float:
             return _value(_scrape(url), metrics.SMS_PAUSED_CASES)
@@ -161,10 +160,6 @@ async def test_worker_exports_engine_metrics_and_masked_json_logs(
                for r in records)
     for secret in (phone, phone.lstrip("+"), email, f"dry.{uid}@example.com"):
         assert secret not in text
-
-
-async def _sms_paused(handle: Any) -> bool:
-    return bool((await query_status(handle))["sms_paused"])
 
 
 def test_log_formatter_masks_what_callers_forgot() -> None:

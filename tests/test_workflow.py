@@ -26,6 +26,7 @@ from tests.helpers import (
     query_status,
     real_activities,
     running_worker,
+    sms_paused,
     wait_for,
 )
 
@@ -377,12 +378,12 @@ async def test_a_woken_case_is_not_shown_paused_while_its_send_waits_its_turn(st
         async with cases:
             async with sms:
                 handle = await _start(stack, "inv1", "cus1")
-                await wait_for(lambda: _sms_paused(handle), timeout=20)
+                await wait_for(lambda: sms_paused(handle), timeout=20)
                 await wait_for(lambda: _count(client, query), timeout=10)
             # The SMS worker is gone: a send scheduled from now on stays queued.
             top = await DunningClient(client, _settings(stack), db).top_up(stack["account"], 3)
             assert top.woken == 1
-            await wait_for(lambda: _not(_sms_paused(handle)), timeout=10)
+            await wait_for(lambda: _not(sms_paused(handle)), timeout=10)
             await wait_for(lambda: _not(_count(client, query)), timeout=10)
             st = await query_status(handle)
             sms1 = next(r for r in st["reminders"] if r["step"] == 1 and r["channel"] == "sms")
@@ -398,10 +399,6 @@ async def test_a_woken_case_is_not_shown_paused_while_its_send_waits_its_turn(st
         assert credits.balance_of(s, stack["account"]) == 3
         assert credits.ledger_sum(s, stack["account"]) == 3
         assert credits.waiters(s, stack["account"]) == []
-
-
-async def _sms_paused(handle) -> bool:
-    return bool((await query_status(handle))["sms_paused"])
 
 
 async def _not(value) -> bool:
