@@ -1,8 +1,9 @@
 """The Temporal worker: runs DunningWorkflow and its activities. `dunning worker` or
 `python worker.py`. Scale out by starting more of these on the same task queue.
 
-Logs are structured (dunning.logs); with DUNNING_METRICS_ADDRESS the worker serves Prometheus
-metrics, Temporal's and the engine's (dunning.metrics), on that address."""
+Logs are structured (dunning.platform.logs); with DUNNING_METRICS_ADDRESS the worker serves
+Prometheus
+metrics, Temporal's and the engine's (dunning.platform.metrics), on that address."""
 
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import DunningActivities
-from dunning import logs, metrics, refill, wake
-from dunning.db import Database
-from dunning.domain import sms_task_queue
-from dunning.pacing import pacer_for
-from dunning.providers.factory import email_provider, sms_provider
-from dunning.settings import Settings, ensure_data_dir, get_settings
-from dunning.temporal import connect, data_converter
+from dunning.credits import refill, wake
+from dunning.domain.contract import sms_task_queue
+from dunning.messages.pacing import pacer_for
+from dunning.platform import logs, metrics
+from dunning.platform.db import Database
+from dunning.platform.providers.factory import email_provider, sms_provider
+from dunning.platform.settings import Settings, ensure_data_dir, get_settings
+from dunning.platform.temporal import connect, data_converter
 from workflows import DunningWorkflow
 
 log = logging.getLogger("dunning.worker")
@@ -117,7 +119,7 @@ def build_workers(
 ) -> list[Worker]:
     """Two workers in one process: the case queue (workflows, email, bookkeeping) and the SMS
     queue, whose rate limit holds across all worker processes together. With a pacer (see
-    dunning.pacing) the queue hands out sends at the pacer's rate, so the pacer only has to
+    dunning.messages.pacing) the queue hands out sends at the pacer's rate, so the pacer only has to
     absorb the queue's burst after an idle spell, not a standing backlog."""
     pacer = activities.pacer
     rate = 1 / pacer.interval if pacer is not None else settings.sms_rate_limit

@@ -15,7 +15,8 @@ it. A transient provider error (5xx, 429, refused connection) proves nothing was
 goes back to `retry` and Temporal retries with backoff, reusing the same credit reservation.
 
 Provider rate: besides the SMS task queue's rate limit (which lets a burst through after an idle
-spell), the claim's transaction takes the provider's send slot from `dunning.pacing` (one row in
+spell), the claim's transaction takes the provider's send slot from `dunning.messages.pacing` (one
+row in
 the database, shared by all workers), so provider calls are spaced at least 1/rate apart. While
 it waits for the slot, its row is `retry` with the credits reserved: a crash there is simply
 retried.
@@ -58,10 +59,9 @@ from sqlalchemy.orm import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dunning import credits, metrics, refill
-from dunning.db import Database
-from dunning.db.models import Account, Case, Customer, Message, OptOut, utcnow
-from dunning.domain import (
+from dunning.accounts.messaging import email_template_for, quote_sms, sms_template_for
+from dunning.credits import ledger, refill
+from dunning.domain.contract import (
     ACT_FINISH_CASE,
     ACT_REGISTER_CASE,
     ACT_RELEASE_SMS,
@@ -77,8 +77,18 @@ from dunning.domain import (
     SettleRequest,
     parse_schedule,
 )
-from dunning.pacing import SendPacer
-from dunning.providers import (
+from dunning.domain.quiet_hours import next_allowed, zones_for
+from dunning.domain.templates import (
+    TemplateContext,
+    format_amount,
+    render,
+    render_sms,
+)
+from dunning.messages.pacing import SendPacer
+from dunning.platform import metrics
+from dunning.platform.db import Database
+from dunning.platform.db.models import Account, Case, Customer, Message, OptOut, utcnow
+from dunning.platform.providers import (
     AmbiguousProviderError,
     PermanentProviderError,
     ProviderError,
@@ -86,16 +96,8 @@ from dunning.providers import (
     mask_email,
     mask_phone,
 )
-from dunning.providers.email import EmailProvider, OutgoingEmail
-from dunning.providers.sms import OutgoingSms, SmsProvider
-from dunning.quiet_hours import next_allowed, zones_for
-from dunning.sms_settings import email_template_for, quote_sms, sms_template_for
-from dunning.templates import (
-    TemplateContext,
-    format_amount,
-    render,
-    render_sms,
-)
+from dunning.platform.providers.email import EmailProvider, OutgoingEmail
+from dunning.platform.providers.sms import OutgoingSms, SmsProvider
 
 log = logging.getLogger("dunning.activities")
 
@@ -259,7 +261,7 @@ class _Claimed:
 
 
 def _log(level: int, message: str, key: _Key, **fields: Any) -> None:
-    """A structured line about one reminder (see dunning.logs); recipients only masked."""
+    """A structured line about one reminder (see dunning.platform.logs); recipients only masked."""
     if log.isEnabledFor(level):
         log.log(level, message, extra={
             "case": key.workflow_id, "step": key.step, "channel": key.channel, **fields,
@@ -390,7 +392,7 @@ class DunningActivities:
     @activity.defn(name=ACT_FINISH_CASE)
     def finish_case(self, req: FinishCaseRequest) -> None:
         with self._session() as s:
-            credits.leave_queue(s, req.account_id, req.workflow_id, f"case {req.outcome}")
+            ledger.leave_queue(s, req.account_id, req.workflow_id, f"case {req.outcome}")
             s.execute(_FINISH_CASE, {
                 "f_workflow": req.workflow_id, "f_state": req.outcome,
                 "f_ended_at": req.ended_at, "f_emails": req.emails_sent, "f_sms": req.sms_sent,
@@ -462,7 +464,7 @@ class DunningActivities:
                     # Not sending now (skipped, or held for quiet hours): if this case was
                     # queued for credits it leaves the queue, so it holds no one back (credits
                     # a wake granted it go back to the balance).
-                    credits.leave_queue(s, req.account_id, req.workflow_id, plan.reason)
+                    ledger.leave_queue(s, req.account_id, req.workflow_id, plan.reason)
                     if plan.status != "skipped":  # quiet hours: nothing recorded, the case waits
                         _log(logging.INFO, "SMS held for quiet hours", key, reason=plan.reason)
                         return plan
@@ -474,7 +476,7 @@ class DunningActivities:
                 sms, cost, segments, encoding = plan
                 if row is None:
                     # Fair: queues the case as a waiter on failure, dequeues it on success.
-                    reservation = credits.reserve(
+                    reservation = ledger.reserve(
                         s, req.account_id, cost, workflow_id=req.workflow_id, step=req.step,
                         enqueue=True,
                     )
@@ -588,7 +590,7 @@ class DunningActivities:
             "u_id": row_id, "u_status": status, "u_reason": reason[:400], "u_now": utcnow(),
         })
         if amount:
-            credits.refund(
+            ledger.refund(
                 s, account_id, amount, workflow_id=key.workflow_id, step=key.step,
                 message_id=row_id, note=reason[:400],
             )

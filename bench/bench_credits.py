@@ -3,7 +3,7 @@
 Compares, in the same run, against the same row and with the same concurrency:
 - raw:  `UPDATE accounts SET credit_balance = credit_balance - 1 WHERE id = %s AND
          credit_balance >= 1 RETURNING credit_balance` + COMMIT, through psycopg directly;
-- ours: `credits.reserve()` as the send activity calls it (fair, queue-aware, with its ledger
+- ours: `ledger.reserve()` as the send activity calls it (fair, queue-aware, with its ledger
         row), in a SQLAlchemy session: one statement + COMMIT.
 Threads, one connection each. The database is created and dropped by the bench.
 
@@ -26,9 +26,9 @@ from typing import Any
 import psycopg
 
 from bench.common import table
-from dunning import credits
-from dunning.accounts import AccountOptions, create_account
-from dunning.db import Database
+from dunning.accounts.accounts import AccountOptions, create_account
+from dunning.credits import ledger
+from dunning.platform.db import Database
 
 ACCOUNT = "bench-credits"
 START_BALANCE = 10**12
@@ -95,7 +95,7 @@ def our_worker(db: Database) -> Callable[[int], Callable[[], bool]]:
         def work() -> bool:
             k[0] += 1
             with db.session() as s:
-                return credits.reserve(
+                return ledger.reserve(
                     s, ACCOUNT, 1, workflow_id=f"dunning-{ACCOUNT}-r{i}-{k[0]}", step=1,
                     enqueue=True,
                 ).ok
@@ -117,7 +117,7 @@ def run(admin_url: str, seconds: float, reservers: int, rounds: int) -> dict[str
         db.upgrade()
         with db.session() as s:
             create_account(s, ACCOUNT, AccountOptions(company_name="Bench Co"))
-            credits.top_up(s, ACCOUNT, START_BALANCE)
+            ledger.top_up(s, ACCOUNT, START_BALANCE)
         raw_total = ours_total = 0
         raw_time = ours_time = 0.0
         for _ in range(rounds):  # short interleaved slices: both see the same machine
@@ -133,8 +133,8 @@ def run(admin_url: str, seconds: float, reservers: int, rounds: int) -> dict[str
             n, t = hammer(reservers, slice_s, our_worker(db), db.engine.dispose)
             ours_total, ours_time = ours_total + n, ours_time + t
         with db.session() as s:
-            balance = credits.balance_of(s, ACCOUNT)
-            exact = credits.ledger_sum(s, ACCOUNT) - raw_total == balance
+            balance = ledger.balance_of(s, ACCOUNT)
+            exact = ledger.ledger_sum(s, ACCOUNT) - raw_total == balance
         assert balance == START_BALANCE - raw_total - ours_total
         assert exact, "the ledger does not add up"
     finally:

@@ -21,14 +21,14 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from bench.common import Stopwatch, cpu_seconds, peak_rss_mb, spawn, stop, table
-from dunning import credits
-from dunning.accounts import AccountOptions, create_account
-from dunning.codec import converter_for
-from dunning.db import Database
-from dunning.db.models import Account, Customer
-from dunning.domain import SEARCH_ATTRIBUTES
-from dunning.settings import Settings
-from dunning.temporal import temporal_binary
+from dunning.accounts.accounts import AccountOptions, create_account
+from dunning.credits import ledger
+from dunning.domain.contract import SEARCH_ATTRIBUTES
+from dunning.platform.codec import converter_for
+from dunning.platform.db import Database
+from dunning.platform.db.models import Account, Customer
+from dunning.platform.settings import Settings
+from dunning.platform.temporal import temporal_binary
 
 SCHEDULE = [0, 0, 0]
 
@@ -42,7 +42,7 @@ def prepare(db: Database, cases: int) -> None:
         acct = s.get(Account, "bench")
         assert acct is not None
         acct.sms_enabled = True
-        credits.top_up(s, "bench", cases * 10)
+        ledger.top_up(s, "bench", cases * 10)
         s.add_all(
             Customer(account_id="bench", customer_id=f"c{i}", name="Pat Doe",
                      email=f"c{i}@bench.test", phone_e164=f"+1415{2000000 + i:07d}",

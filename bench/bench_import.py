@@ -7,7 +7,7 @@ Generates a CSV in a temporary directory (a realistic mix of regions and formats
 rows of every kind), then
 1. times a bare loop that only parses and formats the same numbers with phonenumbers
    (`parse` + `format_number(E164)`, same regions, same process settings such as the pattern
-   cache that `dunning.phones` turns on);
+   cache that `dunning.domain.phones` turns on);
 2. runs the import exactly as `dunning phones import FILE --account bench --default-region US
    --json` does (one transaction, number-checking worker processes chosen the same way unless
    --workers says otherwise, the JSON report built) in a separate process on a fresh SQLite
@@ -35,7 +35,7 @@ from pathlib import Path
 import phonenumbers
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
-import dunning.phones
+import dunning.domain.phones as phones
 
 RATIO_TARGET = 0.5
 RSS_TARGET_MB = 300
@@ -65,7 +65,7 @@ def _pool(region: str, rng: random.Random, size: int) -> list[phonenumbers.Phone
         num = phonenumbers.parse(f"+{example.country_code}{candidate}", None)
         if phonenumbers.region_code_for_number(num) != region:
             continue
-        if not dunning.phones.is_sms_capable(f"+{example.country_code}{candidate}"):
+        if not phones.is_sms_capable(f"+{example.country_code}{candidate}"):
             continue
         found[candidate] = num
         if len(found) >= size:
@@ -184,9 +184,9 @@ def child(
     """In a fresh process: create the account, time the import as `dunning phones import
     --json` runs it (one transaction, report as JSON), report times and peak RSS."""
     os.environ["DUNNING_DATABASE_URL"] = db_url
-    from dunning.accounts import AccountOptions, create_account, get_account
+    from dunning.accounts.accounts import AccountOptions, create_account, get_account
     from dunning.cli import common
-    from dunning.importer import PhoneChecker, auto_workers, import_file
+    from dunning.customers.importer import PhoneChecker, auto_workers, import_file
 
     with common.session() as s:
         create_account(s, ACCOUNT, AccountOptions(company_name="Bench"))

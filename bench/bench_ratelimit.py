@@ -12,7 +12,8 @@ handed out in the first second; the limit is also split across the queue's parti
 with a bucket of its own (the server's default is 4; a queue as slow as the SMS queue needs only
 one: `--partitions`, dynamic config `matching.numTaskqueueReadPartitions` / `...WritePartitions`
 for the `<queue>-sms` task queue). So each send also takes a slot from the database's send pacer
-(dunning.pacing) right before the provider call: slots at least (1 + margin) / rate apart across
+(dunning.messages.pacing) right before the provider call: slots at least (1 + margin) / rate apart
+across
 all workers, whatever the server hands out.
 
 Prints, for the moments the server handed out the sends (from the workflows' histories) and the
@@ -43,15 +44,15 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from bench.common import ROOT, Stopwatch, table
-from dunning import credits
-from dunning.accounts import AccountOptions, create_account
-from dunning.codec import converter_for
-from dunning.db import Database
-from dunning.db.models import Account, Customer
-from dunning.domain import SEARCH_ATTRIBUTES
-from dunning.pacing import PACING_MARGIN
-from dunning.settings import Settings
-from dunning.temporal import temporal_binary
+from dunning.accounts.accounts import AccountOptions, create_account
+from dunning.credits import ledger
+from dunning.domain.contract import SEARCH_ATTRIBUTES
+from dunning.messages.pacing import PACING_MARGIN
+from dunning.platform.codec import converter_for
+from dunning.platform.db import Database
+from dunning.platform.db.models import Account, Customer
+from dunning.platform.settings import Settings
+from dunning.platform.temporal import temporal_binary
 from tests.fakes.plivo import FakePlivo
 
 WORKERS = ("a", "b")
@@ -129,7 +130,7 @@ def prepare(db: Database, cases: int) -> None:
         acct = s.get(Account, "rl")
         assert acct is not None
         acct.sms_enabled = True
-        credits.top_up(s, "rl", cases * 10)
+        ledger.top_up(s, "rl", cases * 10)
         s.add_all(
             Customer(account_id="rl", customer_id=f"c{i}", name="Pat Doe",
                      email=f"c{i}@rate.test", phone_e164=f"+1415{3000000 + i:07d}",

@@ -33,11 +33,11 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from bench.common import ROOT, Stopwatch, cpu_seconds, peak_rss_mb, rss_mb, table
-from dunning.accounts import AccountOptions, create_account
-from dunning.codec import converter_for
-from dunning.db import Database
-from dunning.settings import Settings
-from dunning.temporal import dev_server_command
+from dunning.accounts.accounts import AccountOptions, create_account
+from dunning.platform.codec import converter_for
+from dunning.platform.db import Database
+from dunning.platform.settings import Settings
+from dunning.platform.temporal import dev_server_command
 
 ACCOUNT = f"scale{os.getpid()}"  # unique, so a shared --database-url can be reused
 TASK_QUEUE = "scale"

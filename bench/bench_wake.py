@@ -30,14 +30,14 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from bench.common import ROOT, peak_rss_mb, stop, table
-from dunning import credits, wake
-from dunning.accounts import AccountOptions, create_account
-from dunning.codec import converter_for
-from dunning.db import Database
-from dunning.db.models import Account, Customer, Message
-from dunning.domain import SEARCH_ATTRIBUTES, SIGNAL_CREDITS_ADDED
-from dunning.settings import Settings
-from dunning.temporal import temporal_binary
+from dunning.accounts.accounts import AccountOptions, create_account
+from dunning.credits import ledger, wake
+from dunning.domain.contract import SEARCH_ATTRIBUTES, SIGNAL_CREDITS_ADDED
+from dunning.platform.codec import converter_for
+from dunning.platform.db import Database
+from dunning.platform.db.models import Account, Customer, Message
+from dunning.platform.settings import Settings
+from dunning.platform.temporal import temporal_binary
 
 ACCOUNT = "wake"
 QUEUE = "bench-wake"
@@ -64,8 +64,8 @@ def prepare(db: Database, cases: int) -> None:
 def counts(db: Database) -> tuple[int, int, int]:
     """(cases queued for credits, cases granted whose send has not used it yet, SMS sent)."""
     with db.session() as s:
-        waiting = credits.waiting_count(s, ACCOUNT)
-        granted = credits.granted_count(s, ACCOUNT)
+        waiting = ledger.waiting_count(s, ACCOUNT)
+        granted = ledger.granted_count(s, ACCOUNT)
         sent = s.scalar(select(func.count()).select_from(Message).where(
             Message.account_id == ACCOUNT, Message.channel == "sms", Message.status == "sent"))
     return waiting, granted, int(sent or 0)
@@ -231,8 +231,8 @@ async def run(cases: int, concurrency: int, database_url: str | None,
         assert used_at is not None and sent_at is not None and unpaused_at is not None
         served_in = served_at if served_at is not None else signalled_in
         with db.session() as s:
-            balance = credits.balance_of(s, ACCOUNT)
-            exact = credits.ledger_sum(s, ACCOUNT) == balance
+            balance = ledger.balance_of(s, ACCOUNT)
+            exact = ledger.ledger_sum(s, ACCOUNT) == balance
         rss = peak_rss_mb(worker.pid)
         stop(worker)  # the floor runs on the same server, with nothing else on the machine
         floor_in = await signal_floor(client, cases, concurrency) if floor else None

@@ -1,5 +1,5 @@
 """Clients for billing systems."""
 
-from starter.client import CaseNotFound, CaseRequest, DunningClient, StartResult, TopUpResult
+from dunning.cases.client import CaseNotFound, CaseRequest, DunningClient, StartResult, TopUpResult
 
 __all__ = ["CaseNotFound", "CaseRequest", "DunningClient", "StartResult", "TopUpResult"]

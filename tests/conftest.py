@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from dunning.db import Database
-from dunning.domain import SEARCH_ATTRIBUTES
-from dunning.temporal import temporal_binary
+from dunning.domain.contract import SEARCH_ATTRIBUTES
+from dunning.platform.db import Database
+from dunning.platform.temporal import temporal_binary
 from tests.fakes.plivo import FakePlivo
 from tests.fakes.smtp import SmtpSink
 
@@ -180,7 +180,7 @@ def cli(
     Temporal points at a port nothing listens on, so commands that need it fail clearly."""
     from dunning.cli import common as cli_common
     from dunning.cli import main
-    from dunning.settings import reset_settings_cache
+    from dunning.platform.settings import reset_settings_cache
 
     monkeypatch.setenv("DUNNING_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("DUNNING_DATABASE_URL", db.url)

@@ -12,13 +12,13 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from activities import DunningActivities
-from dunning import credits
-from dunning.accounts import AccountOptions, create_account
-from dunning.db import Database
-from dunning.db.models import Account, Customer
-from dunning.providers.email import SmtpEmailProvider
-from dunning.providers.sms import PlivoSmsProvider
-from dunning.settings import Settings
+from dunning.accounts.accounts import AccountOptions, create_account
+from dunning.credits import ledger
+from dunning.platform.db import Database
+from dunning.platform.db.models import Account, Customer
+from dunning.platform.providers.email import SmtpEmailProvider
+from dunning.platform.providers.sms import PlivoSmsProvider
+from dunning.platform.settings import Settings
 from tests.fakes.plivo import FakePlivo
 from tests.fakes.smtp import SmtpSink
 from worker import build_workers, running
@@ -51,7 +51,7 @@ def make_account(
         assert acct is not None
         acct.sms_enabled = sms
         if balance:
-            credits.top_up(s, account_id, balance)
+            ledger.top_up(s, account_id, balance)
 
 
 def add_customer(

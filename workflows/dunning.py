@@ -37,8 +37,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from dunning import metrics
-    from dunning.domain import (
+    from dunning.domain.contract import (
         ACT_FINISH_CASE,
         ACT_REGISTER_CASE,
         ACT_RELEASE_SMS,
@@ -67,6 +66,7 @@ with workflow.unsafe.imports_passed_through():
         parse_case_input,
         sms_task_queue,
     )
+    from dunning.platform import metrics
 
 # Bookkeeping: quick database writes as local activities (no extra round trip through the
 # server), retried until the database answers.
@@ -407,7 +407,7 @@ class DunningWorkflow:
                                  else "resumed")
 
     def _count(self, name: str, value: int = 1, **attributes: str) -> None:
-        """Add to one of the engine's counters (see dunning.metrics); replay-aware."""
+        """Add to one of the engine's counters (see dunning.platform.metrics); replay-aware."""
         counter = self._counters.get(name)
         if counter is None:
             counter = self._counters[name] = workflow.metric_meter().create_counter(

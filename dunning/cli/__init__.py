@@ -12,8 +12,8 @@ from typer._click import exceptions as typer_click  # typer vendors its own clic
 from dunning.cli import accounts, cases, credits, email, phones, server, sms, stripe
 from dunning.cli import report as report_cli
 from dunning.cli.common import UserError, err_console
-from dunning.domain import InputError
-from dunning.settings import SettingsError
+from dunning.domain.contract import InputError
+from dunning.platform.settings import SettingsError
 
 app = typer.Typer(
     name="dunning",
@@ -72,7 +72,7 @@ def entry() -> None:
         import logging
         import os
 
-        from dunning import refill
+        from dunning.credits import refill
 
         refill.drain()  # balance notices and refills a command started (a top-up's wake)
         logging.shutdown()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from dunning.accounts import (
+from dunning.accounts.accounts import (
     AccountOptions,
     account_json,
     create_account,

@@ -11,10 +11,10 @@ from rich.table import Table
 from sqlalchemy import select
 from temporalio.service import RPCError
 
+from dunning.cases.client import CaseNotFound, CaseRequest, DunningClient
 from dunning.cli.common import JsonOpt, console, database, fail, print_json, settings
-from dunning.db.models import Message
-from dunning.domain import InputError, check_id, parse_rfc3339, workflow_id_for
-from starter import CaseNotFound, CaseRequest, DunningClient
+from dunning.domain.contract import InputError, check_id, parse_rfc3339, workflow_id_for
+from dunning.platform.db.models import Message
 
 T = TypeVar("T")
 
@@ -66,7 +66,7 @@ def start(
         customer_email=email, customer_name=name, plan=plan,
     )
     with database().session() as s:
-        from dunning.accounts import get_account
+        from dunning.accounts.accounts import get_account
 
         get_account(s, account)
     result = run_with_client(lambda c: c.start_case(request))

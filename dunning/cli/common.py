@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 from sqlalchemy.orm import Session
 
-from dunning.db import Database
-from dunning.settings import Settings, ensure_data_dir, get_settings
+from dunning.platform.db import Database
+from dunning.platform.settings import Settings, ensure_data_dir, get_settings
 
 console = Console()
 err_console = Console(stderr=True)

@@ -11,12 +11,12 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 
-from dunning import credits as ledger
-from dunning import pricing, refill
-from dunning.accounts import get_account
+from dunning.accounts import pricing
+from dunning.accounts.accounts import get_account
 from dunning.cli.common import JsonOpt, console, database, err_console, print_json, settings
-from dunning.db.models import Account, CreditEntry
-from dunning.domain import InputError
+from dunning.credits import ledger, refill
+from dunning.domain.contract import InputError
+from dunning.platform.db.models import Account, CreditEntry
 
 app = typer.Typer(
     help="SMS credits: balance, top-ups, prices and rates, auto-refill, ledger.",
@@ -35,8 +35,8 @@ def _wake_error(exc: Exception) -> str:
 
 
 async def _wake(account: str) -> dict[str, Any]:
-    from dunning.temporal import connect
-    from dunning.wake import wake_paused
+    from dunning.credits.wake import wake_paused
+    from dunning.platform.temporal import connect
 
     client = await connect(settings())
     return (await wake_paused(client, database(), account)).as_json()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dunning import sms_settings
+from dunning.accounts import messaging
 from dunning.cli.common import JsonOpt, print_json, session
 
 app = typer.Typer(help="Email templates per step and plan.", no_args_is_help=True)
@@ -27,7 +27,7 @@ def template_set(
 ) -> None:
     """Set the email template for a step (or every step) and a plan (or the default)."""
     with session() as s:
-        data = sms_settings.set_email_template(s, account, subject, body, step=step, plan=plan)
+        data = messaging.set_email_template(s, account, subject, body, step=step, plan=plan)
     if as_json:
         print_json(data)
         return
@@ -45,8 +45,8 @@ def template_clear(
 ) -> None:
     """Remove an email template (the next less specific one applies again)."""
     with session() as s:
-        sms_settings.clear_email_template(s, account, step=step, plan=plan)
-        data = sms_settings.email_templates_json(s, account)
+        messaging.clear_email_template(s, account, step=step, plan=plan)
+        data = messaging.email_templates_json(s, account)
     if as_json:
         print_json(data)
     else:
@@ -57,7 +57,7 @@ def template_clear(
 def template_show(account: str = AccountOpt, as_json: bool = JsonOpt) -> None:
     """Show the account's email templates (and the built-in default)."""
     with session() as s:
-        data = sms_settings.email_templates_json(s, account)
+        data = messaging.email_templates_json(s, account)
     if as_json:
         print_json(data)
         return
@@ -83,7 +83,7 @@ def preview(
 ) -> None:
     """The email of a step as a sample customer would get it."""
     with session() as s:
-        data = sms_settings.preview_email(s, account, step=step, plan=plan, currency=currency)
+        data = messaging.preview_email(s, account, step=step, plan=plan, currency=currency)
     if as_json:
         print_json(data)
         return

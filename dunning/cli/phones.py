@@ -19,11 +19,11 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from dunning.accounts import get_account
+from dunning.accounts.accounts import get_account
 from dunning.cli.common import JsonOpt, console, fail, print_json, session
-from dunning.importer import ImportReport, PhoneChecker, auto_workers, import_file
-from dunning.importer import Progress as ProgressCallback
-from dunning.phones import PhoneError, validate_phone
+from dunning.customers.importer import ImportReport, PhoneChecker, auto_workers, import_file
+from dunning.customers.importer import Progress as ProgressCallback
+from dunning.domain.phones import PhoneError, validate_phone
 
 app = typer.Typer(help="Import and inspect customers' phone numbers.", no_args_is_help=True)
 

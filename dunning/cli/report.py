@@ -8,8 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from dunning.cli.common import JsonOpt, console, fail, print_json, session
-from dunning.report import (
+from dunning.cases.report import (
     CHANNELS,
     LABELS,
     MESSAGE_STATUSES,
@@ -19,6 +18,7 @@ from dunning.report import (
     percent,
     render_html,
 )
+from dunning.cli.common import JsonOpt, console, fail, print_json, session
 
 
 def report(

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from dunning.cli.common import JsonOpt, console, database, err_console, fail, print_json, settings
-from dunning.temporal import dev_server_command
+from dunning.platform.temporal import dev_server_command
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 
@@ -32,7 +32,7 @@ def db_upgrade(as_json: bool = JsonOpt) -> None:
 
 def _logging() -> None:
     """Structured logs on stdout (dunning.logs: DUNNING_LOG_FORMAT, DUNNING_LOG_LEVEL)."""
-    from dunning import logs
+    from dunning.platform import logs
 
     logs.configure()
 
@@ -92,7 +92,7 @@ def codec_server(
     ),
 ) -> None:
     """Temporal's /encode and /decode endpoints, so the UI and CLI can read payloads."""
-    from dunning.codec_server import DEFAULT_CORS_ORIGINS, run_codec_server
+    from dunning.platform.codec_server import DEFAULT_CORS_ORIGINS, run_codec_server
 
     _logging()
     try:
@@ -173,7 +173,7 @@ async def _run_all(cfg: Any, with_codec: bool) -> None:
             loop.add_signal_handler(sig, stop.set)
     tasks = [run_worker(cfg, stop), serve_webhooks(cfg, stop)]
     if with_codec:
-        from dunning.codec_server import build_codec_server
+        from dunning.platform.codec_server import build_codec_server
 
         ui = int(cfg.temporal_address.rpartition(":")[2]) + 1000
         server = build_codec_server(
@@ -197,7 +197,7 @@ def demo(
     as_json: bool = JsonOpt,
 ) -> None:
     """A self-contained showcase on free ports that exits by itself."""
-    from dunning.demo import run_demo
+    from dunning.cli.demo import run_demo
 
     run_demo(keep=keep, as_json=as_json)
 

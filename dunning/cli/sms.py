@@ -7,7 +7,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from dunning import sms_settings
+from dunning.accounts import messaging
 from dunning.cli.common import JsonOpt, console, err_console, print_json, session
 
 app = typer.Typer(help="SMS settings: switches per step, templates, preview.", no_args_is_help=True)
@@ -20,7 +20,7 @@ StepsOpt = typer.Option(
 )
 PlanOpt = typer.Option(None, "--plan", help="A customer plan; without it, the account default.")
 CountryOpt = typer.Option(
-    sms_settings.DEFAULT_PREVIEW_COUNTRY, "--country",
+    messaging.DEFAULT_PREVIEW_COUNTRY, "--country",
     help="The sample customer's country (ISO 3166 alpha-2), for the credit rate.",
 )
 
@@ -69,7 +69,7 @@ def _print_preview(data: dict[str, Any]) -> None:
 
 def _switch(account: str, steps: list[int] | None, on: bool, as_json: bool) -> None:
     with session() as s:
-        data = sms_settings.set_sms_switch(s, account, on, steps or None)
+        data = messaging.set_sms_switch(s, account, on, steps or None)
     if as_json:
         print_json(data)
         return
@@ -103,7 +103,7 @@ def disable(
 def show(account: str = AccountOpt, as_json: bool = JsonOpt) -> None:
     """Show the schedule with email/SMS per step and the SMS templates in use."""
     with session() as s:
-        data = sms_settings.sms_settings_json(s, account)
+        data = messaging.sms_settings_json(s, account)
     if as_json:
         print_json(data)
     else:
@@ -123,7 +123,7 @@ def preview(
 ) -> None:
     """The SMS exactly as it would be sent to a sample customer, with segments and credits."""
     with session() as s:
-        data = sms_settings.preview_sms(s, account, plan, country, step=step, currency=currency)
+        data = messaging.preview_sms(s, account, plan, country, step=step, currency=currency)
     if as_json:
         print_json(data)
     else:
@@ -140,7 +140,7 @@ def template_set(
 ) -> None:
     """Set the SMS template of the account or of one plan (refused if invalid)."""
     with session() as s:
-        data = sms_settings.set_sms_template(s, account, text, plan)
+        data = messaging.set_sms_template(s, account, text, plan)
     if as_json:
         print_json(data)
         return
@@ -156,8 +156,8 @@ def template_clear(
 ) -> None:
     """Remove the SMS template of the account or of one plan (the fallback applies again)."""
     with session() as s:
-        sms_settings.clear_sms_template(s, account, plan)
-        data = sms_settings.sms_settings_json(s, account)
+        messaging.clear_sms_template(s, account, plan)
+        data = messaging.sms_settings_json(s, account)
     if as_json:
         print_json(data)
     else:
@@ -168,7 +168,7 @@ def template_clear(
 def template_show(account: str = AccountOpt, as_json: bool = JsonOpt) -> None:
     """Show the SMS templates of the account (default and per plan)."""
     with session() as s:
-        data = sms_settings.sms_settings_json(s, account)
+        data = messaging.sms_settings_json(s, account)
     out = {
         "account_id": data["account_id"],
         "template": data["template"],

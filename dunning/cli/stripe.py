@@ -7,9 +7,9 @@ from typing import Any
 
 import typer
 
-from dunning.accounts import get_account
+from dunning.accounts.accounts import get_account
 from dunning.cli.common import JsonOpt, console, print_json, session, settings
-from dunning.domain import InputError
+from dunning.domain.contract import InputError
 from dunning.webhooks.app import STRIPE_PATH
 
 app = typer.Typer(

@@ -16,7 +16,7 @@ own endpoint secret) checks, in this order:
 3. the signature verifies with the account's secret and is at most 5 minutes old (else 403); an
    unknown account, or one without a secret, gets the same 403 (no way to probe account ids);
 4. the body is a Stripe event (else 400).
-Then `dunning.stripe_events` applies it; 503 (Stripe retries) when Temporal or the database is
+Then `dunning.webhooks.stripe` applies it; 503 (Stripe retries) when Temporal or the database is
 unreachable, and the event is not recorded as processed.
 """
 
@@ -38,14 +38,19 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dunning.consent import normalize_number
-from dunning.db import Database
-from dunning.db.models import Account, Message
-from dunning.domain import InputError, check_id
-from dunning.providers import AmbiguousProviderError, ProviderError, mask_phone
-from dunning.providers.sms import OutgoingSms, SmsProvider
-from dunning.settings import Settings
-from dunning.stripe_events import (
+from dunning.cases.client import DunningClient
+from dunning.customers.consent import normalize_number
+from dunning.domain.contract import InputError, check_id
+from dunning.messages.delivery import DeliveryReport, process_delivery_report
+from dunning.messages.inbound import InboundMessage, InboundOutcome, PlannedReply, process_inbound
+from dunning.messages.inbox import remember_nonce, request_fingerprint
+from dunning.platform.db import Database
+from dunning.platform.db.models import Account, Message
+from dunning.platform.providers import AmbiguousProviderError, ProviderError, mask_phone
+from dunning.platform.providers.sms import OutgoingSms, SmsProvider
+from dunning.platform.settings import Settings
+from dunning.webhooks.signatures import SignatureHeaders, signature_headers, verify_request
+from dunning.webhooks.stripe import (
     SIGNATURE_HEADER,
     EventError,
     LazyTemporal,
@@ -56,11 +61,6 @@ from dunning.stripe_events import (
     signature_header_ok,
     verify_signature,
 )
-from dunning.webhooks.delivery import DeliveryReport, process_delivery_report
-from dunning.webhooks.events import remember_nonce, request_fingerprint
-from dunning.webhooks.inbound import InboundMessage, InboundOutcome, PlannedReply, process_inbound
-from dunning.webhooks.signatures import SignatureHeaders, signature_headers, verify_request
-from starter.client import DunningClient
 
 log = logging.getLogger("dunning.webhooks")
 
@@ -408,7 +408,7 @@ def create_app(
     if temporal is None:
         temporal = _temporal_factory(settings, db)
     if sms_provider is None:
-        from dunning.providers.factory import sms_provider as build_sms_provider
+        from dunning.platform.providers.factory import sms_provider as build_sms_provider
 
         sms_provider = build_sms_provider(settings)
     if not settings.plivo_auth_token:

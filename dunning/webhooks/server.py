@@ -9,11 +9,11 @@ from collections.abc import Generator
 import uvicorn
 from starlette.applications import Starlette
 
-from dunning.db import Database
-from dunning.providers.sms import SmsProvider
-from dunning.settings import Settings
-from dunning.stripe_events import TemporalSource
+from dunning.platform.db import Database
+from dunning.platform.providers.sms import SmsProvider
+from dunning.platform.settings import Settings
 from dunning.webhooks.app import create_app
+from dunning.webhooks.stripe import TemporalSource
 
 
 class _QuietServer(uvicorn.Server):

@@ -32,13 +32,13 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities import DunningActivities
-from dunning import credits
-from dunning.db import Database
-from dunning.domain import SEARCH_ATTRIBUTES
-from dunning.providers.email import ConsoleEmailProvider
-from dunning.providers.sms import ConsoleSmsProvider
-from dunning.settings import Settings
-from dunning.temporal import temporal_binary
+from dunning.credits import ledger
+from dunning.domain.contract import SEARCH_ATTRIBUTES
+from dunning.platform.db import Database
+from dunning.platform.providers.email import ConsoleEmailProvider
+from dunning.platform.providers.sms import ConsoleSmsProvider
+from dunning.platform.settings import Settings
+from dunning.platform.temporal import temporal_binary
 from tests.helpers import add_customer, case_input, make_account, query_status, wait_for
 from worker import build_workers, running
 
@@ -77,7 +77,7 @@ async def pause_resume(client: Client, db: Database) -> WorkflowHandle[Any, Any]
 
     await wait_for(paused_at_step_3, timeout=30)
     with db.session() as s:
-        credits.top_up(s, "pause", 5)
+        ledger.top_up(s, "pause", 5)
     await handle.signal("credits_added", {"balance": 5})
 
     async def step_3_sent() -> bool:

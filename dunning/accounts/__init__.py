@@ -1,0 +1,1 @@
+"""Accounts and their messaging settings: switches, templates, pricing."""

@@ -1,0 +1,1 @@
+"""Dunning cases: the client billing systems use, and the recovery report."""

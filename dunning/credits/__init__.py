@@ -1,0 +1,1 @@
+"""SMS credits: the ledger, refill, follow-ups and waking paused cases."""

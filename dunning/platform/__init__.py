@@ -1,0 +1,2 @@
+"""Adapters and process plumbing: settings, codec, Temporal connection, logs, metrics, database,
+providers."""

@@ -1,0 +1,297 @@
+"""SQLAlchemy 2.0 typed models. The schema itself is owned by the Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    __table_args__ = (
+        CheckConstraint("credit_balance >= 0", name="ck_accounts_balance_nonnegative"),
+    )
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    company_name: Mapped[str] = mapped_column(String(200))
+    sms_sender: Mapped[str | None] = mapped_column(String(32), index=True)
+    email_from: Mapped[str | None] = mapped_column(String(320))
+    contact_email: Mapped[str | None] = mapped_column(String(320))
+    support_contact: Mapped[str | None] = mapped_column(String(200))
+    schedule: Mapped[str] = mapped_column(String(400), default="0d,3d,7d,14d")
+    grace_seconds: Mapped[int] = mapped_column(Integer, default=7 * 86400)
+    quiet_hours: Mapped[str] = mapped_column(String(16), default="08:00-21:00")
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    sms_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # {"1": true, "3": false}: per-step switches; a step not listed follows sms_enabled.
+    sms_steps: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    credit_balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    auto_refill_threshold: Mapped[int | None] = mapped_column(BigInteger)
+    auto_refill_amount: Mapped[int | None] = mapped_column(BigInteger)
+    # simulated | stripe; Stripe customer and saved payment method for off-session refills
+    refill_gateway: Mapped[str] = mapped_column(
+        String(16), default="simulated", server_default="simulated"
+    )
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(100))
+    stripe_payment_method: Mapped[str | None] = mapped_column(String(100))
+    # Display price of one credit in minor units of credit_currency (e.g. 1 = $0.01).
+    credit_price_minor: Mapped[int | None] = mapped_column(Integer)
+    credit_currency: Mapped[str | None] = mapped_column(String(3))
+    # low | zero | None: the last balance notice sent, so each crossing notifies once.
+    balance_notice: Mapped[str | None] = mapped_column(String(8))
+    # Signing secret of the account's Stripe webhook endpoint (billing-source events).
+    stripe_webhook_secret: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    def sms_step_on(self, step: int) -> bool:
+        if not self.sms_enabled:
+            return False
+        return bool((self.sms_steps or {}).get(str(step), True))
+
+
+class SmsTemplate(Base):
+    """One SMS template per account and plan; plan '' is the account's default."""
+
+    __tablename__ = "sms_templates"
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    plan: Mapped[str] = mapped_column(String(100), primary_key=True, default="")
+    body: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class EmailTemplate(Base):
+    """Email subject and body per account, step (0 = every step) and plan ('' = default)."""
+
+    __tablename__ = "email_templates"
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    step: Mapped[int] = mapped_column(Integer, primary_key=True, default=0)
+    plan: Mapped[str] = mapped_column(String(100), primary_key=True, default="")
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    customer_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(320))
+    phone_e164: Mapped[str | None] = mapped_column(String(20), index=True)
+    phone_region: Mapped[str | None] = mapped_column(String(2))
+    phone_type: Mapped[str | None] = mapped_column(String(32))
+    phone_time_zones: Mapped[str | None] = mapped_column(String(400))  # comma-separated IANA
+    plan: Mapped[str | None] = mapped_column(String(100))
+    source: Mapped[str | None] = mapped_column(String(32))  # import | stripe | case
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class OptOut(Base):
+    """Current SMS consent state of a number for an account (absent row: not opted out)."""
+
+    __tablename__ = "opt_outs"
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    phone_e164: Mapped[str] = mapped_column(String(20), primary_key=True)
+    opted_out: Mapped[bool] = mapped_column(Boolean, default=True)
+    source: Mapped[str] = mapped_column(String(64))
+    keyword: Mapped[str | None] = mapped_column(String(32))
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ConsentEvent(Base):
+    """Append-only history of opt-outs and opt-ins, with time and source."""
+
+    __tablename__ = "consent_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(String(128), index=True)
+    phone_e164: Mapped[str] = mapped_column(String(20))
+    action: Mapped[str] = mapped_column(String(16))  # opt_out | opt_in
+    source: Mapped[str] = mapped_column(String(64))
+    keyword: Mapped[str | None] = mapped_column(String(32))
+    provider_message_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CreditEntry(Base):
+    """Append-only credit ledger. The account's balance always equals the sum of `amount`."""
+
+    __tablename__ = "credit_ledger"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))  # topup | sms_debit | refund | refill
+    amount: Mapped[int] = mapped_column(BigInteger)
+    balance_after: Mapped[int] = mapped_column(BigInteger)
+    workflow_id: Mapped[str | None] = mapped_column(String(300))
+    step: Mapped[int | None] = mapped_column(Integer)
+    message_id: Mapped[int | None] = mapped_column(Integer)
+    note: Mapped[str | None] = mapped_column(String(400))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Message(Base):
+    """Every reminder the engine tried to send. Also the idempotency record for sends."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "run_id", "step", "channel", name="uq_messages_case_step"),
+        Index("ix_messages_account_created", "account_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    workflow_id: Mapped[str] = mapped_column(String(300))
+    run_id: Mapped[str] = mapped_column(String(64))
+    step: Mapped[int] = mapped_column(Integer)
+    channel: Mapped[str] = mapped_column(String(8))
+    account_id: Mapped[str] = mapped_column(String(128))
+    customer_id: Mapped[str] = mapped_column(String(128))
+    # claimed -> sent | failed | unknown ; delivery reports update delivery_status
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(400))
+    provider_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    recipient_hint: Mapped[str | None] = mapped_column(String(32))  # masked, never the full value
+    credits: Mapped[int] = mapped_column(Integer, default=0)
+    segments: Mapped[int] = mapped_column(Integer, default=0)
+    encoding: Mapped[str | None] = mapped_column(String(8))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    delivery_status: Mapped[str | None] = mapped_column(String(16))
+    delivery_error: Mapped[str | None] = mapped_column(String(16))
+    delivery_sequence: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class SmsWaiter(Base):
+    """A case whose SMS lane is paused for credits; top-ups serve these in `since` order.
+
+    A wake grants credits to the waiters the balance covers (debited at once, in the ledger):
+    `credits_granted` > 0 marks a waiter whose credits are set aside and whose next send uses
+    them without reserving again; it leaves the queue when it does (or gets them back)."""
+
+    __tablename__ = "sms_waiters"
+    # The queue of an account: still waiting (credits_granted = 0) in `since` order, or served.
+    __table_args__ = (
+        Index("ix_sms_waiters_queue", "account_id", "credits_granted", "since"),
+    )
+
+    account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    credits_needed: Mapped[int] = mapped_column(Integer, default=1)
+    since: Mapped[datetime] = mapped_column(default=utcnow)
+    step: Mapped[int | None] = mapped_column(Integer)
+    credits_granted: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    granted_at: Mapped[datetime | None] = mapped_column()
+
+
+class SendSlot(Base):
+    """The provider's send pace, shared by every worker: the earliest time (epoch seconds, on
+    the database's clock for PostgreSQL) the next send of `key` may start (see
+    dunning.messages.pacing)."""
+
+    __tablename__ = "send_slots"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    next_at: Mapped[float] = mapped_column(Float)
+
+
+class Case(Base):
+    """One dunning case (one workflow), kept for reports and for the CLI."""
+
+    __tablename__ = "cases"
+
+    workflow_id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(128), index=True)
+    customer_id: Mapped[str] = mapped_column(String(128))
+    invoice_id: Mapped[str] = mapped_column(String(128))
+    amount_due: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    failed_at: Mapped[datetime] = mapped_column()
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column()
+    emails_sent: Mapped[int] = mapped_column(Integer, default=0)
+    sms_sent: Mapped[int] = mapped_column(Integer, default=0)
+    credits_spent: Mapped[int] = mapped_column(Integer, default=0)
+    recovered_amount: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_channel: Mapped[str | None] = mapped_column(String(8))
+
+
+class ProcessedEvent(Base):
+    """Webhook deliveries already handled (idempotency for provider and billing events)."""
+
+    __tablename__ = "processed_events"
+
+    source: Mapped[str] = mapped_column(String(32), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SmsRate(Base):
+    """Credits per SMS segment for a destination region; region '*' is the account default."""
+
+    __tablename__ = "sms_rates"
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    region: Mapped[str] = mapped_column(String(2), primary_key=True)
+    credits_per_segment: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Refill(Base):
+    """One auto-refill attempt through a payment gateway (at most one in flight per account)."""
+
+    __tablename__ = "refills"
+    __table_args__ = (Index("ix_refills_account_status", "account_id", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))  # pending | succeeded | failed
+    gateway: Mapped[str] = mapped_column(String(16))
+    idempotency_key: Mapped[str] = mapped_column(String(100), unique=True)
+    gateway_ref: Mapped[str | None] = mapped_column(String(100))
+    error: Mapped[str | None] = mapped_column(String(400))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

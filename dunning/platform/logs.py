@@ -1,0 +1,164 @@
+"""Structured logs for the engine's processes (worker, webhook server, `dunning up`).
+
+One line per event, as a JSON object (`DUNNING_LOG_FORMAT=json`; the default, except on a
+terminal) or as `key=value` pairs (`DUNNING_LOG_FORMAT=text`; the default on a terminal), at
+`DUNNING_LOG_LEVEL` (default INFO), on stdout. Every line
+has `ts`, `level`, `logger` and `msg`; lines about a dunning case carry `case` (the workflow id,
+which holds no personal data), and anything passed as `extra={...}` becomes a field of its own:
+
+    log.info("reminder sent", extra={"case": wid, "step": 2, "channel": "sms",
+                                     "to": mask_phone(phone)})
+    {"ts": "2026-01-31T09:00:00.123Z", "level": "INFO", "logger": "dunning.activities",
+     "msg": "reminder sent", "case": "dunning-acme-inv1", "step": 2, "channel": "sms",
+     "to": "+1******0001"}
+
+Temporal's own loggers (`workflow.logger`, `activity.logger`) attach the workflow's details;
+their workflow id becomes `case` too.
+
+Phone numbers and email addresses: callers log them masked (`dunning.platform.providers.mask_phone`
+/
+`mask_email`). As a safety net the formatter masks anything in a message or a string field that
+still looks like one (E.164 numbers, bare 11-15 digit runs as providers send them, addresses).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from dunning.platform.providers import mask_email, mask_phone
+
+ENV_LEVEL = "DUNNING_LOG_LEVEL"
+ENV_FORMAT = "DUNNING_LOG_FORMAT"
+FORMATS = ("json", "text")
+
+# The attributes every LogRecord has; anything else on a record came in through `extra`.
+_STANDARD = set(vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None))) | {
+    "message", "asctime", "taskName",
+}
+# Temporal's loggers put the workflow's or activity's details under these keys.
+_TEMPORAL = ("temporal_workflow", "temporal_activity")
+_SKIPPED = {*_TEMPORAL, "workflow_info", "activity_info"}  # whole Info objects: too much
+
+_PHONE_RE = re.compile(r"(?<![\w+])\+\d{8,15}\b|(?<![\w+])\d{11,15}\b")
+_EMAIL_RE = re.compile(r"[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+def redact(text: str) -> str:
+    """`text` with phone numbers and email addresses masked."""
+    if "@" in text:
+        text = _EMAIL_RE.sub(lambda m: mask_email(m.group(0)), text)
+    if any(c.isdigit() for c in text):
+        text = _PHONE_RE.sub(lambda m: mask_phone(_e164(m.group(0))), text)
+    return text
+
+
+def _e164(digits: str) -> str:
+    return digits if digits.startswith("+") else f"+{digits}"
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_clean(v) for v in value]
+    return redact(str(value))
+
+
+def fields_of(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured fields of a record: ts, level, logger, msg, case, extras, exception."""
+    out: dict[str, Any] = {
+        "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "level": record.levelname,
+        "logger": record.name,
+        "msg": redact(record.getMessage()),
+    }
+    for key in _TEMPORAL:
+        details = getattr(record, key, None)
+        if isinstance(details, dict) and details.get("workflow_id"):
+            out["case"] = details["workflow_id"]
+            if details.get("activity_type"):
+                out["activity"] = details["activity_type"]
+    for key, value in record.__dict__.items():
+        if key not in _STANDARD and key not in _SKIPPED and not key.startswith("_"):
+            out[key] = _clean(value)
+    if record.exc_info:
+        out["exc"] = redact(logging.Formatter().formatException(record.exc_info))
+    return out
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(fields_of(record), ensure_ascii=False, default=str)
+
+
+class KeyValueFormatter(logging.Formatter):
+    """`ts=... level=INFO logger=... msg="..." case=... key=value` per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = []
+        for key, value in fields_of(record).items():
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            if not text or any(c in text for c in ' "=\n'):
+                text = json.dumps(text)
+            parts.append(f"{key}={text}")
+        return " ".join(parts)
+
+
+def formatter(fmt: str = "json") -> logging.Formatter:
+    if fmt not in FORMATS:
+        raise ValueError(f"{ENV_FORMAT} must be json or text, got {fmt!r}")
+    return JsonFormatter() if fmt == "json" else KeyValueFormatter()
+
+
+def configure(
+    level: str | int | None = None, fmt: str | None = None, stream: IO[str] | None = None
+) -> logging.Handler:
+    """Send the process's logs through one structured handler (replacing any root handlers).
+    Defaults come from DUNNING_LOG_LEVEL and DUNNING_LOG_FORMAT."""
+    stream = stream or sys.stdout
+    level = level or os.environ.get(ENV_LEVEL) or "INFO"
+    fmt = (fmt or os.environ.get(ENV_FORMAT) or ("text" if _tty(stream) else "json")).lower()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter(fmt))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    # Temporal's loggers: the workflow's details become fields (`case`), not message text.
+    import temporalio.activity
+    import temporalio.workflow
+
+    temporalio.workflow.logger.workflow_info_on_message = False
+    temporalio.activity.logger.activity_info_on_message = False
+    return handler
+
+
+def _tty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+__all__ = [
+    "JsonFormatter",
+    "KeyValueFormatter",
+    "configure",
+    "fields_of",
+    "formatter",
+    "redact",
+]
