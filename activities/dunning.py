@@ -441,7 +441,9 @@ class DunningActivities:
                 to=who.email,
                 subject=render(subject_t, ctx),
                 body=render(body_t, ctx),
-                message_id=f"<{key.workflow_id}.{key.run_id[:8]}.{key.step}@dunning>",
+                message_id=(  # `:` is not allowed in a Message-ID's left part
+                    f"<{key.workflow_id.replace(':', '.')}.{key.run_id[:8]}.{key.step}@dunning>"
+                ),
             )
             claimed = self._claim(s, row, key, req, mask_email(who.email), credits=0)
         return claimed, outgoing

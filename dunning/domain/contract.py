@@ -53,7 +53,7 @@ DEFAULT_SCHEDULE = "0d,3d,7d,14d"
 DEFAULT_GRACE = "7d"
 DEFAULT_QUIET_HOURS = "08:00-21:00"
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}$")
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -73,8 +73,29 @@ def sms_task_queue(task_queue: str) -> str:
     return f"{task_queue}-sms"
 
 
+WORKFLOW_ID_PREFIX = "dunning"
+WORKFLOW_ID_SEPARATOR = ":"  # ids cannot contain it (check_id), so the split is unambiguous
+
+
 def workflow_id_for(account_id: str, invoice_id: str) -> str:
+    """`dunning:<account>:<invoice>`: unambiguous, since no id may contain `:`."""
+    return WORKFLOW_ID_SEPARATOR.join((WORKFLOW_ID_PREFIX, account_id, invoice_id))
+
+
+def legacy_workflow_id_for(account_id: str, invoice_id: str) -> str:
+    """The earlier form `dunning-<account>-<invoice>`, ambiguous across accounts (`acme` +
+    `corp-inv1` and `acme-corp` + `inv1` are the same id): only for finding old cases, and only
+    together with a check of the case's account (its `DunningAccountId`)."""
     return f"dunning-{account_id}-{invoice_id}"
+
+
+def parse_workflow_id(workflow_id: str) -> tuple[str, str] | None:
+    """(account, invoice) of a `dunning:<account>:<invoice>` id; None for any other id (the
+    legacy form cannot be split reliably)."""
+    parts = workflow_id.split(WORKFLOW_ID_SEPARATOR)
+    if len(parts) != 3 or parts[0] != WORKFLOW_ID_PREFIX or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2]
 
 
 def check_id(field_name: str, value: object) -> str:
@@ -83,7 +104,7 @@ def check_id(field_name: str, value: object) -> str:
     if not _ID_RE.match(value):
         raise InputError(
             field_name,
-            "may hold only letters, digits and _ . : @ - (at most 128 characters)",
+            "may hold only letters, digits and _ . @ - (at most 128 characters)",
         )
     return value
 

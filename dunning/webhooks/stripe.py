@@ -373,7 +373,7 @@ class StripeEvents:
         }
 
     async def _signal_case(
-        self, op: Callable[[DunningClient], Awaitable[None]]
+        self, op: Callable[[DunningClient], Awaitable[object]]
     ) -> str:
         try:
             await self._call(op)

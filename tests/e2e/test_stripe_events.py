@@ -396,7 +396,7 @@ async def test_invoice_failed_starts_a_case_and_paid_recovers_it(
                                     real_activities(sqlite_db, plivo_server, smtp_server)):
         r = await post(failed)
         assert r.status_code == 200, r.text
-        wf_id = f"dunning-{account}-in_1"
+        wf_id = f"dunning:{account}:in_1"
         assert r.json()["case"] == "started" and r.json()["workflow_id"] == wf_id
         # The first reminder reaches the invoice's customer with the hosted invoice page.
         mails = await wait_for(lambda: smtp_server.to(email))
@@ -432,8 +432,8 @@ async def test_invoice_failed_starts_a_case_and_paid_recovers_it(
         assert r.json()["status"] == "ignored" and "hosted_invoice_url" in r.json()["reason"]
     row = case_row(sqlite_db, wf_id)
     assert row is not None and (row.state, row.recovered_amount) == ("recovered", 4900)
-    assert case_row(sqlite_db, f"dunning-{account}-in_2") is None
-    assert case_row(sqlite_db, f"dunning-{account}-in_3") is None
+    assert case_row(sqlite_db, f"dunning:{account}:in_2") is None
+    assert case_row(sqlite_db, f"dunning:{account}:in_3") is None
 
 
 async def test_subscription_deleted_cancels_the_customers_open_cases(
@@ -454,7 +454,7 @@ async def test_subscription_deleted_cancels_the_customers_open_cases(
         for inv, cus in (("in_a", "cus_x"), ("in_b", "cus_x"), ("in_c", "cus_y")):
             r = await post(event("invoice.payment_failed", invoice(inv, cus)))
             assert r.json()["case"] == "started"
-        ids = {i: f"dunning-{account}-{i}" for i in ("in_a", "in_b", "in_c")}
+        ids = {i: f"dunning:{account}:{i}" for i in ("in_a", "in_b", "in_c")}
         await wait_for(lambda: all(case_row(sqlite_db, w) for w in ids.values()))
         sub = {"id": "sub_1", "object": "subscription", "customer": "cus_x",
                "status": "canceled"}
@@ -520,7 +520,7 @@ async def test_temporal_down_answers_503_and_the_retry_succeeds(
         assert r.json()["case"] == "started"
         assert len(attempts) == 2
         await wait_for(lambda: smtp_server.to(f"u{uid}@ex.test"))
-        handle = worker_client.get_workflow_handle(f"dunning-{account}-in_1")
+        handle = worker_client.get_workflow_handle(f"dunning:{account}:in_1")
         await handle.signal("cancel", {"reason": "test cleanup"})
         assert (await handle.result())["outcome"] == "canceled"
     assert processed(sqlite_db, account) == 1
