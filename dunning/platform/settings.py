@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         "https://api.plivo.com", validation_alias=_alias("DUNNING_PLIVO_API_URL")
     )
     plivo_timeout: float = Field(10.0, validation_alias=_alias("DUNNING_PLIVO_TIMEOUT"))
+    # Which Plivo webhook signatures are accepted: `v2,v3`, or `v3` (refuses V2-only requests;
+    # a request with both is always checked against both).
+    plivo_signatures: Literal["v2,v3", "v3"] = Field(
+        "v2,v3", validation_alias=_alias("DUNNING_PLIVO_SIGNATURES")
+    )
 
     email_backend: Literal["console", "smtp"] = Field(
         "console", validation_alias=_alias("DUNNING_EMAIL_BACKEND")
@@ -84,6 +89,13 @@ class Settings(BaseSettings):
     max_cached_workflows: int = Field(
         1000, ge=0, validation_alias=_alias("DUNNING_MAX_CACHED_WORKFLOWS")
     )
+
+    @field_validator("plivo_signatures", mode="before")
+    @classmethod
+    def _normalize_schemes(cls, v: object) -> object:
+        if isinstance(v, str):
+            return ",".join(sorted({p.strip().lower() for p in v.split(",") if p.strip()}))
+        return v
 
     @field_validator("database_url")
     @classmethod

@@ -6,7 +6,8 @@ Every Plivo endpoint checks, in this order, before anything is interpreted or st
 2. the body is at most 64 KiB (else 413) and is a UTF-8 form post (else 415/400);
 3. the signature (V3 over URL + query + body params, or V2 over URL + nonce) computed with
    PLIVO_AUTH_TOKEN over DUNNING_PUBLIC_URL + path matches (else 403);
-4. the nonce was not seen before with a different request (else 403).
+4. every nonce it carries (V3 and V2 when both are present; both must verify) was not seen
+   before with a different request (else 403).
 Only then are the fields validated (400 when malformed) and the message processed.
 
 The Stripe endpoint (`/webhooks/stripe/{account_id}`, one per account, signed with the account's
@@ -49,7 +50,7 @@ from dunning.platform.db.models import Account, Message
 from dunning.platform.providers import AmbiguousProviderError, ProviderError, mask_phone
 from dunning.platform.providers.sms import OutgoingSms, SmsProvider
 from dunning.platform.settings import Settings
-from dunning.webhooks.signatures import SignatureHeaders, signature_headers, verify_request
+from dunning.webhooks.signatures import SignatureHeaders, request_signatures, verify_all
 from dunning.webhooks.stripe import (
     SIGNATURE_HEADER,
     EventError,
@@ -200,32 +201,38 @@ class WebhookApp:
         self.stripe_events = StripeEvents(db, temporal)
         self.public_url = settings.public_url.rstrip("/")
         self.auth_token = settings.plivo_auth_token
+        self.plivo_schemes = tuple(settings.plivo_signatures.split(","))
 
     # --- signature and body ---------------------------------------------------------------
 
     async def _signed_form(
         self, request: Request, path: str
-    ) -> tuple[SignatureHeaders, str, list[tuple[str, str]]]:
-        sig = signature_headers(request.headers)
-        if sig is None:
+    ) -> tuple[list[SignatureHeaders], str, list[tuple[str, str]]]:
+        sigs = request_signatures(request.headers, self.plivo_schemes)
+        if sigs is None:
             raise WebhookError(403, "missing or malformed Plivo signature")
         body = await _read_body(request)
         params = _parse_form(request, body)
         query = request.url.query
         url = self.public_url + path + (f"?{query}" if query else "")
-        if not verify_request(self.auth_token, request.method, url, sig, _param_map(params)):
+        # With both V3 and V2 present, both must verify (no downgrade to the body-less V2).
+        if not verify_all(self.auth_token, request.method, url, sigs, _param_map(params)):
             raise WebhookError(403, "invalid Plivo signature")
-        return sig, url, params
+        return sigs, url, params
 
-    def _in_transaction(self, sig: SignatureHeaders, url: str,
+    def _in_transaction(self, sigs: list[SignatureHeaders], url: str,
                         params: list[tuple[str, str]], work: Any) -> Any:
-        """Run `work(session)` after binding the nonce, in one transaction (retried on races)."""
+        """Run `work(session)` after binding every nonce the request carries (V3 and V2), in
+        one transaction (retried on races)."""
         fingerprint = request_fingerprint(url, params)
         for attempt in range(3):
             try:
                 with self.db.session() as s:
-                    if not remember_nonce(s, sig.scheme, sig.nonce, fingerprint):
-                        raise WebhookError(403, "signature nonce already used for another request")
+                    for sig in sigs:
+                        if not remember_nonce(s, sig.scheme, sig.nonce, fingerprint):
+                            raise WebhookError(
+                                403, "signature nonce already used for another request"
+                            )
                     return work(s)
             except IntegrityError:
                 if attempt == 2:
@@ -236,7 +243,7 @@ class WebhookApp:
 
     async def inbound(self, request: Request) -> Response:
         try:
-            sig, url, params = await self._signed_form(request, INBOUND_PATH)
+            sigs, url, params = await self._signed_form(request, INBOUND_PATH)
             form = _Form(params)
             from_number, to_number = form.number("From"), form.number("To")
             msg_uuid = form.uuid("MessageUUID") or ""
@@ -252,7 +259,7 @@ class WebhookApp:
                 intent=(form.get("MessageIntent") or "").strip() or None,
             )
             outcome: InboundOutcome = await run_in_threadpool(
-                self._in_transaction, sig, url, params, lambda s: process_inbound(s, msg)
+                self._in_transaction, sigs, url, params, lambda s: process_inbound(s, msg)
             )
         except WebhookError as exc:
             return self._refused(request, exc)
@@ -266,7 +273,7 @@ class WebhookApp:
 
     async def status(self, request: Request) -> Response:
         try:
-            sig, url, params = await self._signed_form(request, STATUS_PATH)
+            sigs, url, params = await self._signed_form(request, STATUS_PATH)
             form = _Form(params)
             refs = request.query_params.getlist("ref")
             if len(refs) > 1:
@@ -289,7 +296,7 @@ class WebhookApp:
             )
             refunded: list[str] = []
             await run_in_threadpool(
-                self._in_transaction, sig, url, params,
+                self._in_transaction, sigs, url, params,
                 lambda s: process_delivery_report(s, report, refunded.append),
             )
         except WebhookError as exc:

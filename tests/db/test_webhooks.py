@@ -233,6 +233,72 @@ def test_replays(db: Database, uid: str, client: TestClient, sms: ConsoleSmsProv
     assert events(db, t.id, phone) == [("opt_out", "STOP")]
 
 
+def _v3_and_v2(items: list[tuple[str, str]], path: str = INBOUND) -> dict[str, str]:
+    """Headers as Plivo sends them: a V3 and a V2 signature, each with its own nonce."""
+    v3 = signed_headers(path, items, scheme="v3")
+    v2 = signed_headers(path, items, scheme="v2")
+    return {**v3, **v2}
+
+
+def test_v2_of_a_v3_and_v2_request_cannot_be_replayed_alone(
+    db: Database, uid: str, client: TestClient
+) -> None:
+    """The downgrade: a genuine STOP signed with V3 and V2; its V2 pair replayed with a START
+    body (no V3 header) must be refused, since both nonces were spent by the first request."""
+    t = Tenant(db, f"a-{uid}", fresh_number(), "Acme")
+    phone = fresh_number()
+    stop = list(inbound(phone, t.sender, "STOP").items())
+    headers = _v3_and_v2(stop)
+    assert client.post(INBOUND, content=urlencode(stop), headers=headers).status_code == 200
+    assert opted_out(db, t.id, phone)
+
+    forged = list(inbound(phone, t.sender, "START").items())
+    v2_only = {k: v for k, v in headers.items() if "V3" not in k}
+    r = client.post(INBOUND, content=urlencode(forged), headers=v2_only)
+    assert r.status_code == 403
+    assert opted_out(db, t.id, phone)
+    assert events(db, t.id, phone) == [("opt_out", "STOP")]
+
+
+def test_both_signatures_must_verify(db: Database, uid: str, client: TestClient) -> None:
+    t = Tenant(db, f"a-{uid}", fresh_number(), "Acme")
+    phone = fresh_number()
+    items = list(inbound(phone, t.sender, "STOP").items())
+    good_v3_bad_v2 = {**_v3_and_v2(items),
+                      **signed_headers(INBOUND, items, scheme="v2", token="wrong-token")}
+    r = client.post(INBOUND, content=urlencode(items), headers=good_v3_bad_v2)
+    assert r.status_code == 403
+    bad_v3_good_v2 = {**_v3_and_v2(items),
+                      **signed_headers(INBOUND, items, scheme="v3", token="wrong-token")}
+    r = client.post(INBOUND, content=urlencode(items), headers=bad_v3_good_v2)
+    assert r.status_code == 403
+    assert not opted_out(db, t.id, phone) and events(db, t.id, phone) == []
+
+
+def test_v3_only_setting_refuses_v2_alone(db: Database, uid: str) -> None:
+    t = Tenant(db, f"a-{uid}", fresh_number(), "Acme")
+    p1, p2, p3 = fresh_number(), fresh_number(), fresh_number()
+    settings = make_settings(plivo_signatures="v3")
+    with TestClient(create_app(settings, db, ConsoleSmsProvider())) as c:
+        assert post(c, INBOUND, inbound(p1, t.sender, "STOP"), scheme="v2").status_code == 403
+        assert post(c, INBOUND, inbound(p2, t.sender, "STOP")).status_code == 200
+        both = list(inbound(p3, t.sender, "STOP").items())
+        r = c.post(INBOUND, content=urlencode(both), headers=_v3_and_v2(both))
+        assert r.status_code == 200
+    assert not opted_out(db, t.id, p1)
+    assert opted_out(db, t.id, p2) and opted_out(db, t.id, p3)
+
+
+def test_plivo_signatures_setting_values() -> None:
+    from dunning.platform.settings import SettingsError, load_settings
+
+    assert load_settings(plivo_signatures="v3").plivo_signatures == "v3"
+    assert load_settings(plivo_signatures="V3, v2").plivo_signatures == "v2,v3"
+    assert load_settings().plivo_signatures == "v2,v3"
+    with pytest.raises(SettingsError, match="DUNNING_PLIVO_SIGNATURES"):
+        load_settings(plivo_signatures="v1")
+
+
 def test_oversized_bodies(db: Database, uid: str, client: TestClient) -> None:
     t = Tenant(db, f"a-{uid}", fresh_number(), "Acme")
     phone = fresh_number()
