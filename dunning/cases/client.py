@@ -76,6 +76,7 @@ class TopUpResult:
     account_id: str
     balance: int
     woken: int
+    duplicate: bool = False  # the idempotency key was used before: nothing changed
 
 
 class DunningClient:
@@ -218,11 +219,15 @@ class DunningClient:
                     raise
         raise CaseNotFound(f"no running case for invoice {invoice_id!r} of {account_id!r}")
 
-    async def top_up(self, account_id: str, amount: int) -> TopUpResult:
+    async def top_up(
+        self, account_id: str, amount: int, *, idempotency_key: str | None = None
+    ) -> TopUpResult:
         """Add credits, then wake the paused cases they cover, oldest first
-        (dunning.credits.wake)."""
-        done = await wake.top_up(self.client, self.db, account_id, amount)
-        return TopUpResult(account_id, done.balance, done.woken)
+        (dunning.credits.wake). With `idempotency_key`, a retry with the same key (after a
+        timeout, say) credits nothing more and returns the first balance, `duplicate` True."""
+        done = await wake.top_up(self.client, self.db, account_id, amount,
+                                 idempotency_key=idempotency_key)
+        return TopUpResult(account_id, done.balance, done.woken, done.duplicate)
 
     async def wake_paused(
         self, account_id: str, concurrency: int = wake.DEFAULT_CONCURRENCY

@@ -154,6 +154,10 @@ class CreditEntry(Base):
     """Append-only credit ledger. The account's balance always equals the sum of `amount`."""
 
     __tablename__ = "credit_ledger"
+    __table_args__ = (
+        # A top-up's idempotency key: at most one entry per (account, key); NULL for the rest.
+        Index("uq_credit_ledger_idempotency", "account_id", "idempotency_key", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     account_id: Mapped[str] = mapped_column(
@@ -166,6 +170,7 @@ class CreditEntry(Base):
     step: Mapped[int | None] = mapped_column(Integer)
     message_id: Mapped[int | None] = mapped_column(Integer)
     note: Mapped[str | None] = mapped_column(String(400))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
