@@ -13,7 +13,7 @@ from temporalio.service import RPCError
 
 from dunning.cases.client import CaseNotFound, CaseRequest, DunningClient
 from dunning.cli.common import JsonOpt, console, database, fail, print_json, settings
-from dunning.domain.contract import InputError, check_id, parse_rfc3339
+from dunning.domain.contract import InputError, check_id, parse_case_input, parse_rfc3339
 from dunning.platform.db.models import Message
 
 T = TypeVar("T")
@@ -65,6 +65,7 @@ def start(
         failed_at=parse_rfc3339("failed-at", failed_at) if failed_at else None,
         customer_email=email, customer_name=name, plan=plan,
     )
+    parse_case_input(request.as_input())  # a bad field is a clear error before any connection
     with database().session() as s:
         from dunning.accounts.accounts import get_account
 

@@ -98,9 +98,34 @@ def parse_workflow_id(workflow_id: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
+_EMAIL_ID_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
+_ID_SEPARATORS_RE = re.compile(r"[\s_.()+\-]")
+_PHONE_ID_RE = re.compile(r"^\d{10,15}$")
+
+
+def personal_data_in_id(value: str) -> str | None:
+    """'an email address' or 'a phone number' when the id is one, else None. Ids travel
+    unencrypted (workflow ids, search attributes, the UI's list, email Message-IDs, logs), so
+    they must be the billing system's own ids, never contact details. A phone number here is an
+    id of 10 to 15 digits, separators aside (`14155550123`, `+1 415-555-0123`,
+    `07700900123`)."""
+    if _EMAIL_ID_RE.match(value):
+        return "an email address"
+    if _PHONE_ID_RE.match(_ID_SEPARATORS_RE.sub("", value)):
+        return "a phone number"
+    return None
+
+
 def check_id(field_name: str, value: object) -> str:
     if not isinstance(value, str) or not value:
         raise InputError(field_name, "required, a non-empty string")
+    pii = personal_data_in_id(value)
+    if pii is not None:
+        raise InputError(
+            field_name,
+            f"looks like {pii}; ids are not encrypted (workflow ids, search attributes, logs) "
+            "and must not hold personal data: use the billing system's id",
+        )
     if not _ID_RE.match(value):
         raise InputError(
             field_name,

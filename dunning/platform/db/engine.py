@@ -30,6 +30,7 @@ def make_engine(url: str, *, pool_size: int = 10, ping_after_idle: float = PING_
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url,
+            hide_parameters=True,  # no customer data in logged or raised SQL errors
             connect_args={"timeout": 30, "check_same_thread": False},
             pool_size=pool_size,
             max_overflow=pool_size,
@@ -53,7 +54,8 @@ def make_engine(url: str, *, pool_size: int = 10, ping_after_idle: float = PING_
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     engine = create_engine(
-        parsed, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
+        parsed, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
+        hide_parameters=True,  # no customer data in logged or raised SQL errors
     )
     _ping_when_idle(engine, ping_after_idle)
     return engine

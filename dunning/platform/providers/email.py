@@ -17,6 +17,7 @@ from dunning.platform.providers import (
     TransientProviderError,
     mask_email,
 )
+from dunning.platform.redaction import redact_urls
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ class ConsoleEmailProvider:
         with self._lock:
             self.sent.append(email)
         if self.echo:
-            print(f"[email] to {mask_email(email.to)}: {email.subject}", flush=True)
+            print(f"[email] to {mask_email(email.to)}: {redact_urls(email.subject)}",
+                  flush=True)
         return str(msg["Message-ID"])
 
 
