@@ -68,6 +68,19 @@ class InputError(ValueError):
         self.message = message
 
 
+def is_loopback_host(host: str | None) -> bool:
+    """localhost, 127.0.0.0/8 or ::1 (brackets allowed): traffic that never leaves the machine."""
+    import ipaddress
+
+    name = (host or "").strip().strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def sms_task_queue(task_queue: str) -> str:
     """SMS sends run on a queue of their own so one rate limit covers every worker."""
     return f"{task_queue}-sms"

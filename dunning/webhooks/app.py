@@ -49,6 +49,12 @@ from dunning.platform.db import Database
 from dunning.platform.db.models import Account, Message
 from dunning.platform.providers import AmbiguousProviderError, ProviderError, mask_phone
 from dunning.platform.providers.sms import OutgoingSms, SmsProvider
+from dunning.platform.secret_box import (
+    SecretBox,
+    SecretUnreadable,
+    secret_box_for,
+    stripe_context,
+)
 from dunning.platform.settings import Settings
 from dunning.webhooks.signatures import SignatureHeaders, request_signatures, verify_all
 from dunning.webhooks.stripe import (
@@ -192,15 +198,17 @@ class WebhookApp:
     Temporal client used for billing events."""
 
     def __init__(
-        self, settings: Settings, db: Database, sms: SmsProvider, temporal: LazyTemporal
+        self, settings: Settings, db: Database, sms: SmsProvider, temporal: LazyTemporal,
+        secret_box: SecretBox | None = None,
     ) -> None:
         self.settings = settings
+        self.secret_box = secret_box or secret_box_for(settings)
         self.db = db
         self.sms = sms
         self.temporal = temporal
         self.stripe_events = StripeEvents(db, temporal)
         self.public_url = settings.public_url.rstrip("/")
-        self.auth_token = settings.plivo_auth_token
+        self.auth_token = settings.plivo_auth_token.get_secret_value()
         self.plivo_schemes = tuple(settings.plivo_signatures.split(","))
 
     # --- signature and body ---------------------------------------------------------------
@@ -352,9 +360,13 @@ class WebhookApp:
         except InputError:
             return None
         with self.db.session() as s:
-            secret = s.scalar(select(Account.stripe_webhook_secret)
+            stored = s.scalar(select(Account.stripe_webhook_secret)
                               .where(Account.id == account_id))
-        return secret or None
+        try:  # encrypted at rest (dunning.platform.secret_box)
+            return self.secret_box.open(stored, context=stripe_context(account_id))
+        except SecretUnreadable as exc:
+            log.error("stripe event for %r refused: %s", account_id[:128], exc)
+            return None
 
     async def healthz(self, request: Request) -> Response:
         if await run_in_threadpool(self.db.ping):
@@ -418,9 +430,10 @@ def create_app(
         from dunning.platform.providers.factory import sms_provider as build_sms_provider
 
         sms_provider = build_sms_provider(settings)
-    if not settings.plivo_auth_token:
+    if not settings.plivo_auth_token.get_secret_value():
         log.warning("PLIVO_AUTH_TOKEN is not set: Plivo webhooks will refuse every request")
-    handlers = WebhookApp(settings, db, sms_provider, LazyTemporal(temporal))
+    handlers = WebhookApp(settings, db, sms_provider, LazyTemporal(temporal),
+                          secret_box_for(settings))
     app = Starlette(
         routes=[
             Route(INBOUND_PATH, handlers.inbound, methods=["POST"]),

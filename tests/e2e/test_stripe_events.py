@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import logging
 import time
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -538,8 +540,15 @@ def cli(cli: Callable[..., tuple[int, str, str]], monkeypatch: pytest.MonkeyPatc
     return cli
 
 
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / f"secret-{uuid.uuid4().hex[:6]}"
+    path.write_text(text)
+    return path
+
+
 def test_cli_sets_the_signing_secret(
-    cli: Callable[..., tuple[int, str, str]], db: Database, uid: str,
+    cli: Callable[..., tuple[int, str, str]], db: Database, uid: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     account = f"cli-{uid}"
     add_account(db, account, None)
@@ -549,19 +558,73 @@ def test_cli_sets_the_signing_secret(
     assert data["endpoint_url"] == f"https://hooks.example.test/base/webhooks/stripe/{account}"
     assert data["secret_set"] is False
     secret = new_secret()
-    code, out, _ = cli("stripe", "set-secret", "--account", account, "--secret", secret,
-                       "--json")
+    secret_file = tmp_path / "whsec.txt"
+    secret_file.write_text(secret + "\n")
+    code, out, _ = cli("stripe", "set-secret", "--account", account, "--secret-file",
+                       str(secret_file), "--json")
     assert code == 0 and json.loads(out)["secret_set"] is True
     assert secret not in out  # never echoed
     with db.session() as s:
         acct = s.get(Account, account)
-        assert acct is not None and acct.stripe_webhook_secret == secret
-    code, out, err = cli("stripe", "set-secret", "--account", account, "--secret", "sk_live_x")
+        assert acct is not None and acct.stripe_webhook_secret is not None
+        stored = acct.stripe_webhook_secret
+    # Encrypted at rest, with the key generated under the data directory (0600).
+    assert stored.startswith("enc:v1:") and secret not in stored
+    assert (tmp_path / "secrets.key").stat().st_mode & 0o777 == 0o600
+    # The webhook server opens it: an event signed with the secret is accepted.
+    app_settings = settings(data_dir=tmp_path)
+    with TestClient(create_app(app_settings, db, ConsoleSmsProvider(), NoTemporal())) as c:
+        payload = body_of(event("customer.created", stripe_customer("cus_1", None)))
+        assert c.post(path(account), content=payload,
+                      headers=headers(payload, secret)).status_code == 200
+        assert c.post(path(account), content=payload,
+                      headers=headers(payload, new_secret())).status_code == 403
+    # On the command line it is refused (usage error); from stdin it is read.
+    code, _, _ = cli("stripe", "set-secret", "--account", account, "--secret", secret)
+    assert code == 2
+    monkeypatch.setattr("sys.stdin", io.StringIO(secret + "\n"))
+    code, out, err = cli("stripe", "set-secret", "--account", account, "--json")
+    assert code == 0, err
+    code, out, err = cli("stripe", "set-secret", "--account", account, "--secret-file",
+                         str(write(tmp_path, "sk_live_x")))
     assert code == 1 and "whsec_" in err and "Traceback" not in err
-    code, out, err = cli("stripe", "set-secret", "--account", f"nope-{uid}", "--secret", secret)
+    code, out, err = cli("stripe", "set-secret", "--account", f"nope-{uid}", "--secret-file",
+                         str(secret_file))
     assert code == 1 and "unknown account" in err
     code, out, _ = cli("stripe", "clear-secret", "--account", account, "--json")
     assert code == 0 and json.loads(out)["secret_set"] is False
     with db.session() as s:
         acct = s.get(Account, account)
         assert acct is not None and acct.stripe_webhook_secret is None
+
+
+def test_reseal_encrypts_plaintext_secrets_and_rotates_keys(
+    cli: Callable[..., tuple[int, str, str]], db: Database, uid: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dunning.platform.secret_box import SecretBox, secret_box_for, stripe_context
+
+    account, secret = f"rs-{uid}", new_secret()
+    add_account(db, account, secret)  # stored in plain text, as before encryption existed
+    old_key, new_key = "old:" + "11" * 32, "new:" + "22" * 32
+    monkeypatch.setenv("DUNNING_SECRET_KEYS", old_key)
+    reset_settings_cache()
+    code, out, err = cli("stripe", "reseal", "--json")
+    assert code == 0, err
+    assert json.loads(out)["resealed"] >= 1
+
+    def stored() -> str:
+        with db.session() as s:
+            acct = s.get(Account, account)
+            assert acct is not None and acct.stripe_webhook_secret is not None
+            return acct.stripe_webhook_secret
+
+    assert stored().startswith("enc:v1:old:") and secret not in stored()
+    monkeypatch.setenv("DUNNING_SECRET_KEYS", f"{new_key},{old_key}")
+    reset_settings_cache()
+    code, out, err = cli("stripe", "reseal", "--json")
+    assert code == 0, err
+    assert stored().startswith("enc:v1:new:")
+    box = secret_box_for(settings(secret_keys=new_key))
+    assert box.open(stored(), context=stripe_context(account)) == secret
+    assert isinstance(box, SecretBox)

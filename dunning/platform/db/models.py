@@ -64,7 +64,8 @@ class Account(Base):
     # low | zero | None: the last balance notice sent, so each crossing notifies once.
     balance_notice: Mapped[str | None] = mapped_column(String(8))
     # Signing secret of the account's Stripe webhook endpoint (billing-source events).
-    stripe_webhook_secret: Mapped[str | None] = mapped_column(String(200))
+    # Encrypted at rest (dunning.platform.secret_box: `enc:v1:<key id>:<data>`).
+    stripe_webhook_secret: Mapped[str | None] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -1,4 +1,4 @@
-"""security: idempotent top-ups
+"""security: idempotent top-ups, encrypted Stripe secrets
 
 Revision ID: 0005_security
 Revises: 0003
@@ -6,6 +6,8 @@ Create Date: 2026-11-29 08:00:00
 
 `credit_ledger.idempotency_key` with a unique (account_id, idempotency_key) index: a top-up
 repeated with the same key (a billing system retrying after a timeout) credits once.
+`accounts.stripe_webhook_secret` widens to 512 characters: it holds the secret encrypted
+(`dunning stripe reseal` encrypts values stored before).
 """
 from alembic import op
 import sqlalchemy as sa
@@ -18,6 +20,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('accounts', schema=None) as batch_op:
+        batch_op.alter_column('stripe_webhook_secret', existing_type=sa.String(length=200),
+                              type_=sa.String(length=512), existing_nullable=True)
     with op.batch_alter_table('credit_ledger', schema=None) as batch_op:
         batch_op.add_column(sa.Column('idempotency_key', sa.String(length=200), nullable=True))
         batch_op.create_index('uq_credit_ledger_idempotency', ['account_id', 'idempotency_key'],
@@ -28,3 +33,6 @@ def downgrade() -> None:
     with op.batch_alter_table('credit_ledger', schema=None) as batch_op:
         batch_op.drop_index('uq_credit_ledger_idempotency')
         batch_op.drop_column('idempotency_key')
+    with op.batch_alter_table('accounts', schema=None) as batch_op:
+        batch_op.alter_column('stripe_webhook_secret', existing_type=sa.String(length=512),
+                              type_=sa.String(length=200), existing_nullable=True)
