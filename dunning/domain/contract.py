@@ -219,6 +219,7 @@ class CaseInput:
     plan: str | None = None
 
 
+MAX_AMOUNT_DUE = 10**12  # minor units: 10 billion in a two-decimal currency
 _REQUIRED = ("account_id", "customer_id", "invoice_id", "amount_due", "currency", "billing_link")
 _OPTIONAL = ("failed_at", "customer_email", "customer_name", "plan")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -259,6 +260,8 @@ def parse_case_input(raw: object) -> CaseInput:
         raise InputError("amount_due", "must be an integer number of minor units (e.g. 4900)")
     if amount <= 0:
         raise InputError("amount_due", "must be greater than zero")
+    if amount > MAX_AMOUNT_DUE:
+        raise InputError("amount_due", f"must be at most {MAX_AMOUNT_DUE} minor units")
     currency = raw["currency"]
     if not isinstance(currency, str) or not _CURRENCY_RE.match(currency):
         raise InputError("currency", "must be an ISO 4217 code in capitals, e.g. USD")

@@ -80,6 +80,18 @@ class Settings(BaseSettings):
 
     http_host: str = Field("127.0.0.1", validation_alias=_alias("DUNNING_HTTP_HOST"))
     http_port: int = Field(8000, validation_alias=_alias("DUNNING_HTTP_PORT"))
+    # Webhook server: a request must arrive whole within this many seconds of its first byte;
+    # at most this many connections and requests at once (more get 503).
+    http_read_timeout: float = Field(
+        10.0, gt=0, validation_alias=_alias("DUNNING_HTTP_READ_TIMEOUT")
+    )
+    http_max_connections: int = Field(
+        100, ge=1, validation_alias=_alias("DUNNING_HTTP_MAX_CONNECTIONS")
+    )
+    # Warnings about refused webhook requests: at most this many a minute (the rest counted).
+    http_refusal_logs_per_minute: int = Field(
+        30, ge=1, validation_alias=_alias("DUNNING_HTTP_REFUSAL_LOGS_PER_MINUTE")
+    )
     public_url: str = Field(
         "http://127.0.0.1:8000", validation_alias=_alias("DUNNING_PUBLIC_URL")
     )

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -86,6 +88,32 @@ _UUID_RE = re.compile(r"^[A-Za-z0-9\-_.:]{1,64}$")
 _STATUS_RE = re.compile(r"^[a-z_]{1,16}$")
 _CODE_RE = re.compile(r"^[A-Za-z0-9_\-]{1,16}$")
 _MAX_INT = 2**31 - 1
+
+
+class LogRateLimit:
+    """At most `per_minute` log lines a minute (a token bucket); `allow()` also says how many
+    were suppressed since the last line that was logged."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = float(max(1, per_minute))
+        self.rate = self.capacity / 60.0
+        self.tokens = self.capacity
+        self.clock = clock
+        self.updated = clock()
+        self.suppressed = 0
+        self._lock = threading.Lock()
+
+    def allow(self) -> tuple[bool, int]:
+        with self._lock:
+            now = self.clock()
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                suppressed, self.suppressed = self.suppressed, 0
+                return True, suppressed
+            self.suppressed += 1
+            return False, 0
 
 
 class WebhookError(Exception):
@@ -203,6 +231,7 @@ class WebhookApp:
     ) -> None:
         self.settings = settings
         self.secret_box = secret_box or secret_box_for(settings)
+        self.refusal_log = LogRateLimit(per_minute=settings.http_refusal_logs_per_minute)
         self.db = db
         self.sms = sms
         self.temporal = temporal
@@ -376,8 +405,12 @@ class WebhookApp:
     # --- helpers ----------------------------------------------------------------------------
 
     def _refused(self, request: Request, exc: WebhookError) -> Response:
-        log.warning("%s %s refused (%s): %s", request.method, request.url.path, exc.status,
-                    exc.reason)
+        # Rate-limited: a flood of forged or malformed requests must not flood the logs.
+        allowed, suppressed = self.refusal_log.allow()
+        if allowed:
+            log.warning("%s %s refused (%s): %s%s", request.method, request.url.path[:200],
+                        exc.status, exc.reason,
+                        f" ({suppressed} more refusals not logged)" if suppressed else "")
         return _error(exc.status, exc.reason)
 
     def _db_down(self, exc: DBAPIError) -> Response:

@@ -16,7 +16,7 @@ from dunning.platform.providers import PermanentProviderError, TransientProvider
 from dunning.platform.providers.email import OutgoingEmail, SmtpEmailProvider
 from dunning.platform.providers.factory import email_provider
 from dunning.platform.settings import Settings, SettingsError, load_settings
-from tests.fakes.smtp import free_port
+from tests.fakes.smtp import SmtpSink, free_port
 from tests.fakes.tls import LoopbackCerts, make_loopback_certs
 
 
@@ -111,3 +111,13 @@ def test_no_login_over_plain_text_to_another_host() -> None:
     provider = SmtpEmailProvider("smtp.example.com", 25, "billing", "pw")
     with pytest.raises(PermanentProviderError, match="plain text"):
         provider.send(_email())
+
+
+def test_a_name_with_line_breaks_still_sends_on_one_subject_line(smtp_server: SmtpSink) -> None:
+    provider = SmtpEmailProvider("127.0.0.1", smtp_server.port)
+    provider.send(OutgoingEmail(sender="billing@acme.test", to="crlf@example.com",
+                                subject="Reminder for Jane\r\nBcc: victim@example.com",
+                                body="Pay."))
+    [msg] = smtp_server.to("crlf@example.com")
+    assert msg["Subject"] == "Reminder for Jane Bcc: victim@example.com"
+    assert msg["Bcc"] is None

@@ -227,6 +227,19 @@ def test_bodies_checked_after_the_signature(db: Database, uid: str, client: Test
     assert processed(db, account) == 0
 
 
+def test_a_signed_event_with_a_huge_created_time_is_400_not_500(
+    db: Database, uid: str, client: TestClient,
+) -> None:
+    account, secret = f"h-{uid}", new_secret()
+    add_account(db, account, secret)
+    for created in (10**15, 10**30, 253402300800):
+        payload = body_of(event("invoice.paid", invoice("in_1", "cus_1"), created=created))
+        r = client.post(path(account), content=payload, headers=headers(payload, secret))
+        assert r.status_code == 400, (created, r.text)
+        assert "created" in r.json()["error"]
+    assert processed(db, account) == 0
+
+
 def test_other_event_types_are_acknowledged_not_recorded(
     db: Database, uid: str, client: TestClient,
 ) -> None:

@@ -98,3 +98,26 @@ async def test_colliding_tenants_are_separate_cases_and_legacy_ids_are_found(
 
 async def _state(handle: WorkflowHandle[Any, Any], state: str) -> bool:
     return bool((await query_status(handle))["state"] == state)
+
+
+async def test_an_amount_beyond_the_bound_fails_the_case_with_invalid_input(
+    temporal_env: WorkflowEnvironment, sqlite_db: Database, plivo_server: FakePlivo,
+    smtp_server: SmtpSink, uid: str,
+) -> None:
+    from temporalio.client import WorkflowFailureError
+    from temporalio.exceptions import ApplicationError
+
+    account, queue = f"big-{uid}", f"big-{uid}"
+    make_account(sqlite_db, account, sms=False)
+    client = temporal_env.client
+    async with running_worker(client, queue, real_activities(sqlite_db, plivo_server,
+                                                             smtp_server)):
+        handle = await client.start_workflow(
+            "DunningWorkflow", case_input(account, "inv1", "cus1", amount_due=10**30),
+            id=workflow_id_for(account, "inv1"), task_queue=queue,
+        )
+        with pytest.raises(WorkflowFailureError) as err:
+            await handle.result()
+    cause = err.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "InvalidInput"
+    assert "amount_due" in str(cause)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
 import socket
 import ssl
@@ -38,11 +39,20 @@ class EmailProvider(Protocol):
         ...
 
 
+_LINE_BREAKS_RE = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+")
+
+
+def header_text(value: str) -> str:
+    """A header value on one line: CR, LF and other line breaks (from a customer's name, say)
+    become one space, so no header can be injected and the message is never refused."""
+    return _LINE_BREAKS_RE.sub(" ", value).strip()
+
+
 def build_message(email: OutgoingEmail) -> EmailMessage:
     msg = EmailMessage()
-    msg["From"] = email.sender
-    msg["To"] = email.to
-    msg["Subject"] = email.subject
+    msg["From"] = header_text(email.sender)
+    msg["To"] = header_text(email.to)
+    msg["Subject"] = header_text(email.subject)
     msg["Message-ID"] = email.message_id or make_msgid(domain="dunning.local")
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(email.body)
