@@ -127,7 +127,7 @@ class DunningWorkflow:
             RegisterCaseRequest(
                 workflow.info().workflow_id, case.account_id, case.customer_id, case.invoice_id,
                 case.amount_due, case.currency, failed_at, case.customer_email,
-                case.customer_name, case.plan,
+                case.customer_name, case.plan, case.billing_link,
             ),
             result_type=CasePlan,
             start_to_close_timeout=BOOKKEEPING_TIMEOUT,

@@ -13,7 +13,14 @@ from temporalio.service import RPCError
 
 from dunning.cases.client import CaseNotFound, CaseRequest, DunningClient
 from dunning.cli.common import JsonOpt, console, database, fail, print_json, settings
-from dunning.domain.contract import InputError, check_id, parse_case_input, parse_rfc3339
+from dunning.domain.contract import (
+    InputError,
+    check_id,
+    is_link_host_allowed,
+    parse_case_input,
+    parse_link_hosts,
+    parse_rfc3339,
+)
 from dunning.platform.db.models import Message
 
 T = TypeVar("T")
@@ -69,7 +76,10 @@ def start(
     with database().session() as s:
         from dunning.accounts.accounts import get_account
 
-        get_account(s, account)
+        hosts = parse_link_hosts(get_account(s, account).billing_link_hosts or "")
+    if not is_link_host_allowed(billing_link, hosts):  # the case would fail at registration
+        raise InputError("billing_link", f"the host is not one of the account's billing link "
+                         f"hosts ({', '.join(hosts)})")
     result = run_with_client(lambda c: c.start_case(request))
     data = {"workflow_id": result.workflow_id, "started": result.started,
             "run_id": result.run_id}

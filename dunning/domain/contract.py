@@ -225,6 +225,69 @@ _OPTIONAL = ("failed_at", "customer_email", "customer_name", "plan")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
+def check_billing_link(link: object) -> str:
+    """An absolute URL the customer pays at: `https`, or `http` to a loopback host only (a
+    local test), never anything a network in between could read or rewrite."""
+    if (
+        not isinstance(link, str)
+        or not re.match(r"^https?://[^\s/$.?#][^\s]*$", link)
+        or len(link) > 2000
+    ):
+        raise InputError("billing_link", "must be an https URL")
+    host = billing_link_host(link)
+    if host is None:
+        raise InputError("billing_link", "must be an https URL with a host")
+    if link[:5].lower() != "https" and not is_loopback_host(host):
+        raise InputError(
+            "billing_link", "must be https (plain http only for 127.0.0.1, localhost or ::1)"
+        )
+    return link
+
+
+def billing_link_host(link: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(link).hostname
+    except ValueError:
+        return None
+    return host.lower().rstrip(".") if host else None
+
+
+_LABEL = r"[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?"
+_HOST_RE = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
+
+
+def parse_link_hosts(text: str) -> list[str]:
+    """`pay.acme.com,*.acme.com` -> hosts a billing link may point at (`*.` for any
+    subdomain); '' or `any` -> [] (no restriction)."""
+    value = (text or "").strip().lower()
+    if value in ("", "any"):
+        return []
+    hosts = [h.strip().rstrip(".") for h in value.split(",") if h.strip()]
+    for host in hosts:
+        if not _HOST_RE.match(host) or len(host) > 253:
+            raise InputError("billing-link-hosts", f"{host!r} is not a host name like "
+                             "pay.example.com or *.example.com")
+    if len(hosts) > 20:
+        raise InputError("billing-link-hosts", "at most 20 hosts")
+    return hosts
+
+
+def is_link_host_allowed(link: str, hosts: list[str]) -> bool:
+    """True when there is no restriction, or the link's host is one of `hosts` (`*.d` covers
+    every subdomain of d)."""
+    if not hosts:
+        return True
+    host = billing_link_host(link)
+    if host is None:
+        return False
+    return any(
+        host == allowed or (allowed.startswith("*.") and host.endswith(allowed[1:]))
+        for allowed in hosts
+    )
+
+
 def parse_rfc3339(field_name: str, value: object) -> datetime:
     if not isinstance(value, str):
         raise InputError(field_name, "must be an RFC 3339 timestamp string")
@@ -265,13 +328,7 @@ def parse_case_input(raw: object) -> CaseInput:
     currency = raw["currency"]
     if not isinstance(currency, str) or not _CURRENCY_RE.match(currency):
         raise InputError("currency", "must be an ISO 4217 code in capitals, e.g. USD")
-    link = raw["billing_link"]
-    if (
-        not isinstance(link, str)
-        or not re.match(r"^https?://[^\s/$.?#][^\s]*$", link)
-        or len(link) > 2000
-    ):
-        raise InputError("billing_link", "must be an http(s) URL")
+    link = check_billing_link(raw["billing_link"])
     failed_at = parse_rfc3339("failed_at", raw["failed_at"]) if raw.get("failed_at") else None
     email = raw.get("customer_email") or None
     if email is not None and (not isinstance(email, str) or not _EMAIL_RE.match(email)):
@@ -311,6 +368,7 @@ class RegisterCaseRequest:
     customer_email: str | None = None
     customer_name: str | None = None
     plan: str | None = None
+    billing_link: str | None = None  # checked against the account's --billing-link-hosts
 
 
 @dataclass

@@ -66,6 +66,8 @@ class Account(Base):
     # Signing secret of the account's Stripe webhook endpoint (billing-source events).
     # Encrypted at rest (dunning.platform.secret_box: `enc:v1:<key id>:<data>`).
     stripe_webhook_secret: Mapped[str | None] = mapped_column(String(512))
+    # Hosts billing links may point at (`pay.acme.com,*.acme.com`); NULL: any https host.
+    billing_link_hosts: Mapped[str | None] = mapped_column(String(1000))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
