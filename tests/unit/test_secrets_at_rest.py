@@ -121,3 +121,18 @@ def test_the_dev_server_database_file_is_created_private(tmp_path: Path) -> None
     db_file = Path(cmd[cmd.index("--db-filename") + 1])
     assert stat.S_IMODE(db_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(db_file.parent.stat().st_mode) == 0o700
+
+
+def test_alembic_on_its_own_creates_a_private_sqlite_file(tmp_path: Path) -> None:
+    from alembic import command
+
+    from dunning.platform.db.engine import alembic_config
+
+    old = os.umask(0o022)
+    try:
+        url = f"sqlite:///{tmp_path / 'new' / 'alembic.db'}"
+        command.upgrade(alembic_config(url), "head")  # no connection handed over: env.py's
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new" / "alembic.db").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700
