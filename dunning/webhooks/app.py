@@ -119,10 +119,11 @@ class LogRateLimit:
 class WebhookError(Exception):
     """A request refused with an HTTP status and a short reason (no traceback)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, *, detail: str = "") -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.detail = detail  # for the (rate-limited) log line only, never the response
 
 
 def _error(status: int, reason: str) -> JSONResponse:
@@ -364,8 +365,9 @@ class WebhookApp:
             secret = await run_in_threadpool(self._stripe_secret, account_id)
             if not verify_signature(body, header, secret):
                 if secret is None:
-                    log.warning("stripe event for %r: no such account, or no signing secret "
-                                "set (dunning stripe set-secret)", account_id[:128])
+                    raise WebhookError(403, "invalid Stripe signature", detail=(
+                        f"no account {account_id[:128]!r}, or no signing secret set "
+                        "(dunning stripe set-secret)"))
                 raise WebhookError(403, "invalid Stripe signature")
             try:
                 event = parse_event(body)
@@ -408,8 +410,8 @@ class WebhookApp:
         # Rate-limited: a flood of forged or malformed requests must not flood the logs.
         allowed, suppressed = self.refusal_log.allow()
         if allowed:
-            log.warning("%s %s refused (%s): %s%s", request.method, request.url.path[:200],
-                        exc.status, exc.reason,
+            log.warning("%s %s refused (%s): %s%s%s", request.method, request.url.path[:200],
+                        exc.status, exc.reason, f": {exc.detail}" if exc.detail else "",
                         f" ({suppressed} more refusals not logged)" if suppressed else "")
         return _error(exc.status, exc.reason)
 

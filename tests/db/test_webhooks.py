@@ -1035,8 +1035,12 @@ def test_refusal_warnings_are_rate_limited(
             r = c.post(INBOUND, content=urlencode(inbound(fresh_number(), t.sender, "STOP")),
                        headers=FORM)
             assert r.status_code == 403
+            r = c.post(f"/webhooks/stripe/nope-{uid}", content=b"{}",
+                       headers={"Stripe-Signature": f"t={int(time.time())},v1={'0' * 64}"})
+            assert r.status_code == 403
     refused = [r for r in caplog.records if "refused" in r.getMessage()]
     assert 1 <= len(refused) <= 6
+    assert len(caplog.records) <= 8  # nothing else logs once per request either
 
 
 async def test_serve_webhooks_until_stop(db: Database) -> None:
