@@ -58,8 +58,9 @@ from dunning.customers.customers import (
     fetchall,
     upsert_customers,
 )
-from dunning.domain.contract import InputError, check_id
+from dunning.domain.contract import InputError, check_id, personal_data_in_id
 from dunning.domain.phones import PhoneError, PhoneInfo, normalize_region, validate_many
+from dunning.platform.redaction import redact
 
 REQUIRED: Final = ("customer_id", "phone")
 OPTIONAL: Final = ("email", "name", "plan", "country")
@@ -474,7 +475,8 @@ class _Importer:
             try:
                 check_id("customer_id", cid)
             except InputError as exc:
-                errors.append(RowError(row[0], cid, row[2], f"bad customer_id: {exc.message}"))
+                shown = redact(cid) if personal_data_in_id(cid) else cid  # not echoed whole
+                errors.append(RowError(row[0], shown, row[2], f"bad customer_id: {exc.message}"))
                 continue
             earlier = first.get(cid)
             if earlier is not None:

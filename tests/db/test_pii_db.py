@@ -45,6 +45,7 @@ def test_import_refuses_ids_that_are_contact_details(cli: Run, db: Database, uid
     reasons = [e["reason"] for e in data["errors"]]
     assert "looks like an email address" in reasons[0]
     assert "looks like a phone number" in reasons[1]
+    assert [e["customer_id"] for e in data["errors"]] == ["j***@example.com", "+1******2672"]
 
 
 def test_start_refuses_an_email_as_customer_id(cli: Run, db: Database, uid: str) -> None:
