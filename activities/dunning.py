@@ -75,6 +75,9 @@ from dunning.domain.contract import (
     RegisterCaseRequest,
     ReleaseRequest,
     SettleRequest,
+    billing_link_host,
+    is_link_host_allowed,
+    parse_link_hosts,
     parse_schedule,
 )
 from dunning.domain.quiet_hours import next_allowed, zones_for
@@ -145,7 +148,7 @@ _RECIPIENT = (
     .where(_A.c.id == bindparam("r_account"))
 )
 
-_ACCOUNT_PLAN = select(_A.c.schedule, _A.c.grace_seconds).where(
+_ACCOUNT_PLAN = select(_A.c.schedule, _A.c.grace_seconds, _A.c.billing_link_hosts).where(
     _A.c.id == bindparam("p_account")
 )
 
@@ -375,6 +378,12 @@ class DunningActivities:
             account = s.execute(_ACCOUNT_PLAN, {"p_account": req.account_id}).first()
             if account is None:
                 return CasePlan([], 0, error=f"account_id: unknown account {req.account_id!r}")
+            hosts = parse_link_hosts(account.billing_link_hosts or "")
+            if req.billing_link and not is_link_host_allowed(req.billing_link, hosts):
+                reason = (f"billing_link: host {billing_link_host(req.billing_link)!r} is not "
+                          f"one of the account's billing link hosts ({', '.join(hosts)})")
+                log.warning("case refused: %s", reason, extra={"case": req.workflow_id})
+                return CasePlan([], 0, error=reason)
             now = utcnow()
             s.execute(customer_upsert, {
                 "c_account": req.account_id, "c_customer": req.customer_id,
@@ -441,7 +450,9 @@ class DunningActivities:
                 to=who.email,
                 subject=render(subject_t, ctx),
                 body=render(body_t, ctx),
-                message_id=f"<{key.workflow_id}.{key.run_id[:8]}.{key.step}@dunning>",
+                message_id=(  # `:` is not allowed in a Message-ID's left part
+                    f"<{key.workflow_id.replace(':', '.')}.{key.run_id[:8]}.{key.step}@dunning>"
+                ),
             )
             claimed = self._claim(s, row, key, req, mask_email(who.email), credits=0)
         return claimed, outgoing

@@ -83,6 +83,7 @@ SEND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coeffici
 # Versioning: behaviour changes go behind workflow.patched(...) so running cases replay.
 PATCH_END_CANCELS_SENDS = "end-cancels-queued-sends"
 PATCH_RESUME_CLEARS_PAUSED = "resume-clears-sms-paused"
+PATCH_SIGNAL_ACCOUNT = "signals-name-their-account"
 CREDITS_RECHECK = timedelta(hours=1)  # safety net for a lost `credits_added` signal
 
 
@@ -104,6 +105,7 @@ class DunningWorkflow:
         self._emails_sent = self._sms_sent = self._credits_spent = 0
         self._last_channel: str | None = None
         self._amount_due = 0
+        self._account_id: str | None = None
         self._currency = ""
         self._failed_at = datetime.min
         self._counters: dict[str, Any] = {}
@@ -125,7 +127,7 @@ class DunningWorkflow:
             RegisterCaseRequest(
                 workflow.info().workflow_id, case.account_id, case.customer_id, case.invoice_id,
                 case.amount_due, case.currency, failed_at, case.customer_email,
-                case.customer_name, case.plan,
+                case.customer_name, case.plan, case.billing_link,
             ),
             result_type=CasePlan,
             start_to_close_timeout=BOOKKEEPING_TIMEOUT,
@@ -312,6 +314,8 @@ class DunningWorkflow:
 
     @workflow.signal(name=SIGNAL_PAYMENT_RECOVERED)
     async def payment_recovered(self, payload: dict[str, Any] | None = None) -> None:
+        if not await self._is_for_this_case(SIGNAL_PAYMENT_RECOVERED, payload):
+            return
         if self._outcome is None:
             self._outcome = "recovered"
             amount = (payload or {}).get("amount")
@@ -319,13 +323,31 @@ class DunningWorkflow:
 
     @workflow.signal(name=SIGNAL_CANCEL)
     async def cancel(self, payload: dict[str, Any] | None = None) -> None:
+        if not await self._is_for_this_case(SIGNAL_CANCEL, payload):
+            return
         if self._outcome is None:
             self._outcome = "canceled"
             self._outcome_reason = str((payload or {}).get("reason") or "")[:200]
 
     @workflow.signal(name=SIGNAL_CREDITS_ADDED)
     async def credits_added(self, payload: dict[str, Any] | None = None) -> None:
+        if not await self._is_for_this_case(SIGNAL_CREDITS_ADDED, payload):
+            return
         self._credits_seq += 1
+
+    async def _is_for_this_case(self, name: str, payload: Any) -> bool:
+        """A signal naming an account (`{"account_id": ...}`) acts only on that account's case;
+        one meant for another account (a mistaken or forged id) is ignored and logged. Signals
+        without an account act as before."""
+        account = payload.get("account_id") if isinstance(payload, dict) else None
+        if account is None:
+            return True
+        if self._account_id is None:  # signalled before the run parsed its argument
+            await workflow.wait_condition(lambda: self._account_id is not None)
+        if account == self._account_id or not workflow.patched(PATCH_SIGNAL_ACCOUNT):
+            return True
+        workflow.logger.warning("%s ignored: it was meant for another account", name)
+        return False
 
     @workflow.query(name=QUERY_STATUS)
     def status(self) -> dict[str, Any]:
@@ -354,6 +376,7 @@ class DunningWorkflow:
                 non_retryable=True,
             ) from None
         self._amount_due = case.amount_due
+        self._account_id = case.account_id
         self._currency = case.currency
         return case
 

@@ -19,6 +19,7 @@ from dunning.domain.contract import (
     format_duration,
     format_schedule,
     parse_duration,
+    parse_link_hosts,
     parse_quiet_hours,
     parse_schedule,
 )
@@ -40,6 +41,7 @@ class AccountOptions:
     quiet_hours: str | None = None
     timezone: str | None = None
     support_contact: str | None = None
+    billing_link_hosts: str | None = None  # `host,*.domain`; '' or `any`: no restriction
 
 
 def normalize_sender(value: str) -> str:
@@ -92,6 +94,9 @@ def _apply_options(account: Account, opts: AccountOptions) -> None:
         if len(opts.support_contact) > 200:
             raise InputError("support-contact", "must be at most 200 characters")
         account.support_contact = opts.support_contact or None
+    if opts.billing_link_hosts is not None:
+        hosts = parse_link_hosts(opts.billing_link_hosts)
+        account.billing_link_hosts = ",".join(hosts) or None
 
 
 def create_account(session: Session, account_id: str, opts: AccountOptions) -> Account:
@@ -153,6 +158,8 @@ def account_json(session: Session, account: Account) -> dict[str, Any]:
         "grace": format_duration(account.grace_seconds),
         "quiet_hours": account.quiet_hours,
         "timezone": account.timezone,
+        "billing_link_hosts": (account.billing_link_hosts or "").split(",")
+        if account.billing_link_hosts else [],
         "sms_enabled": account.sms_enabled,
         "credit_balance": account.credit_balance,
         "auto_refill": (

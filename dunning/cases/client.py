@@ -31,6 +31,7 @@ from dunning.domain.contract import (
     SIGNAL_CANCEL,
     SIGNAL_PAYMENT_RECOVERED,
     WORKFLOW_TYPE,
+    legacy_workflow_id_for,
     parse_case_input,
     workflow_id_for,
 )
@@ -75,6 +76,7 @@ class TopUpResult:
     account_id: str
     balance: int
     woken: int
+    duplicate: bool = False  # the idempotency key was used before: nothing changed
 
 
 class DunningClient:
@@ -105,13 +107,48 @@ class DunningClient:
         return self._db
 
     def handle(self, account_id: str, invoice_id: str) -> WorkflowHandle[Any, Any]:
+        """The handle of a case under the current id form (`dunning:<account>:<invoice>`);
+        `find` also finds cases started under the earlier form."""
         return self.client.get_workflow_handle(workflow_id_for(account_id, invoice_id))
 
+    async def find(self, account_id: str, invoice_id: str) -> WorkflowHandle[Any, Any]:
+        """The case of this account's invoice: the current id, else a case started under the
+        earlier `dunning-<account>-<invoice>` form that belongs to this account (that form is
+        ambiguous across accounts, so its `DunningAccountId` must match). CaseNotFound if none."""
+        handle = self.handle(account_id, invoice_id)
+        try:
+            await handle.describe()
+            return handle
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+        legacy = await self._legacy(account_id, invoice_id)
+        if legacy is None:
+            raise CaseNotFound(f"no case for invoice {invoice_id!r} of {account_id!r}")
+        return legacy
+
+    async def _legacy(self, account_id: str, invoice_id: str) -> WorkflowHandle[Any, Any] | None:
+        """A case started under the earlier id form, if it is this account's."""
+        handle = self.client.get_workflow_handle(legacy_workflow_id_for(account_id, invoice_id))
+        try:
+            desc = await handle.describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        if desc.typed_search_attributes.get(SA_ACCOUNT_ID) != account_id:
+            return None  # another account's case that happens to share the ambiguous id
+        return handle
+
     async def start_case(self, request: CaseRequest) -> StartResult:
-        """Start the case for a failed invoice; starting the same invoice again is a no-op."""
+        """Start the case for a failed invoice; starting the same invoice again is a no-op
+        (also when its case was started under the earlier id form)."""
         raw = request.as_input()
         parse_case_input(raw)  # the same validation as the workflow: fail here, early
         wf_id = workflow_id_for(request.account_id, request.invoice_id)
+        legacy = await self._legacy(request.account_id, request.invoice_id)
+        if legacy is not None:
+            return StartResult(legacy.id, False)
         try:
             handle = await self.client.start_workflow(
                 WORKFLOW_TYPE,
@@ -133,15 +170,22 @@ class DunningClient:
             return StartResult(wf_id, False)
         return StartResult(wf_id, True, handle.result_run_id)
 
-    async def recover(self, account_id: str, invoice_id: str, amount: int | None = None) -> None:
-        payload = {"amount": amount} if amount is not None else {}
-        await self._signal(account_id, invoice_id, SIGNAL_PAYMENT_RECOVERED, payload)
+    async def recover(self, account_id: str, invoice_id: str, amount: int | None = None) -> str:
+        """Signal `payment_recovered`; returns the case's workflow id."""
+        payload: dict[str, Any] = {"account_id": account_id}
+        if amount is not None:
+            payload["amount"] = amount
+        return await self._signal(account_id, invoice_id, SIGNAL_PAYMENT_RECOVERED, payload)
 
-    async def cancel(self, account_id: str, invoice_id: str, reason: str | None = None) -> None:
-        await self._signal(account_id, invoice_id, SIGNAL_CANCEL, {"reason": reason or ""})
+    async def cancel(self, account_id: str, invoice_id: str, reason: str | None = None) -> str:
+        """Signal `cancel`; returns the case's workflow id."""
+        return await self._signal(
+            account_id, invoice_id, SIGNAL_CANCEL,
+            {"account_id": account_id, "reason": reason or ""},
+        )
 
     async def status(self, account_id: str, invoice_id: str) -> dict[str, Any]:
-        handle = self.handle(account_id, invoice_id)
+        handle = await self.find(account_id, invoice_id)
         try:
             result: dict[str, Any] = await handle.query(QUERY_STATUS)
             desc = await handle.describe()
@@ -155,21 +199,35 @@ class DunningClient:
         result["run_status"] = desc.status.name if desc.status else None
         return result
 
-    async def _signal(self, account_id: str, invoice_id: str, name: str, payload: Any) -> None:
+    async def _signal(self, account_id: str, invoice_id: str, name: str, payload: Any) -> str:
+        """Signal the case (current id first, then the earlier form); the payload names the
+        account, and a case ignores a signal meant for another account."""
+        handle = self.handle(account_id, invoice_id)
         try:
-            await self.handle(account_id, invoice_id).signal(name, payload)
+            await handle.signal(name, payload)
+            return handle.id
         except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise CaseNotFound(
-                    f"no running case for invoice {invoice_id!r} of {account_id!r}"
-                ) from None
-            raise
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+        legacy = await self._legacy(account_id, invoice_id)
+        if legacy is not None:
+            try:
+                await legacy.signal(name, payload)
+                return legacy.id
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    raise
+        raise CaseNotFound(f"no running case for invoice {invoice_id!r} of {account_id!r}")
 
-    async def top_up(self, account_id: str, amount: int) -> TopUpResult:
+    async def top_up(
+        self, account_id: str, amount: int, *, idempotency_key: str | None = None
+    ) -> TopUpResult:
         """Add credits, then wake the paused cases they cover, oldest first
-        (dunning.credits.wake)."""
-        done = await wake.top_up(self.client, self.db, account_id, amount)
-        return TopUpResult(account_id, done.balance, done.woken)
+        (dunning.credits.wake). With `idempotency_key`, a retry with the same key (after a
+        timeout, say) credits nothing more and returns the first balance, `duplicate` True."""
+        done = await wake.top_up(self.client, self.db, account_id, amount,
+                                 idempotency_key=idempotency_key)
+        return TopUpResult(account_id, done.balance, done.woken, done.duplicate)
 
     async def wake_paused(
         self, account_id: str, concurrency: int = wake.DEFAULT_CONCURRENCY

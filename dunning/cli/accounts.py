@@ -28,6 +28,10 @@ QuietOpt = typer.Option(
 )
 TzOpt = typer.Option(None, "--timezone", help="Fallback IANA zone when a number's is unknown.")
 SupportOpt = typer.Option(None, "--support-contact", help="Named in HELP replies and templates.")
+LinkHostsOpt = typer.Option(
+    None, "--billing-link-hosts",
+    help="Hosts billing links may point at, e.g. pay.acme.com,*.acme.com ('any': no limit).",
+)
 
 
 def _show(account_id: str, as_json: bool) -> None:
@@ -40,6 +44,7 @@ def _show(account_id: str, as_json: bool) -> None:
     for key in ("company_name", "sms_sender", "email_from", "support_contact", "schedule",
                 "grace", "quiet_hours", "timezone", "sms_enabled", "credit_balance"):
         table.add_row(key, str(data[key]))
+    table.add_row("billing_link_hosts", ",".join(data["billing_link_hosts"]) or "any")
     console.print(table)
 
 
@@ -55,11 +60,12 @@ def create(
     quiet_hours: str | None = QuietOpt,
     timezone: str | None = TzOpt,
     support_contact: str | None = SupportOpt,
+    billing_link_hosts: str | None = LinkHostsOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Create an account."""
     opts = AccountOptions(company_name, sms_sender, email_from, contact_email, schedule, grace,
-                          quiet_hours, timezone, support_contact)
+                          quiet_hours, timezone, support_contact, billing_link_hosts)
     with session() as s:
         create_account(s, account_id, opts)
     _show(account_id, as_json)
@@ -77,11 +83,12 @@ def update(
     quiet_hours: str | None = QuietOpt,
     timezone: str | None = TzOpt,
     support_contact: str | None = SupportOpt,
+    billing_link_hosts: str | None = LinkHostsOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Change an account's settings; running cases use them from their next reminder on."""
     opts = AccountOptions(company_name, sms_sender, email_from, contact_email, schedule, grace,
-                          quiet_hours, timezone, support_contact)
+                          quiet_hours, timezone, support_contact, billing_link_hosts)
     with session() as s:
         update_account(s, account_id, opts)
     _show(account_id, as_json)

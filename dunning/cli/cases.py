@@ -13,7 +13,14 @@ from temporalio.service import RPCError
 
 from dunning.cases.client import CaseNotFound, CaseRequest, DunningClient
 from dunning.cli.common import JsonOpt, console, database, fail, print_json, settings
-from dunning.domain.contract import InputError, check_id, parse_rfc3339, workflow_id_for
+from dunning.domain.contract import (
+    InputError,
+    check_id,
+    is_link_host_allowed,
+    parse_case_input,
+    parse_link_hosts,
+    parse_rfc3339,
+)
 from dunning.platform.db.models import Message
 
 T = TypeVar("T")
@@ -65,10 +72,14 @@ def start(
         failed_at=parse_rfc3339("failed-at", failed_at) if failed_at else None,
         customer_email=email, customer_name=name, plan=plan,
     )
+    parse_case_input(request.as_input())  # a bad field is a clear error before any connection
     with database().session() as s:
         from dunning.accounts.accounts import get_account
 
-        get_account(s, account)
+        hosts = parse_link_hosts(get_account(s, account).billing_link_hosts or "")
+    if not is_link_host_allowed(billing_link, hosts):  # the case would fail at registration
+        raise InputError("billing_link", f"the host is not one of the account's billing link "
+                         f"hosts ({', '.join(hosts)})")
     result = run_with_client(lambda c: c.start_case(request))
     data = {"workflow_id": result.workflow_id, "started": result.started,
             "run_id": result.run_id}
@@ -90,8 +101,8 @@ def recover(
     """Tell a case the payment was recovered: it stops at once."""
     _ids(account, invoice)
     paid = minor_units("amount", amount) if amount is not None else None
-    run_with_client(lambda c: c.recover(account, invoice, paid))
-    _done(account, invoice, "payment_recovered", as_json)
+    wf = run_with_client(lambda c: c.recover(account, invoice, paid))
+    _done(wf, "payment_recovered", as_json)
 
 
 def cancel(
@@ -102,15 +113,15 @@ def cancel(
 ) -> None:
     """Cancel a case: no further reminders."""
     _ids(account, invoice)
-    run_with_client(lambda c: c.cancel(account, invoice, reason))
-    _done(account, invoice, "cancel", as_json)
+    wf = run_with_client(lambda c: c.cancel(account, invoice, reason))
+    _done(wf, "cancel", as_json)
 
 
 def status(account: str = AccountOpt, invoice: str = InvoiceOpt, as_json: bool = JsonOpt) -> None:
     """A case's state, its reminders and their delivery."""
     _ids(account, invoice)
     data = run_with_client(lambda c: c.status(account, invoice))
-    _add_delivery(data, workflow_id_for(account, invoice))
+    _add_delivery(data, data["workflow_id"])
     if as_json:
         print_json(data)
         return
@@ -140,8 +151,7 @@ def _ids(account: str, invoice: str) -> None:
         fail(str(exc))
 
 
-def _done(account: str, invoice: str, signal: str, as_json: bool) -> None:
-    wf = workflow_id_for(account, invoice)
+def _done(wf: str, signal: str, as_json: bool) -> None:
     if as_json:
         print_json({"workflow_id": wf, "signal": signal, "ok": True})
     else:

@@ -89,19 +89,43 @@ def balance(account: str = AccountOpt, as_json: bool = JsonOpt) -> None:
 def topup(
     amount: int = typer.Argument(..., metavar="N", help="Credits to add."),
     account: str = AccountOpt,
+    idempotency_key: str | None = typer.Option(
+        None, "--idempotency-key",
+        help="Credit at most once per key (per account): a repeat prints the first result "
+             "with \"duplicate\": true and changes nothing.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Add credits. Paused cases of the account that the balance covers resume, oldest first."""
     if amount <= 0:
         raise InputError("N", "must be a positive whole number of credits")
     db = database()
+    duplicate = False
+    if idempotency_key is not None:
+        with db.session() as s:
+            get_account(s, account)
+        keyed = ledger.top_up_idempotent(db, account, amount, idempotency_key)
+        new_balance, duplicate = keyed.balance, keyed.duplicate
+    else:
+        with db.session() as s:
+            new_balance = ledger.top_up(s, account, amount)
     with db.session() as s:
-        new_balance = ledger.top_up(s, account, amount)
         acct = get_account(s, account)
         money = _money(acct, new_balance)
         value = pricing.credits_value(acct, new_balance)
     data: dict[str, Any] = {"account_id": account, "balance": new_balance, "value": value,
                             "woken": 0, "still_waiting": None}
+    if idempotency_key is not None:
+        data["duplicate"] = duplicate
+        if duplicate:
+            data["amount"] = keyed.amount
+            if as_json:
+                print_json(data)
+            else:
+                console.print(escape(
+                    f"{account}: top-up with this idempotency key was already made "
+                    f"({keyed.amount} credits, balance then {new_balance}); nothing changed"))
+            return
     try:
         woke = asyncio.run(_wake(account))
         data["woken"], data["still_waiting"] = woke["woken"], woke["still_waiting"]

@@ -21,7 +21,13 @@ from rich.text import Text
 
 from dunning.accounts.accounts import get_account
 from dunning.cli.common import JsonOpt, console, fail, print_json, session
-from dunning.customers.importer import ImportReport, PhoneChecker, auto_workers, import_file
+from dunning.customers.importer import (
+    MAX_KEPT_ERRORS,
+    ImportReport,
+    PhoneChecker,
+    auto_workers,
+    import_file,
+)
 from dunning.customers.importer import Progress as ProgressCallback
 from dunning.domain.phones import PhoneError, validate_phone
 
@@ -74,7 +80,8 @@ def _print_report(report: ImportReport, path: Path, account: str) -> None:
     console.print(table)
     if report.rejected > SHOWN_ERRORS:
         console.print(
-            f"... and {report.rejected - SHOWN_ERRORS:,} more; --json lists them all.",
+            f"... and {report.rejected - SHOWN_ERRORS:,} more; --json lists up to "
+            f"{MAX_KEPT_ERRORS:,}.",
             style="dim",
         )
 

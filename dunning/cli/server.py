@@ -14,6 +14,7 @@ from typing import Any
 import typer
 
 from dunning.cli.common import JsonOpt, console, database, err_console, fail, print_json, settings
+from dunning.platform.files import private_file
 from dunning.platform.temporal import dev_server_command
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -125,7 +126,7 @@ def start_dev_server_if_needed(
         fail(f"no Temporal server at DUNNING_TEMPORAL_ADDRESS={cfg.temporal_address}")
     cmd = dev_server_command(cfg, port=port, ui_port=port + 1000, headless=not ui,
                              codec_endpoint=codec_endpoint)
-    log = open(cfg.data_dir / "temporal-dev-server.log", "ab")  # noqa: SIM115
+    log = open(private_file(cfg.data_dir / "temporal-dev-server.log"), "ab")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while not _port_open("127.0.0.1", port):

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import re
+import sys
+from pathlib import Path
 from typing import Any
 
 import typer
+from sqlalchemy import select
 
 from dunning.accounts.accounts import get_account
 from dunning.cli.common import JsonOpt, console, print_json, session, settings
 from dunning.domain.contract import InputError
+from dunning.platform.db.models import Account
+from dunning.platform.secret_box import SecretUnreadable, secret_box_for, stripe_context
 from dunning.webhooks.app import STRIPE_PATH
 
 app = typer.Typer(
@@ -50,20 +55,42 @@ def check_secret(secret: str) -> str:
     return value
 
 
+def read_secret(secret_file: Path | None) -> str:
+    """The secret from `--secret-file` (`-`: stdin), else from stdin when it is not a terminal,
+    else from a hidden prompt. Never from the command line (argv is visible to every local user
+    and kept in shell histories)."""
+    if secret_file is not None:
+        try:
+            text = sys.stdin.read() if str(secret_file) == "-" else secret_file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError("secret-file", f"cannot read {secret_file}: {exc}") from None
+    elif not sys.stdin.isatty():
+        text = sys.stdin.readline()
+    else:
+        text = typer.prompt("Signing secret (whsec_...)", hide_input=True)
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise InputError("secret", "expected the signing secret on one line")
+    return lines[0]
+
+
 @app.command("set-secret")
 def set_secret(
     account: str = AccountOpt,
-    secret: str = typer.Option(
-        ..., "--secret", prompt="Signing secret (whsec_...)", hide_input=True,
-        help="The endpoint's signing secret; asked for (hidden) when left out.",
+    secret_file: Path | None = typer.Option(
+        None, "--secret-file",
+        help="Read the secret from this file (`-`: stdin). Without it: from stdin when piped, "
+             "else asked for (hidden). Never given on the command line.",
     ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Set the signing secret Stripe events for this account are verified with."""
-    value = check_secret(secret)
+    """Set the signing secret Stripe events for this account are verified with (stored
+    encrypted with DUNNING_SECRET_KEYS)."""
+    value = check_secret(read_secret(secret_file))
+    box = secret_box_for(settings())
     with session() as s:
         acct = get_account(s, account)
-        acct.stripe_webhook_secret = value
+        acct.stripe_webhook_secret = box.seal(value, context=stripe_context(account))
     data = _info(account, value)
     if as_json:
         print_json(data)
@@ -83,6 +110,28 @@ def clear_secret(account: str = AccountOpt, as_json: bool = JsonOpt) -> None:
         return
     console.print(f"Stripe signing secret removed for account {account}: its Stripe events "
                   "are refused until one is set.", highlight=False)
+
+
+@app.command()
+def reseal(as_json: bool = JsonOpt) -> None:
+    """Encrypt every stored signing secret with the first key of DUNNING_SECRET_KEYS: secrets
+    stored in plain text before, and those under an older key (after a key rotation)."""
+    box = secret_box_for(settings())
+    count = 0
+    with session() as s:
+        for acct in s.scalars(select(Account).where(Account.stripe_webhook_secret.is_not(None))):
+            context = stripe_context(acct.id)
+            try:
+                plain = box.open(acct.stripe_webhook_secret, context=context)
+            except SecretUnreadable as exc:
+                raise InputError("secret", f"account {acct.id}: {exc}") from None
+            if plain:
+                acct.stripe_webhook_secret = box.seal(plain, context=context)
+                count += 1
+    if as_json:
+        print_json({"resealed": count})
+        return
+    console.print(f"{count} signing secrets encrypted with the current key.", highlight=False)
 
 
 @app.command()

@@ -59,9 +59,11 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from dunning.domain.contract import InputError
+from dunning.platform.db import Database
 from dunning.platform.db.models import Account, CreditEntry, SmsWaiter, utcnow
 
 KINDS = ("topup", "sms_debit", "refund", "refill")
@@ -313,6 +315,81 @@ def top_up(session: Session, account_id: str, amount: int, *, kind: str = "topup
     if change is None:
         raise InputError("account", f"unknown account {account_id!r}")
     return change.balance
+
+
+MAX_IDEMPOTENCY_KEY = 200
+
+
+@dataclass
+class KeyedTopUp:
+    """A top-up made once per (account, idempotency key): the first one's result."""
+
+    account_id: str
+    balance: int  # the balance right after the first top-up with this key
+    amount: int  # what the first top-up with this key added
+    duplicate: bool  # True: the key was used before; nothing changed now
+
+
+def check_idempotency_key(key: object) -> str:
+    if (not isinstance(key, str) or not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY
+            or not key.isprintable()):
+        raise InputError("idempotency-key",
+                         f"must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters")
+    return key
+
+
+def keyed_top_up(session: Session, account_id: str, key: str) -> KeyedTopUp | None:
+    """The top-up made earlier with this key, if any."""
+    row = session.execute(
+        select(CreditEntry.amount, CreditEntry.balance_after).where(
+            CreditEntry.account_id == account_id, CreditEntry.idempotency_key == key
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return KeyedTopUp(account_id, int(row.balance_after), int(row.amount), True)
+
+
+def top_up_once(session: Session, account_id: str, amount: int, key: str, *,
+                kind: str = "topup", note: str | None = None) -> KeyedTopUp:
+    """Add credits at most once per (account, key): a repeat (a billing system retrying after a
+    timeout) returns the first result and changes nothing.
+
+    The account row is locked first, so two top-ups racing with one key run one after the
+    other and the second sees the first's entry (PostgreSQL READ COMMITTED reads what committed
+    while it waited; SQLite's BEGIN IMMEDIATE serialises anyway). The unique (account, key)
+    index of the ledger is the last word: a violation (IntegrityError) means another top-up
+    with the key committed; `top_up_idempotent` then answers with it."""
+    check_idempotency_key(key)
+    if amount <= 0:
+        raise InputError("amount", "must be a positive whole number of credits")
+    _lock_account(session, account_id)
+    first = keyed_top_up(session, account_id, key)
+    if first is not None:
+        return first
+    change = _apply(session, account_id, amount, kind, note=note)
+    if change is None:
+        raise InputError("account", f"unknown account {account_id!r}")
+    session.execute(
+        update(CreditEntry).where(CreditEntry.id == change.entry_id)
+        .values(idempotency_key=key)
+    )
+    return KeyedTopUp(account_id, change.balance, amount, False)
+
+
+def top_up_idempotent(db: Database, account_id: str, amount: int, key: str, *,
+                      note: str | None = None) -> KeyedTopUp:
+    """`top_up_once` in a transaction of its own; a lost race on the unique key reads the
+    winner's entry instead."""
+    try:
+        with db.session() as s:
+            return top_up_once(s, account_id, amount, key, note=note)
+    except IntegrityError:
+        with db.session() as s:
+            first = keyed_top_up(s, account_id, key)
+        if first is None:
+            raise
+        return first
 
 
 def _lock_account(session: Session, account_id: str) -> Any:

@@ -72,6 +72,7 @@ class TopUpOutcome:
     woken: int
     still_waiting: int
     wake: WakeResult
+    duplicate: bool = False  # an idempotency key used before: nothing changed
 
 
 async def _signal_all(
@@ -178,12 +179,24 @@ async def top_up(
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
     note: str | None = None,
+    idempotency_key: str | None = None,
 ) -> TopUpOutcome:
-    """Add credits (a `topup` ledger entry), then wake the cases they cover."""
+    """Add credits (a `topup` ledger entry), then wake the cases they cover. With an
+    `idempotency_key`, a top-up repeated with the same key (per account) changes nothing and
+    returns the first one's balance with `duplicate` set (and wakes nobody)."""
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise InputError("amount", "must be a positive whole number of credits")
-    with db.session() as s:
-        balance = ledger.top_up(s, account_id, amount, note=note)
+    if idempotency_key is not None:
+        keyed = await asyncio.to_thread(
+            ledger.top_up_idempotent, db, account_id, amount, idempotency_key, note=note
+        )
+        if keyed.duplicate:
+            nothing = WakeResult(account_id, keyed.balance, 0, 0, 0, balance_after=keyed.balance)
+            return TopUpOutcome(account_id, keyed.balance, 0, 0, nothing, duplicate=True)
+        balance = keyed.balance
+    else:
+        with db.session() as s:
+            balance = ledger.top_up(s, account_id, amount, note=note)
     result = await wake_paused(client, db, account_id, concurrency=concurrency)
     return TopUpOutcome(account_id, balance, result.woken, result.still_waiting, result)
 

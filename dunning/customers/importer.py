@@ -58,8 +58,9 @@ from dunning.customers.customers import (
     fetchall,
     upsert_customers,
 )
-from dunning.domain.contract import InputError, check_id
+from dunning.domain.contract import InputError, check_id, personal_data_in_id
 from dunning.domain.phones import PhoneError, PhoneInfo, normalize_region, validate_many
+from dunning.platform.redaction import redact
 
 REQUIRED: Final = ("customer_id", "phone")
 OPTIONAL: Final = ("email", "name", "plan", "country")
@@ -90,12 +91,18 @@ class CsvFileError(InputError):
 
 @dataclass(frozen=True, slots=True)
 class RowError:
-    """One rejected row."""
+    """One rejected row, with capped copies of its cells (a file of huge bad cells must not be
+    kept in memory whole)."""
 
     line: int
     customer_id: str
     phone: str
     reason: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "customer_id", capped(self.customer_id))
+        object.__setattr__(self, "phone", capped(self.phone))
+        object.__setattr__(self, "reason", capped(self.reason, MAX_REASON_CHARS))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -106,9 +113,22 @@ class RowError:
         }
 
 
+MAX_CELL_CHARS = 64  # what a rejected row keeps of each cell
+MAX_REASON_CHARS = 300
+MAX_KEPT_ERRORS = 10_000  # rejected rows listed; `rejected` counts them all
+
+
+def capped(text: str, limit: int = MAX_CELL_CHARS) -> str:
+    """`text`, or its first `limit` characters and how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters)"
+
+
 @dataclass
 class ImportReport:
-    """Counts per outcome and the rejected rows in file order."""
+    """Counts per outcome and the rejected rows in file order (the first MAX_KEPT_ERRORS of
+    them; `errors_omitted` counts the rest)."""
 
     imported: int = 0
     updated: int = 0
@@ -117,16 +137,27 @@ class ImportReport:
     errors: list[RowError] = field(default_factory=list)
     rows: int = 0
     delimiter: str = ","
+    errors_omitted: int = 0
+
+    def add_errors(self, errors: list[RowError]) -> None:
+        self.rejected += len(errors)
+        room = max(0, MAX_KEPT_ERRORS - len(self.errors))
+        self.errors.extend(errors[:room])
+        self.errors_omitted += max(0, len(errors) - room)
 
     def as_json(self) -> dict[str, Any]:
-        """The `--json` object of `dunning phones import` (contract shape)."""
-        return {
+        """The `--json` object of `dunning phones import` (contract shape; `errors_omitted`
+        only when the list was capped)."""
+        data: dict[str, Any] = {
             "imported": self.imported,
             "updated": self.updated,
             "unchanged": self.unchanged,
             "rejected": self.rejected,
             "errors": [e.as_json() for e in self.errors],
         }
+        if self.errors_omitted:
+            data["errors_omitted"] = self.errors_omitted
+        return data
 
 
 # --- reading the file ----------------------------------------------------------------------
@@ -444,7 +475,8 @@ class _Importer:
             try:
                 check_id("customer_id", cid)
             except InputError as exc:
-                errors.append(RowError(row[0], cid, row[2], f"bad customer_id: {exc.message}"))
+                shown = redact(cid) if personal_data_in_id(cid) else cid  # not echoed whole
+                errors.append(RowError(row[0], shown, row[2], f"bad customer_id: {exc.message}"))
                 continue
             earlier = first.get(cid)
             if earlier is not None:
@@ -492,8 +524,7 @@ class _Importer:
                 report.unchanged += 1
         if errors:
             errors.sort(key=lambda e: e.line)
-            report.errors.extend(errors)
-            report.rejected += len(errors)
+            report.add_errors(errors)
         report.rows += batch.rows
 
 

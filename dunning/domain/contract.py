@@ -53,7 +53,7 @@ DEFAULT_SCHEDULE = "0d,3d,7d,14d"
 DEFAULT_GRACE = "7d"
 DEFAULT_QUIET_HOURS = "08:00-21:00"
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}$")
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -68,22 +68,81 @@ class InputError(ValueError):
         self.message = message
 
 
+def is_loopback_host(host: str | None) -> bool:
+    """localhost, 127.0.0.0/8 or ::1 (brackets allowed): traffic that never leaves the machine."""
+    import ipaddress
+
+    name = (host or "").strip().strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def sms_task_queue(task_queue: str) -> str:
     """SMS sends run on a queue of their own so one rate limit covers every worker."""
     return f"{task_queue}-sms"
 
 
+WORKFLOW_ID_PREFIX = "dunning"
+WORKFLOW_ID_SEPARATOR = ":"  # ids cannot contain it (check_id), so the split is unambiguous
+
+
 def workflow_id_for(account_id: str, invoice_id: str) -> str:
+    """`dunning:<account>:<invoice>`: unambiguous, since no id may contain `:`."""
+    return WORKFLOW_ID_SEPARATOR.join((WORKFLOW_ID_PREFIX, account_id, invoice_id))
+
+
+def legacy_workflow_id_for(account_id: str, invoice_id: str) -> str:
+    """The earlier form `dunning-<account>-<invoice>`, ambiguous across accounts (`acme` +
+    `corp-inv1` and `acme-corp` + `inv1` are the same id): only for finding old cases, and only
+    together with a check of the case's account (its `DunningAccountId`)."""
     return f"dunning-{account_id}-{invoice_id}"
+
+
+def parse_workflow_id(workflow_id: str) -> tuple[str, str] | None:
+    """(account, invoice) of a `dunning:<account>:<invoice>` id; None for any other id (the
+    legacy form cannot be split reliably)."""
+    parts = workflow_id.split(WORKFLOW_ID_SEPARATOR)
+    if len(parts) != 3 or parts[0] != WORKFLOW_ID_PREFIX or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+_EMAIL_ID_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
+_ID_SEPARATORS_RE = re.compile(r"[\s_.()+\-]")
+_PHONE_ID_RE = re.compile(r"^\d{10,15}$")
+
+
+def personal_data_in_id(value: str) -> str | None:
+    """'an email address' or 'a phone number' when the id is one, else None. Ids travel
+    unencrypted (workflow ids, search attributes, the UI's list, email Message-IDs, logs), so
+    they must be the billing system's own ids, never contact details. A phone number here is an
+    id of 10 to 15 digits, separators aside (`14155550123`, `+1 415-555-0123`,
+    `07700900123`)."""
+    if _EMAIL_ID_RE.match(value):
+        return "an email address"
+    if _PHONE_ID_RE.match(_ID_SEPARATORS_RE.sub("", value)):
+        return "a phone number"
+    return None
 
 
 def check_id(field_name: str, value: object) -> str:
     if not isinstance(value, str) or not value:
         raise InputError(field_name, "required, a non-empty string")
+    pii = personal_data_in_id(value)
+    if pii is not None:
+        raise InputError(
+            field_name,
+            f"looks like {pii}; ids are not encrypted (workflow ids, search attributes, logs) "
+            "and must not hold personal data: use the billing system's id",
+        )
     if not _ID_RE.match(value):
         raise InputError(
             field_name,
-            "may hold only letters, digits and _ . : @ - (at most 128 characters)",
+            "may hold only letters, digits and _ . @ - (at most 128 characters)",
         )
     return value
 
@@ -160,9 +219,73 @@ class CaseInput:
     plan: str | None = None
 
 
+MAX_AMOUNT_DUE = 10**12  # minor units: 10 billion in a two-decimal currency
 _REQUIRED = ("account_id", "customer_id", "invoice_id", "amount_due", "currency", "billing_link")
 _OPTIONAL = ("failed_at", "customer_email", "customer_name", "plan")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def check_billing_link(link: object) -> str:
+    """An absolute URL the customer pays at: `https`, or `http` to a loopback host only (a
+    local test), never anything a network in between could read or rewrite."""
+    if (
+        not isinstance(link, str)
+        or not re.match(r"^https?://[^\s/$.?#][^\s]*$", link)
+        or len(link) > 2000
+    ):
+        raise InputError("billing_link", "must be an https URL")
+    host = billing_link_host(link)
+    if host is None:
+        raise InputError("billing_link", "must be an https URL with a host")
+    if link[:5].lower() != "https" and not is_loopback_host(host):
+        raise InputError(
+            "billing_link", "must be https (plain http only for 127.0.0.1, localhost or ::1)"
+        )
+    return link
+
+
+def billing_link_host(link: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(link).hostname
+    except ValueError:
+        return None
+    return host.lower().rstrip(".") if host else None
+
+
+_LABEL = r"[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?"
+_HOST_RE = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
+
+
+def parse_link_hosts(text: str) -> list[str]:
+    """`pay.acme.com,*.acme.com` -> hosts a billing link may point at (`*.` for any
+    subdomain); '' or `any` -> [] (no restriction)."""
+    value = (text or "").strip().lower()
+    if value in ("", "any"):
+        return []
+    hosts = [h.strip().rstrip(".") for h in value.split(",") if h.strip()]
+    for host in hosts:
+        if not _HOST_RE.match(host) or len(host) > 253:
+            raise InputError("billing-link-hosts", f"{host!r} is not a host name like "
+                             "pay.example.com or *.example.com")
+    if len(hosts) > 20:
+        raise InputError("billing-link-hosts", "at most 20 hosts")
+    return hosts
+
+
+def is_link_host_allowed(link: str, hosts: list[str]) -> bool:
+    """True when there is no restriction, or the link's host is one of `hosts` (`*.d` covers
+    every subdomain of d)."""
+    if not hosts:
+        return True
+    host = billing_link_host(link)
+    if host is None:
+        return False
+    return any(
+        host == allowed or (allowed.startswith("*.") and host.endswith(allowed[1:]))
+        for allowed in hosts
+    )
 
 
 def parse_rfc3339(field_name: str, value: object) -> datetime:
@@ -200,16 +323,12 @@ def parse_case_input(raw: object) -> CaseInput:
         raise InputError("amount_due", "must be an integer number of minor units (e.g. 4900)")
     if amount <= 0:
         raise InputError("amount_due", "must be greater than zero")
+    if amount > MAX_AMOUNT_DUE:
+        raise InputError("amount_due", f"must be at most {MAX_AMOUNT_DUE} minor units")
     currency = raw["currency"]
     if not isinstance(currency, str) or not _CURRENCY_RE.match(currency):
         raise InputError("currency", "must be an ISO 4217 code in capitals, e.g. USD")
-    link = raw["billing_link"]
-    if (
-        not isinstance(link, str)
-        or not re.match(r"^https?://[^\s/$.?#][^\s]*$", link)
-        or len(link) > 2000
-    ):
-        raise InputError("billing_link", "must be an http(s) URL")
+    link = check_billing_link(raw["billing_link"])
     failed_at = parse_rfc3339("failed_at", raw["failed_at"]) if raw.get("failed_at") else None
     email = raw.get("customer_email") or None
     if email is not None and (not isinstance(email, str) or not _EMAIL_RE.match(email)):
@@ -249,6 +368,7 @@ class RegisterCaseRequest:
     customer_email: str | None = None
     customer_name: str | None = None
     plan: str | None = None
+    billing_link: str | None = None  # checked against the account's --billing-link-hosts
 
 
 @dataclass

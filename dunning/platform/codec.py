@@ -287,8 +287,9 @@ def load_or_create_key_file(path: Path, *, wait_seconds: float = 5.0) -> CodecKe
 
 def load_keys(settings: Settings) -> list[CodecKey]:
     """Keys from DUNNING_CODEC_KEYS, else the generated key under DUNNING_DATA_DIR."""
-    if settings.codec_keys.strip():
-        return parse_keys(settings.codec_keys)
+    keys = settings.codec_keys.get_secret_value()
+    if keys.strip():
+        return parse_keys(keys)
     return [load_or_create_key_file(key_file_path(settings))]
 
 

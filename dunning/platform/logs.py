@@ -17,8 +17,10 @@ their workflow id becomes `case` too.
 
 Phone numbers and email addresses: callers log them masked (`dunning.platform.providers.mask_phone`
 /
-`mask_email`). As a safety net the formatter masks anything in a message or a string field that
-still looks like one (E.164 numbers, bare 11-15 digit runs as providers send them, addresses).
+`mask_email`). As a safety net the formatter masks anything in EVERY field (the message, `case`
+and the other fields from Temporal's loggers, extras, the traceback) that still looks like one
+(E.164 numbers, bare 11-15 digit runs as providers send them, national formats such as
+`(415) 555-0123`, addresses; see `dunning.platform.redaction`).
 """
 
 from __future__ import annotations
@@ -26,12 +28,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from dunning.platform.providers import mask_email, mask_phone
+from dunning.platform.redaction import redact
 
 ENV_LEVEL = "DUNNING_LOG_LEVEL"
 ENV_FORMAT = "DUNNING_LOG_FORMAT"
@@ -44,23 +45,6 @@ _STANDARD = set(vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, Non
 # Temporal's loggers put the workflow's or activity's details under these keys.
 _TEMPORAL = ("temporal_workflow", "temporal_activity")
 _SKIPPED = {*_TEMPORAL, "workflow_info", "activity_info"}  # whole Info objects: too much
-
-_PHONE_RE = re.compile(r"(?<![\w+])\+\d{8,15}\b|(?<![\w+])\d{11,15}\b")
-_EMAIL_RE = re.compile(r"[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-
-
-def redact(text: str) -> str:
-    """`text` with phone numbers and email addresses masked."""
-    if "@" in text:
-        text = _EMAIL_RE.sub(lambda m: mask_email(m.group(0)), text)
-    if any(c.isdigit() for c in text):
-        text = _PHONE_RE.sub(lambda m: mask_phone(_e164(m.group(0))), text)
-    return text
-
-
-def _e164(digits: str) -> str:
-    return digits if digits.startswith("+") else f"+{digits}"
-
 
 def _clean(value: Any) -> Any:
     if isinstance(value, str):
@@ -80,15 +64,15 @@ def fields_of(record: logging.LogRecord) -> dict[str, Any]:
         "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
         .replace("+00:00", "Z"),
         "level": record.levelname,
-        "logger": record.name,
+        "logger": _clean(record.name),
         "msg": redact(record.getMessage()),
     }
     for key in _TEMPORAL:
         details = getattr(record, key, None)
         if isinstance(details, dict) and details.get("workflow_id"):
-            out["case"] = details["workflow_id"]
+            out["case"] = _clean(details["workflow_id"])
             if details.get("activity_type"):
-                out["activity"] = details["activity_type"]
+                out["activity"] = _clean(details["activity_type"])
     for key, value in record.__dict__.items():
         if key not in _STANDARD and key not in _SKIPPED and not key.startswith("_"):
             out[key] = _clean(value)

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,7 +37,8 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(Path("./.dunning"), validation_alias=_alias("DUNNING_DATA_DIR"))
-    database_url: str = Field("", validation_alias=_alias("DUNNING_DATABASE_URL"))
+    # May hold a password: never in repr, and errors show it masked (`mask_url`).
+    database_url: str = Field("", repr=False, validation_alias=_alias("DUNNING_DATABASE_URL"))
 
     temporal_address: str = Field(
         "localhost:7233", validation_alias=_alias("DUNNING_TEMPORAL_ADDRESS")
@@ -44,11 +52,16 @@ class Settings(BaseSettings):
         "console", validation_alias=_alias("DUNNING_SMS_BACKEND")
     )
     plivo_auth_id: str = Field("", validation_alias=_alias("PLIVO_AUTH_ID"))
-    plivo_auth_token: str = Field("", validation_alias=_alias("PLIVO_AUTH_TOKEN"))
+    plivo_auth_token: SecretStr = Field(SecretStr(""), validation_alias=_alias("PLIVO_AUTH_TOKEN"))
     plivo_api_url: str = Field(
         "https://api.plivo.com", validation_alias=_alias("DUNNING_PLIVO_API_URL")
     )
     plivo_timeout: float = Field(10.0, validation_alias=_alias("DUNNING_PLIVO_TIMEOUT"))
+    # Which Plivo webhook signatures are accepted: `v2,v3`, or `v3` (refuses V2-only requests;
+    # a request with both is always checked against both).
+    plivo_signatures: Literal["v2,v3", "v3"] = Field(
+        "v2,v3", validation_alias=_alias("DUNNING_PLIVO_SIGNATURES")
+    )
 
     email_backend: Literal["console", "smtp"] = Field(
         "console", validation_alias=_alias("DUNNING_EMAIL_BACKEND")
@@ -56,17 +69,36 @@ class Settings(BaseSettings):
     smtp_host: str = Field("localhost", validation_alias=_alias("DUNNING_SMTP_HOST"))
     smtp_port: int = Field(25, validation_alias=_alias("DUNNING_SMTP_PORT"))
     smtp_username: str | None = Field(None, validation_alias=_alias("DUNNING_SMTP_USERNAME"))
-    smtp_password: str | None = Field(None, validation_alias=_alias("DUNNING_SMTP_PASSWORD"))
+    smtp_password: SecretStr | None = Field(
+        None, validation_alias=_alias("DUNNING_SMTP_PASSWORD")
+    )
     smtp_starttls: bool = Field(False, validation_alias=_alias("DUNNING_SMTP_STARTTLS"))
+    # Implicit TLS (SMTPS); unset: on for port 465.
+    smtp_ssl: bool | None = Field(None, validation_alias=_alias("DUNNING_SMTP_SSL"))
     smtp_timeout: float = Field(10.0, validation_alias=_alias("DUNNING_SMTP_TIMEOUT"))
     email_from: str = Field("billing@localhost", validation_alias=_alias("DUNNING_EMAIL_FROM"))
 
     http_host: str = Field("127.0.0.1", validation_alias=_alias("DUNNING_HTTP_HOST"))
     http_port: int = Field(8000, validation_alias=_alias("DUNNING_HTTP_PORT"))
+    # Webhook server: a request must arrive whole within this many seconds of its first byte;
+    # at most this many connections and requests at once (more get 503).
+    http_read_timeout: float = Field(
+        10.0, gt=0, validation_alias=_alias("DUNNING_HTTP_READ_TIMEOUT")
+    )
+    http_max_connections: int = Field(
+        100, ge=1, validation_alias=_alias("DUNNING_HTTP_MAX_CONNECTIONS")
+    )
+    # Warnings about refused webhook requests: at most this many a minute (the rest counted).
+    http_refusal_logs_per_minute: int = Field(
+        30, ge=1, validation_alias=_alias("DUNNING_HTTP_REFUSAL_LOGS_PER_MINUTE")
+    )
     public_url: str = Field(
         "http://127.0.0.1:8000", validation_alias=_alias("DUNNING_PUBLIC_URL")
     )
-    codec_keys: str = Field("", validation_alias=_alias("DUNNING_CODEC_KEYS"))
+    codec_keys: SecretStr = Field(SecretStr(""), validation_alias=_alias("DUNNING_CODEC_KEYS"))
+    # Keys that encrypt secrets stored in the database (Stripe signing secrets), `id:hex,...`
+    # like DUNNING_CODEC_KEYS; unset: a key generated under DUNNING_DATA_DIR (one machine only).
+    secret_keys: SecretStr = Field(SecretStr(""), validation_alias=_alias("DUNNING_SECRET_KEYS"))
 
     # Engine tuning (not part of the contract's table, documented in README).
     activity_workers: int = Field(32, validation_alias=_alias("DUNNING_ACTIVITY_WORKERS"))
@@ -85,11 +117,32 @@ class Settings(BaseSettings):
         1000, ge=0, validation_alias=_alias("DUNNING_MAX_CACHED_WORKFLOWS")
     )
 
+    @field_validator("plivo_signatures", mode="before")
+    @classmethod
+    def _normalize_schemes(cls, v: object) -> object:
+        if isinstance(v, str):
+            return ",".join(sorted({p.strip().lower() for p in v.split(",") if p.strip()}))
+        return v
+
     @field_validator("database_url")
     @classmethod
     def _check_db_url(cls, v: str) -> str:
-        if v and not re.match(r"^[a-z][a-z0-9+]*://", v):
-            raise ValueError("must be a SQLAlchemy URL such as postgresql+psycopg://user@host/db")
+        if not v:
+            return v
+        if not re.match(r"^[a-z][a-z0-9+]*://", v):
+            raise ValueError(
+                f"{mask_url(v)!r} is not a SQLAlchemy URL such as "
+                "postgresql+psycopg://user@host/db"
+            )
+        from sqlalchemy.engine import make_url
+
+        try:
+            make_url(v)
+        except Exception:  # the driver's message may quote the URL: never shown
+            raise ValueError(
+                f"{mask_url(v)!r} is not a valid SQLAlchemy URL (check the port and the "
+                "escaping of special characters in the password)"
+            ) from None
         return v
 
     @field_validator("plivo_api_url", "public_url")
@@ -112,9 +165,32 @@ class Settings(BaseSettings):
         if self.sms_backend == "plivo":
             if not self.plivo_auth_id:
                 raise ValueError("PLIVO_AUTH_ID: required when DUNNING_SMS_BACKEND=plivo")
-            if not self.plivo_auth_token:
+            if not self.plivo_auth_token.get_secret_value():
                 raise ValueError("PLIVO_AUTH_TOKEN: required when DUNNING_SMS_BACKEND=plivo")
         return self
+
+    @model_validator(mode="after")
+    def _check_smtp(self) -> Settings:
+        if self.smtp_ssl and self.smtp_starttls:
+            raise ValueError(
+                "DUNNING_SMTP_SSL: implicit TLS and DUNNING_SMTP_STARTTLS exclude each other"
+            )
+        if (self.email_backend == "smtp" and self.smtp_username and not self.smtp_starttls
+                and not self.smtp_implicit_tls):
+            from dunning.domain.contract import is_loopback_host
+
+            if not is_loopback_host(self.smtp_host):
+                raise ValueError(
+                    "DUNNING_SMTP_STARTTLS: refusing to log in to "
+                    f"{self.smtp_host} over plain text; set DUNNING_SMTP_STARTTLS=true, or "
+                    "DUNNING_SMTP_SSL=true (implicit TLS, port 465)"
+                )
+        return self
+
+    @property
+    def smtp_implicit_tls(self) -> bool:
+        """TLS from the first byte: DUNNING_SMTP_SSL, by default on for port 465."""
+        return self.smtp_port == 465 if self.smtp_ssl is None else self.smtp_ssl
 
     @property
     def effective_database_url(self) -> str:
@@ -128,6 +204,24 @@ _ENV_NAMES = {
            else name)
     for name, field in Settings.model_fields.items()
 }
+
+
+# Settings that are secrets (SecretStr): never echoed in errors, never in repr.
+_SECRET_FIELDS = {
+    name for name, field in Settings.model_fields.items()
+    if field.annotation in (SecretStr, SecretStr | None)
+}
+_URL_PASSWORD_RE = re.compile(r"(?<=[:/])([^:/@\s]*):[^\s]*@")
+
+
+def mask_url(url: str) -> str:
+    """`url` with the password (user:PASSWORD@) replaced by ***."""
+    return _URL_PASSWORD_RE.sub(r"\1:***@", url, count=1)
+
+
+def secret_value(secret: SecretStr | None) -> str:
+    """The plain value of a secret setting ('' when unset)."""
+    return secret.get_secret_value() if secret is not None else ""
 
 
 def env_name(field: str) -> str:
@@ -148,11 +242,18 @@ def load_settings(**overrides: object) -> Settings:
         var = env_name(loc) if loc in _ENV_NAMES else loc.upper()
         value = err.get("input")
         shown = f" (got {value!r})" if isinstance(value, str | int | float) and value != "" else ""
+        if loc in _SECRET_FIELDS or loc == "database_url":
+            shown = ""  # secrets are never echoed; the URL's validator shows it masked
         raise SettingsError(f"invalid setting {var}: {msg}{shown}") from None
-    if settings.codec_keys:
+    if settings.codec_keys.get_secret_value():
         from dunning.platform.codec import parse_keys
 
-        parse_keys(settings.codec_keys)  # SettingsError naming DUNNING_CODEC_KEYS
+        parse_keys(settings.codec_keys.get_secret_value())  # SettingsError naming the setting
+    if settings.secret_keys.get_secret_value():
+        from dunning.platform.codec import parse_keys
+
+        parse_keys(settings.secret_keys.get_secret_value(),
+                   source="invalid setting DUNNING_SECRET_KEYS")
     return settings
 
 
@@ -166,9 +267,10 @@ def reset_settings_cache() -> None:
 
 
 def ensure_data_dir(settings: Settings) -> Path:
-    path = settings.data_dir
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """The data directory, private to this user (0700)."""
+    from dunning.platform.files import private_dir
+
+    return private_dir(settings.data_dir)
 
 
 __all__ = [
@@ -178,5 +280,7 @@ __all__ = [
     "env_name",
     "get_settings",
     "load_settings",
+    "mask_url",
     "reset_settings_cache",
+    "secret_value",
 ]

@@ -10,6 +10,7 @@ from temporalio.client import Client
 from temporalio.converter import DataConverter
 
 from dunning.domain.contract import SEARCH_ATTRIBUTES
+from dunning.platform.files import private_dir, private_file
 from dunning.platform.settings import Settings
 
 
@@ -54,14 +55,14 @@ def dev_server_command(
     settings: Settings, *, port: int = 7233, ui_port: int = 8233, headless: bool = False,
     db_file: str | None = None, codec_endpoint: str | None = None,
 ) -> list[str]:
-    data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = private_dir(settings.data_dir)
+    db_path = private_file(Path(db_file) if db_file else data_dir / "temporal.db")
     cmd = [
         temporal_binary(), "server", "start-dev",
         "--ip", "127.0.0.1",
         "--port", str(port),
         "--namespace", settings.temporal_namespace,
-        "--db-filename", db_file or str(data_dir / "temporal.db"),
+        "--db-filename", str(db_path),
         "--log-level", "warn",
         *search_attribute_args(),
     ]

@@ -6,7 +6,8 @@ Every Plivo endpoint checks, in this order, before anything is interpreted or st
 2. the body is at most 64 KiB (else 413) and is a UTF-8 form post (else 415/400);
 3. the signature (V3 over URL + query + body params, or V2 over URL + nonce) computed with
    PLIVO_AUTH_TOKEN over DUNNING_PUBLIC_URL + path matches (else 403);
-4. the nonce was not seen before with a different request (else 403).
+4. every nonce it carries (V3 and V2 when both are present; both must verify) was not seen
+   before with a different request (else 403).
 Only then are the fields validated (400 when malformed) and the message processed.
 
 The Stripe endpoint (`/webhooks/stripe/{account_id}`, one per account, signed with the account's
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -48,8 +51,14 @@ from dunning.platform.db import Database
 from dunning.platform.db.models import Account, Message
 from dunning.platform.providers import AmbiguousProviderError, ProviderError, mask_phone
 from dunning.platform.providers.sms import OutgoingSms, SmsProvider
+from dunning.platform.secret_box import (
+    SecretBox,
+    SecretUnreadable,
+    secret_box_for,
+    stripe_context,
+)
 from dunning.platform.settings import Settings
-from dunning.webhooks.signatures import SignatureHeaders, signature_headers, verify_request
+from dunning.webhooks.signatures import SignatureHeaders, request_signatures, verify_all
 from dunning.webhooks.stripe import (
     SIGNATURE_HEADER,
     EventError,
@@ -81,13 +90,40 @@ _CODE_RE = re.compile(r"^[A-Za-z0-9_\-]{1,16}$")
 _MAX_INT = 2**31 - 1
 
 
+class LogRateLimit:
+    """At most `per_minute` log lines a minute (a token bucket); `allow()` also says how many
+    were suppressed since the last line that was logged."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = float(max(1, per_minute))
+        self.rate = self.capacity / 60.0
+        self.tokens = self.capacity
+        self.clock = clock
+        self.updated = clock()
+        self.suppressed = 0
+        self._lock = threading.Lock()
+
+    def allow(self) -> tuple[bool, int]:
+        with self._lock:
+            now = self.clock()
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                suppressed, self.suppressed = self.suppressed, 0
+                return True, suppressed
+            self.suppressed += 1
+            return False, 0
+
+
 class WebhookError(Exception):
     """A request refused with an HTTP status and a short reason (no traceback)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, *, detail: str = "") -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.detail = detail  # for the (rate-limited) log line only, never the response
 
 
 def _error(status: int, reason: str) -> JSONResponse:
@@ -191,41 +227,50 @@ class WebhookApp:
     Temporal client used for billing events."""
 
     def __init__(
-        self, settings: Settings, db: Database, sms: SmsProvider, temporal: LazyTemporal
+        self, settings: Settings, db: Database, sms: SmsProvider, temporal: LazyTemporal,
+        secret_box: SecretBox | None = None,
     ) -> None:
         self.settings = settings
+        self.secret_box = secret_box or secret_box_for(settings)
+        self.refusal_log = LogRateLimit(per_minute=settings.http_refusal_logs_per_minute)
         self.db = db
         self.sms = sms
         self.temporal = temporal
         self.stripe_events = StripeEvents(db, temporal)
         self.public_url = settings.public_url.rstrip("/")
-        self.auth_token = settings.plivo_auth_token
+        self.auth_token = settings.plivo_auth_token.get_secret_value()
+        self.plivo_schemes = tuple(settings.plivo_signatures.split(","))
 
     # --- signature and body ---------------------------------------------------------------
 
     async def _signed_form(
         self, request: Request, path: str
-    ) -> tuple[SignatureHeaders, str, list[tuple[str, str]]]:
-        sig = signature_headers(request.headers)
-        if sig is None:
+    ) -> tuple[list[SignatureHeaders], str, list[tuple[str, str]]]:
+        sigs = request_signatures(request.headers, self.plivo_schemes)
+        if sigs is None:
             raise WebhookError(403, "missing or malformed Plivo signature")
         body = await _read_body(request)
         params = _parse_form(request, body)
         query = request.url.query
         url = self.public_url + path + (f"?{query}" if query else "")
-        if not verify_request(self.auth_token, request.method, url, sig, _param_map(params)):
+        # With both V3 and V2 present, both must verify (no downgrade to the body-less V2).
+        if not verify_all(self.auth_token, request.method, url, sigs, _param_map(params)):
             raise WebhookError(403, "invalid Plivo signature")
-        return sig, url, params
+        return sigs, url, params
 
-    def _in_transaction(self, sig: SignatureHeaders, url: str,
+    def _in_transaction(self, sigs: list[SignatureHeaders], url: str,
                         params: list[tuple[str, str]], work: Any) -> Any:
-        """Run `work(session)` after binding the nonce, in one transaction (retried on races)."""
+        """Run `work(session)` after binding every nonce the request carries (V3 and V2), in
+        one transaction (retried on races)."""
         fingerprint = request_fingerprint(url, params)
         for attempt in range(3):
             try:
                 with self.db.session() as s:
-                    if not remember_nonce(s, sig.scheme, sig.nonce, fingerprint):
-                        raise WebhookError(403, "signature nonce already used for another request")
+                    for sig in sigs:
+                        if not remember_nonce(s, sig.scheme, sig.nonce, fingerprint):
+                            raise WebhookError(
+                                403, "signature nonce already used for another request"
+                            )
                     return work(s)
             except IntegrityError:
                 if attempt == 2:
@@ -236,7 +281,7 @@ class WebhookApp:
 
     async def inbound(self, request: Request) -> Response:
         try:
-            sig, url, params = await self._signed_form(request, INBOUND_PATH)
+            sigs, url, params = await self._signed_form(request, INBOUND_PATH)
             form = _Form(params)
             from_number, to_number = form.number("From"), form.number("To")
             msg_uuid = form.uuid("MessageUUID") or ""
@@ -252,7 +297,7 @@ class WebhookApp:
                 intent=(form.get("MessageIntent") or "").strip() or None,
             )
             outcome: InboundOutcome = await run_in_threadpool(
-                self._in_transaction, sig, url, params, lambda s: process_inbound(s, msg)
+                self._in_transaction, sigs, url, params, lambda s: process_inbound(s, msg)
             )
         except WebhookError as exc:
             return self._refused(request, exc)
@@ -266,7 +311,7 @@ class WebhookApp:
 
     async def status(self, request: Request) -> Response:
         try:
-            sig, url, params = await self._signed_form(request, STATUS_PATH)
+            sigs, url, params = await self._signed_form(request, STATUS_PATH)
             form = _Form(params)
             refs = request.query_params.getlist("ref")
             if len(refs) > 1:
@@ -289,7 +334,7 @@ class WebhookApp:
             )
             refunded: list[str] = []
             await run_in_threadpool(
-                self._in_transaction, sig, url, params,
+                self._in_transaction, sigs, url, params,
                 lambda s: process_delivery_report(s, report, refunded.append),
             )
         except WebhookError as exc:
@@ -320,8 +365,9 @@ class WebhookApp:
             secret = await run_in_threadpool(self._stripe_secret, account_id)
             if not verify_signature(body, header, secret):
                 if secret is None:
-                    log.warning("stripe event for %r: no such account, or no signing secret "
-                                "set (dunning stripe set-secret)", account_id[:128])
+                    raise WebhookError(403, "invalid Stripe signature", detail=(
+                        f"no account {account_id[:128]!r}, or no signing secret set "
+                        "(dunning stripe set-secret)"))
                 raise WebhookError(403, "invalid Stripe signature")
             try:
                 event = parse_event(body)
@@ -345,9 +391,13 @@ class WebhookApp:
         except InputError:
             return None
         with self.db.session() as s:
-            secret = s.scalar(select(Account.stripe_webhook_secret)
+            stored = s.scalar(select(Account.stripe_webhook_secret)
                               .where(Account.id == account_id))
-        return secret or None
+        try:  # encrypted at rest (dunning.platform.secret_box)
+            return self.secret_box.open(stored, context=stripe_context(account_id))
+        except SecretUnreadable as exc:
+            log.error("stripe event for %r refused: %s", account_id[:128], exc)
+            return None
 
     async def healthz(self, request: Request) -> Response:
         if await run_in_threadpool(self.db.ping):
@@ -357,8 +407,12 @@ class WebhookApp:
     # --- helpers ----------------------------------------------------------------------------
 
     def _refused(self, request: Request, exc: WebhookError) -> Response:
-        log.warning("%s %s refused (%s): %s", request.method, request.url.path, exc.status,
-                    exc.reason)
+        # Rate-limited: a flood of forged or malformed requests must not flood the logs.
+        allowed, suppressed = self.refusal_log.allow()
+        if allowed:
+            log.warning("%s %s refused (%s): %s%s%s", request.method, request.url.path[:200],
+                        exc.status, exc.reason, f": {exc.detail}" if exc.detail else "",
+                        f" ({suppressed} more refusals not logged)" if suppressed else "")
         return _error(exc.status, exc.reason)
 
     def _db_down(self, exc: DBAPIError) -> Response:
@@ -411,9 +465,10 @@ def create_app(
         from dunning.platform.providers.factory import sms_provider as build_sms_provider
 
         sms_provider = build_sms_provider(settings)
-    if not settings.plivo_auth_token:
+    if not settings.plivo_auth_token.get_secret_value():
         log.warning("PLIVO_AUTH_TOKEN is not set: Plivo webhooks will refuse every request")
-    handlers = WebhookApp(settings, db, sms_provider, LazyTemporal(temporal))
+    handlers = WebhookApp(settings, db, sms_provider, LazyTemporal(temporal),
+                          secret_box_for(settings))
     app = Starlette(
         routes=[
             Route(INBOUND_PATH, handlers.inbound, methods=["POST"]),

@@ -14,6 +14,11 @@ V2 (`X-Plivo-Signature-V2`, `X-Plivo-Signature-V2-Nonce`):
     signature = base64(HMAC-SHA256(auth_token, scheme://host/path + nonce))
 V2 does not cover the body; the webhook app binds each nonce to the first request it was seen
 with, so a captured V2 signature cannot carry another body.
+
+A request carrying both (Plivo sends both) is accepted only when BOTH verify, and both nonces are
+spent (`request_signatures` returns both): otherwise the V2 pair of a genuine V3+V2 request could
+be replayed alone with any body, since only the V3 nonce would have been recorded.
+`DUNNING_PLIVO_SIGNATURES=v3` refuses requests that carry V2 alone.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -140,6 +145,55 @@ def signature_headers(headers: Mapping[str, str]) -> SignatureHeaders | None:
     return None
 
 
+def _one_signature(
+    lowered: Mapping[str, str], scheme: str, sig_name: str, nonce_name: str
+) -> SignatureHeaders | bool | None:
+    """The scheme's headers: SignatureHeaders, False when absent, None when malformed."""
+    signature = lowered.get(sig_name.lower())
+    if signature is None:
+        return False
+    nonce = lowered.get(nonce_name.lower(), "").strip()
+    signature = signature.strip()
+    if (
+        not signature
+        or not nonce
+        or len(nonce) > MAX_NONCE_LENGTH
+        or len(signature) > MAX_SIGNATURE_HEADER_LENGTH
+        or not nonce.isprintable()
+    ):
+        return None
+    return SignatureHeaders(scheme, signature, nonce)
+
+
+def request_signatures(
+    headers: Mapping[str, str], accepted: Collection[str] = ("v2", "v3")
+) -> list[SignatureHeaders] | None:
+    """Every signature the request carries (V3 first), each of which must verify; None when a
+    present one is malformed, when there is none, or when V2 comes alone and `accepted` lacks
+    "v2" (`DUNNING_PLIVO_SIGNATURES=v3`)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    found: list[SignatureHeaders] = []
+    for scheme, sig_name, nonce_name in (
+        ("v3", V3_HEADER, V3_NONCE_HEADER),
+        ("v2", V2_HEADER, V2_NONCE_HEADER),
+    ):
+        one = _one_signature(lowered, scheme, sig_name, nonce_name)
+        if one is None:
+            return None
+        if isinstance(one, SignatureHeaders):
+            found.append(one)
+    if not found or not any(sig.scheme in accepted for sig in found):
+        return None
+    return found
+
+
+def verify_all(auth_token: str, method: str, url: str, sigs: Sequence[SignatureHeaders],
+               params: Params) -> bool:
+    """True when every signature in `sigs` verifies (each one is checked)."""
+    results = [verify_request(auth_token, method, url, sig, params) for sig in sigs]
+    return bool(results) and all(results)
+
+
 def verify_request(auth_token: str, method: str, url: str, sig: SignatureHeaders,
                    params: Params) -> bool:
     """Check `sig` for a request to `url` (public URL + path + ?query) with body `params`."""
@@ -154,10 +208,12 @@ __all__ = [
     "V3_HEADER",
     "V3_NONCE_HEADER",
     "SignatureHeaders",
+    "request_signatures",
     "signature_headers",
     "v2_signature",
     "v3_base_string",
     "v3_signature",
+    "verify_all",
     "verify_request",
     "verify_v2",
     "verify_v3",

@@ -152,6 +152,9 @@ class StripeEvent:
     previous: dict[str, Any] = field(default_factory=dict)
 
 
+MAX_CREATED = 253402300799  # 9999-12-31T23:59:59Z
+
+
 def parse_event(payload: bytes) -> StripeEvent:
     """The fields we use of a (verified) snapshot event; EventError when they are not there."""
     try:
@@ -167,6 +170,8 @@ def parse_event(payload: bytes) -> StripeEvent:
         raise EventError("event type missing")
     if isinstance(created, bool) or not isinstance(created, int) or created < 0:
         raise EventError("event created time missing")
+    if created > MAX_CREATED:  # not a time Stripe sends; fromtimestamp would overflow (500)
+        raise EventError("event created time out of range")
     body = data.get("data")
     obj = body.get("object") if isinstance(body, dict) else None
     if not isinstance(obj, dict):
@@ -373,7 +378,7 @@ class StripeEvents:
         }
 
     async def _signal_case(
-        self, op: Callable[[DunningClient], Awaitable[None]]
+        self, op: Callable[[DunningClient], Awaitable[object]]
     ) -> str:
         try:
             await self._call(op)

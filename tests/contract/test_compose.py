@@ -36,6 +36,7 @@ SAMPLE_ENV = {
     "TEMPORAL_DB_PASSWORD": "temporal-pw",
     "APP_DB_PASSWORD": "app-pw",
     "DUNNING_CODEC_KEYS": "k2:" + "ab" * 32 + ",k1:" + "cd" * 32,
+    "DUNNING_SECRET_KEYS": "s1:" + "ef" * 32,
 }
 APP_ROLES = {("db", "upgrade"), ("worker",), ("webhooks",), ("codec-server",)}
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|PWD|TOKEN|SECRET|_KEYS?$")
@@ -342,7 +343,8 @@ def test_secrets_are_not_hard_coded(compose: dict[str, Any]) -> None:
                 assert password, f"{name}: {key} has no password"
                 assert "${" in value.split("@")[0], f"{name}: {key} hard-codes its password"
     # Without the required secrets compose must refuse to start rather than run with blanks.
-    for secret in ("DUNNING_CODEC_KEYS", "POSTGRES_PASSWORD", "APP_DB_PASSWORD"):
+    for secret in ("DUNNING_CODEC_KEYS", "DUNNING_SECRET_KEYS", "POSTGRES_PASSWORD",
+                   "APP_DB_PASSWORD"):
         with pytest.raises(AssertionError, match=secret):
             interpolate(text, {k: v for k, v in SAMPLE_ENV.items() if k != secret})
 

@@ -476,3 +476,12 @@ def test_other_accounts_are_untouched(db: Database, account: str, uid: str,
     assert report.imported == 1
     assert stored(db, other)["c1"]["name"] == "Kept"
     assert stored(db, other)["c1"]["phone_e164"] == "+447400123456"
+
+
+def test_rejected_rows_keep_only_capped_cells(db: Database, account: str) -> None:
+    huge_phone, huge_id = "4" * 100_000, "c" * 120
+    report = run_import(db, account, f"customer_id,phone\nc1,{huge_phone}\n{huge_id},+1\n")
+    assert report.rejected == 2
+    for err in report.errors:
+        assert len(err.phone) < 100 and len(err.customer_id) < 100 and len(err.reason) < 400
+    assert "100,000 characters" in report.errors[0].phone

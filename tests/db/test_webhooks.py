@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -231,6 +232,72 @@ def test_replays(db: Database, uid: str, client: TestClient, sms: ConsoleSmsProv
     assert r.status_code == 403
     assert opted_out(db, t.id, phone)
     assert events(db, t.id, phone) == [("opt_out", "STOP")]
+
+
+def _v3_and_v2(items: list[tuple[str, str]], path: str = INBOUND) -> dict[str, str]:
+    """Headers as Plivo sends them: a V3 and a V2 signature, each with its own nonce."""
+    v3 = signed_headers(path, items, scheme="v3")
+    v2 = signed_headers(path, items, scheme="v2")
+    return {**v3, **v2}
+
+
+def test_v2_of_a_v3_and_v2_request_cannot_be_replayed_alone(
+    db: Database, uid: str, client: TestClient
+) -> None:
+    """The downgrade: a genuine STOP signed with V3 and V2; its V2 pair replayed with a START
+    body (no V3 header) must be refused, since both nonces were spent by the first request."""
+    t = Tenant(db, f"a-{uid}", fresh_number(), "Acme")
+    phone = fresh_number()
+    stop = list(inbound(phone, t.sender, "STOP").items())
+    headers = _v3_and_v2(stop)
+    assert client.post(INBOUND, content=urlencode(stop), headers=headers).status_code == 200
+    assert opted_out(db, t.id, phone)
+
+    forged = list(inbound(phone, t.sender, "START").items())
+    v2_only = {k: v for k, v in headers.items() if "V3" not in k}
+    r = client.post(INBOUND, content=urlencode(forged), headers=v2_only)
+    assert r.status_code == 403
+    assert opted_out(db, t.id, phone)
+    assert events(db, t.id, phone) == [("opt_out", "STOP")]
+
+
+def test_both_signatures_must_verify(db: Database, uid: str, client: TestClient) -> None:
+    t = Tenant(db, f"a-{uid}", fresh_number(), "Acme")
+    phone = fresh_number()
+    items = list(inbound(phone, t.sender, "STOP").items())
+    good_v3_bad_v2 = {**_v3_and_v2(items),
+                      **signed_headers(INBOUND, items, scheme="v2", token="wrong-token")}
+    r = client.post(INBOUND, content=urlencode(items), headers=good_v3_bad_v2)
+    assert r.status_code == 403
+    bad_v3_good_v2 = {**_v3_and_v2(items),
+                      **signed_headers(INBOUND, items, scheme="v3", token="wrong-token")}
+    r = client.post(INBOUND, content=urlencode(items), headers=bad_v3_good_v2)
+    assert r.status_code == 403
+    assert not opted_out(db, t.id, phone) and events(db, t.id, phone) == []
+
+
+def test_v3_only_setting_refuses_v2_alone(db: Database, uid: str) -> None:
+    t = Tenant(db, f"a-{uid}", fresh_number(), "Acme")
+    p1, p2, p3 = fresh_number(), fresh_number(), fresh_number()
+    settings = make_settings(plivo_signatures="v3")
+    with TestClient(create_app(settings, db, ConsoleSmsProvider())) as c:
+        assert post(c, INBOUND, inbound(p1, t.sender, "STOP"), scheme="v2").status_code == 403
+        assert post(c, INBOUND, inbound(p2, t.sender, "STOP")).status_code == 200
+        both = list(inbound(p3, t.sender, "STOP").items())
+        r = c.post(INBOUND, content=urlencode(both), headers=_v3_and_v2(both))
+        assert r.status_code == 200
+    assert not opted_out(db, t.id, p1)
+    assert opted_out(db, t.id, p2) and opted_out(db, t.id, p3)
+
+
+def test_plivo_signatures_setting_values() -> None:
+    from dunning.platform.settings import SettingsError, load_settings
+
+    assert load_settings(plivo_signatures="v3").plivo_signatures == "v3"
+    assert load_settings(plivo_signatures="V3, v2").plivo_signatures == "v2,v3"
+    assert load_settings().plivo_signatures == "v2,v3"
+    with pytest.raises(SettingsError, match="DUNNING_PLIVO_SIGNATURES"):
+        load_settings(plivo_signatures="v1")
 
 
 def test_oversized_bodies(db: Database, uid: str, client: TestClient) -> None:
@@ -867,6 +934,113 @@ def test_through_a_real_uvicorn_server(db: Database, uid: str) -> None:
         server.should_exit = True
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def _running(settings: Settings, db: Database) -> tuple[Any, threading.Thread]:
+    server = make_server(settings, create_app(settings, db, ConsoleSmsProvider()),
+                         handle_signals=False)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    return server, thread
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """True when the server closes the connection (EOF or reset) within `seconds`."""
+    sock.settimeout(seconds)
+    try:
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_slow_requests_are_cut_off_by_the_read_deadline(db: Database) -> None:
+    """Slowloris: headers that never end, or a body that never comes, lose the connection
+    after DUNNING_HTTP_READ_TIMEOUT; a complete request on the same server is served."""
+    port = _free_port()
+    settings = make_settings(http_host="127.0.0.1", http_port=port, http_read_timeout=0.5,
+                             public_url=f"http://127.0.0.1:{port}")
+    server, thread = _running(settings, db)
+    try:
+        slow_headers = socket.create_connection(("127.0.0.1", port))
+        slow_headers.sendall(b"POST /webhooks/plivo/inbound HTTP/1.1\r\nHost: x\r\n")
+        slow_body = socket.create_connection(("127.0.0.1", port))
+        slow_body.sendall(b"POST /webhooks/plivo/inbound HTTP/1.1\r\nHost: x\r\n"
+                          b"Content-Type: application/x-www-form-urlencoded\r\n"
+                          b"X-Plivo-Signature-V3: x\r\nX-Plivo-Signature-V3-Nonce: n\r\n"
+                          b"Content-Length: 1000\r\n\r\nText=")
+        started = time.monotonic()
+        for sock in (slow_headers, slow_body):
+            with sock:
+                for _ in range(3):  # trickling bytes does not extend the deadline
+                    with contextlib.suppress(OSError):
+                        sock.sendall(b"X")
+                    time.sleep(0.1)
+                assert _closed_within(sock, 3.0)
+        assert time.monotonic() - started < 4.0
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            assert http.get("/healthz").status_code == 200
+        idle = socket.create_connection(("127.0.0.1", port))  # never sends a byte
+        with idle:
+            assert _closed_within(idle, 3.0)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_connections_beyond_the_limit_get_503(db: Database) -> None:
+    port = _free_port()
+    settings = make_settings(http_host="127.0.0.1", http_port=port, http_read_timeout=5,
+                             http_max_connections=2, public_url=f"http://127.0.0.1:{port}")
+    server, thread = _running(settings, db)
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    try:
+        for sock in held:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # incomplete: holds its slot
+        time.sleep(0.2)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            assert http.get("/healthz").status_code == 503
+        for sock in held:
+            sock.close()
+        deadline = time.monotonic() + 5
+        while True:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+                if http.get("/healthz").status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "slots never came back"
+            time.sleep(0.1)
+    finally:
+        for sock in held:
+            sock.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_refusal_warnings_are_rate_limited(
+    db: Database, uid: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(http_refusal_logs_per_minute=5)
+    t = Tenant(db, f"a-{uid}", fresh_number(), "Acme")
+    caplog.set_level(logging.WARNING, logger="dunning.webhooks")
+    with TestClient(create_app(settings, db, ConsoleSmsProvider())) as c:
+        for _ in range(40):
+            r = c.post(INBOUND, content=urlencode(inbound(fresh_number(), t.sender, "STOP")),
+                       headers=FORM)
+            assert r.status_code == 403
+            r = c.post(f"/webhooks/stripe/nope-{uid}", content=b"{}",
+                       headers={"Stripe-Signature": f"t={int(time.time())},v1={'0' * 64}"})
+            assert r.status_code == 403
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert 1 <= len(refused) <= 6
+    assert len(caplog.records) <= 8  # nothing else logs once per request either
 
 
 async def test_serve_webhooks_until_stop(db: Database) -> None:

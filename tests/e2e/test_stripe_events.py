@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import logging
 import time
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -225,6 +227,19 @@ def test_bodies_checked_after_the_signature(db: Database, uid: str, client: Test
     assert processed(db, account) == 0
 
 
+def test_a_signed_event_with_a_huge_created_time_is_400_not_500(
+    db: Database, uid: str, client: TestClient,
+) -> None:
+    account, secret = f"h-{uid}", new_secret()
+    add_account(db, account, secret)
+    for created in (10**15, 10**30, 253402300800):
+        payload = body_of(event("invoice.paid", invoice("in_1", "cus_1"), created=created))
+        r = client.post(path(account), content=payload, headers=headers(payload, secret))
+        assert r.status_code == 400, (created, r.text)
+        assert "created" in r.json()["error"]
+    assert processed(db, account) == 0
+
+
 def test_other_event_types_are_acknowledged_not_recorded(
     db: Database, uid: str, client: TestClient,
 ) -> None:
@@ -396,7 +411,7 @@ async def test_invoice_failed_starts_a_case_and_paid_recovers_it(
                                     real_activities(sqlite_db, plivo_server, smtp_server)):
         r = await post(failed)
         assert r.status_code == 200, r.text
-        wf_id = f"dunning-{account}-in_1"
+        wf_id = f"dunning:{account}:in_1"
         assert r.json()["case"] == "started" and r.json()["workflow_id"] == wf_id
         # The first reminder reaches the invoice's customer with the hosted invoice page.
         mails = await wait_for(lambda: smtp_server.to(email))
@@ -432,8 +447,8 @@ async def test_invoice_failed_starts_a_case_and_paid_recovers_it(
         assert r.json()["status"] == "ignored" and "hosted_invoice_url" in r.json()["reason"]
     row = case_row(sqlite_db, wf_id)
     assert row is not None and (row.state, row.recovered_amount) == ("recovered", 4900)
-    assert case_row(sqlite_db, f"dunning-{account}-in_2") is None
-    assert case_row(sqlite_db, f"dunning-{account}-in_3") is None
+    assert case_row(sqlite_db, f"dunning:{account}:in_2") is None
+    assert case_row(sqlite_db, f"dunning:{account}:in_3") is None
 
 
 async def test_subscription_deleted_cancels_the_customers_open_cases(
@@ -454,7 +469,7 @@ async def test_subscription_deleted_cancels_the_customers_open_cases(
         for inv, cus in (("in_a", "cus_x"), ("in_b", "cus_x"), ("in_c", "cus_y")):
             r = await post(event("invoice.payment_failed", invoice(inv, cus)))
             assert r.json()["case"] == "started"
-        ids = {i: f"dunning-{account}-{i}" for i in ("in_a", "in_b", "in_c")}
+        ids = {i: f"dunning:{account}:{i}" for i in ("in_a", "in_b", "in_c")}
         await wait_for(lambda: all(case_row(sqlite_db, w) for w in ids.values()))
         sub = {"id": "sub_1", "object": "subscription", "customer": "cus_x",
                "status": "canceled"}
@@ -520,7 +535,7 @@ async def test_temporal_down_answers_503_and_the_retry_succeeds(
         assert r.json()["case"] == "started"
         assert len(attempts) == 2
         await wait_for(lambda: smtp_server.to(f"u{uid}@ex.test"))
-        handle = worker_client.get_workflow_handle(f"dunning-{account}-in_1")
+        handle = worker_client.get_workflow_handle(f"dunning:{account}:in_1")
         await handle.signal("cancel", {"reason": "test cleanup"})
         assert (await handle.result())["outcome"] == "canceled"
     assert processed(sqlite_db, account) == 1
@@ -538,8 +553,15 @@ def cli(cli: Callable[..., tuple[int, str, str]], monkeypatch: pytest.MonkeyPatc
     return cli
 
 
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / f"secret-{uuid.uuid4().hex[:6]}"
+    path.write_text(text)
+    return path
+
+
 def test_cli_sets_the_signing_secret(
-    cli: Callable[..., tuple[int, str, str]], db: Database, uid: str,
+    cli: Callable[..., tuple[int, str, str]], db: Database, uid: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     account = f"cli-{uid}"
     add_account(db, account, None)
@@ -549,19 +571,73 @@ def test_cli_sets_the_signing_secret(
     assert data["endpoint_url"] == f"https://hooks.example.test/base/webhooks/stripe/{account}"
     assert data["secret_set"] is False
     secret = new_secret()
-    code, out, _ = cli("stripe", "set-secret", "--account", account, "--secret", secret,
-                       "--json")
+    secret_file = tmp_path / "whsec.txt"
+    secret_file.write_text(secret + "\n")
+    code, out, _ = cli("stripe", "set-secret", "--account", account, "--secret-file",
+                       str(secret_file), "--json")
     assert code == 0 and json.loads(out)["secret_set"] is True
     assert secret not in out  # never echoed
     with db.session() as s:
         acct = s.get(Account, account)
-        assert acct is not None and acct.stripe_webhook_secret == secret
-    code, out, err = cli("stripe", "set-secret", "--account", account, "--secret", "sk_live_x")
+        assert acct is not None and acct.stripe_webhook_secret is not None
+        stored = acct.stripe_webhook_secret
+    # Encrypted at rest, with the key generated under the data directory (0600).
+    assert stored.startswith("enc:v1:") and secret not in stored
+    assert (tmp_path / "secrets.key").stat().st_mode & 0o777 == 0o600
+    # The webhook server opens it: an event signed with the secret is accepted.
+    app_settings = settings(data_dir=tmp_path)
+    with TestClient(create_app(app_settings, db, ConsoleSmsProvider(), NoTemporal())) as c:
+        payload = body_of(event("customer.created", stripe_customer("cus_1", None)))
+        assert c.post(path(account), content=payload,
+                      headers=headers(payload, secret)).status_code == 200
+        assert c.post(path(account), content=payload,
+                      headers=headers(payload, new_secret())).status_code == 403
+    # On the command line it is refused (usage error); from stdin it is read.
+    code, _, _ = cli("stripe", "set-secret", "--account", account, "--secret", secret)
+    assert code == 2
+    monkeypatch.setattr("sys.stdin", io.StringIO(secret + "\n"))
+    code, out, err = cli("stripe", "set-secret", "--account", account, "--json")
+    assert code == 0, err
+    code, out, err = cli("stripe", "set-secret", "--account", account, "--secret-file",
+                         str(write(tmp_path, "sk_live_x")))
     assert code == 1 and "whsec_" in err and "Traceback" not in err
-    code, out, err = cli("stripe", "set-secret", "--account", f"nope-{uid}", "--secret", secret)
+    code, out, err = cli("stripe", "set-secret", "--account", f"nope-{uid}", "--secret-file",
+                         str(secret_file))
     assert code == 1 and "unknown account" in err
     code, out, _ = cli("stripe", "clear-secret", "--account", account, "--json")
     assert code == 0 and json.loads(out)["secret_set"] is False
     with db.session() as s:
         acct = s.get(Account, account)
         assert acct is not None and acct.stripe_webhook_secret is None
+
+
+def test_reseal_encrypts_plaintext_secrets_and_rotates_keys(
+    cli: Callable[..., tuple[int, str, str]], db: Database, uid: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dunning.platform.secret_box import SecretBox, secret_box_for, stripe_context
+
+    account, secret = f"rs-{uid}", new_secret()
+    add_account(db, account, secret)  # stored in plain text, as before encryption existed
+    old_key, new_key = "old:" + "11" * 32, "new:" + "22" * 32
+    monkeypatch.setenv("DUNNING_SECRET_KEYS", old_key)
+    reset_settings_cache()
+    code, out, err = cli("stripe", "reseal", "--json")
+    assert code == 0, err
+    assert json.loads(out)["resealed"] >= 1
+
+    def stored() -> str:
+        with db.session() as s:
+            acct = s.get(Account, account)
+            assert acct is not None and acct.stripe_webhook_secret is not None
+            return acct.stripe_webhook_secret
+
+    assert stored().startswith("enc:v1:old:") and secret not in stored()
+    monkeypatch.setenv("DUNNING_SECRET_KEYS", f"{new_key},{old_key}")
+    reset_settings_cache()
+    code, out, err = cli("stripe", "reseal", "--json")
+    assert code == 0, err
+    assert stored().startswith("enc:v1:new:")
+    box = secret_box_for(settings(secret_keys=new_key))
+    assert box.open(stored(), context=stripe_context(account)) == secret
+    assert isinstance(box, SecretBox)

@@ -12,6 +12,8 @@ e.g. `full_schedule.v1.json`): they are what cases started before the change loo
 The files: `<name>.json`, recorded by the current workflow; `<name>.v2.json`, recorded before
 the `resume-clears-sms-paused` patch; `<name>.v1.json`, recorded before the
 `end-cancels-queued-sends` patch. Without a patch's marker, a replay takes its old branch.
+`signal_account.json` holds the `signals-name-their-account` marker (a signal for another
+account ignored).
 
 The workers use Temporal's default data converter (no payload encryption), so the payloads in
 these files are plain JSON (base64 in the proto JSON); the data is made up.
@@ -165,6 +167,28 @@ async def quiet_hours(client: Client, db: Database) -> WorkflowHandle[Any, Any]:
     return handle
 
 
+async def signal_account(client: Client, db: Database) -> WorkflowHandle[Any, Any]:
+    """Under the `dunning:<account>:<invoice>` id: a `cancel` naming another account is ignored
+    (patch `signals-name-their-account`), then the case's own `payment_recovered` ends it."""
+    make_account(db, "sigacct", schedule="0s,30s", sms=False)
+    add_customer(db, "sigacct", "c1", phone="+14155550107")
+    handle = await client.start_workflow(
+        "DunningWorkflow", case_input("sigacct", "inv1", "c1"), id="dunning:sigacct:inv1",
+        task_queue=QUEUE,
+    )
+
+    async def email_sent() -> bool:
+        st = await query_status(handle)
+        return any(r["channel"] == "email" and r["status"] == "sent" for r in st["reminders"])
+
+    await wait_for(email_sent, timeout=30)
+    await handle.signal("cancel", {"account_id": "someone-else", "reason": "forged"})
+    await handle.signal("payment_recovered", {"account_id": "sigacct"})
+    result = await handle.result()
+    assert result["outcome"] == "recovered", result
+    return handle
+
+
 SCENARIOS: dict[str, Scenario] = {
     "full_schedule": full_schedule,
     "pause_resume": pause_resume,
@@ -172,6 +196,7 @@ SCENARIOS: dict[str, Scenario] = {
     "cancel": cancel,
     "late_start": late_start,
     "quiet_hours": quiet_hours,
+    "signal_account": signal_account,
 }
 
 

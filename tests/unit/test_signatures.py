@@ -191,3 +191,27 @@ def test_verify_request_uses_the_scheme() -> None:
     assert verify_request(TOKEN, "POST", URL, v3, params)
     assert not verify_request(TOKEN, "POST", URL, v3, {"Text": "START"})
     assert verify_request(TOKEN, "POST", URL, v2, params)
+
+
+def test_request_signatures_returns_both_and_honours_the_accepted_schemes() -> None:
+    from dunning.webhooks.signatures import request_signatures, verify_all
+
+    both = {
+        "X-Plivo-Signature-V3": independent_v3(TOKEN, URL, "n3", [("Text", "STOP")]),
+        "X-Plivo-Signature-V3-Nonce": "n3",
+        "X-Plivo-Signature-V2": independent_v2(TOKEN, URL, "n2"),
+        "X-Plivo-Signature-V2-Nonce": "n2",
+    }
+    sigs = request_signatures(both)
+    assert sigs is not None and [(s.scheme, s.nonce) for s in sigs] == [("v3", "n3"), ("v2", "n2")]
+    assert verify_all(TOKEN, "POST", URL, sigs, {"Text": "STOP"})
+    # V3 covers the body: with another body the pair fails although V2 alone would pass.
+    assert not verify_all(TOKEN, "POST", URL, sigs, {"Text": "START"})
+    bad_v2 = {**both, "X-Plivo-Signature-V2": independent_v2("other", URL, "n2")}
+    bad = request_signatures(bad_v2)
+    assert bad is not None and not verify_all(TOKEN, "POST", URL, bad, {"Text": "STOP"})
+    v2_only = {k: v for k, v in both.items() if "V3" not in k}
+    assert request_signatures(v2_only, accepted=("v3",)) is None
+    assert request_signatures(v2_only) is not None
+    assert request_signatures(both, accepted=("v3",)) is not None
+    assert verify_all(TOKEN, "POST", URL, [], {}) is False

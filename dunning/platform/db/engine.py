@@ -18,6 +18,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dunning.platform.files import private_file
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 PING_AFTER_IDLE = 10.0  # seconds a pooled PostgreSQL connection may sit unused unchecked
 
@@ -26,10 +28,14 @@ def make_engine(url: str, *, pool_size: int = 10, ping_after_idle: float = PING_
                 ) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:" and not (
+            parsed.database.startswith("file:")
+        ):
+            # 0600 (and a 0700 directory if we create it): customers, ledger and secrets.
+            private_file(Path(parsed.database))
         engine = create_engine(
             url,
+            hide_parameters=True,  # no customer data in logged or raised SQL errors
             connect_args={"timeout": 30, "check_same_thread": False},
             pool_size=pool_size,
             max_overflow=pool_size,
@@ -53,7 +59,8 @@ def make_engine(url: str, *, pool_size: int = 10, ping_after_idle: float = PING_
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     engine = create_engine(
-        parsed, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
+        parsed, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
+        hide_parameters=True,  # no customer data in logged or raised SQL errors
     )
     _ping_when_idle(engine, ping_after_idle)
     return engine

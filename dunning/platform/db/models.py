@@ -64,7 +64,10 @@ class Account(Base):
     # low | zero | None: the last balance notice sent, so each crossing notifies once.
     balance_notice: Mapped[str | None] = mapped_column(String(8))
     # Signing secret of the account's Stripe webhook endpoint (billing-source events).
-    stripe_webhook_secret: Mapped[str | None] = mapped_column(String(200))
+    # Encrypted at rest (dunning.platform.secret_box: `enc:v1:<key id>:<data>`).
+    stripe_webhook_secret: Mapped[str | None] = mapped_column(String(512))
+    # Hosts billing links may point at (`pay.acme.com,*.acme.com`); NULL: any https host.
+    billing_link_hosts: Mapped[str | None] = mapped_column(String(1000))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -154,6 +157,10 @@ class CreditEntry(Base):
     """Append-only credit ledger. The account's balance always equals the sum of `amount`."""
 
     __tablename__ = "credit_ledger"
+    __table_args__ = (
+        # A top-up's idempotency key: at most one entry per (account, key); NULL for the rest.
+        Index("uq_credit_ledger_idempotency", "account_id", "idempotency_key", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     account_id: Mapped[str] = mapped_column(
@@ -166,6 +173,7 @@ class CreditEntry(Base):
     step: Mapped[int | None] = mapped_column(Integer)
     message_id: Mapped[int | None] = mapped_column(Integer)
     note: Mapped[str | None] = mapped_column(String(400))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
 import socket
 import ssl
@@ -11,12 +12,14 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Protocol
 
+from dunning.domain.contract import is_loopback_host
 from dunning.platform.providers import (
     AmbiguousProviderError,
     PermanentProviderError,
     TransientProviderError,
     mask_email,
 )
+from dunning.platform.redaction import redact_urls
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,20 @@ class EmailProvider(Protocol):
         ...
 
 
+_LINE_BREAKS_RE = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+")
+
+
+def header_text(value: str) -> str:
+    """A header value on one line: CR, LF and other line breaks (from a customer's name, say)
+    become one space, so no header can be injected and the message is never refused."""
+    return _LINE_BREAKS_RE.sub(" ", value).strip()
+
+
 def build_message(email: OutgoingEmail) -> EmailMessage:
     msg = EmailMessage()
-    msg["From"] = email.sender
-    msg["To"] = email.to
-    msg["Subject"] = email.subject
+    msg["From"] = header_text(email.sender)
+    msg["To"] = header_text(email.to)
+    msg["Subject"] = header_text(email.subject)
     msg["Message-ID"] = email.message_id or make_msgid(domain="dunning.local")
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(email.body)
@@ -60,7 +72,8 @@ class ConsoleEmailProvider:
         with self._lock:
             self.sent.append(email)
         if self.echo:
-            print(f"[email] to {mask_email(email.to)}: {email.subject}", flush=True)
+            print(f"[email] to {mask_email(email.to)}: {redact_urls(email.subject)}",
+                  flush=True)
         return str(msg["Message-ID"])
 
 
@@ -75,21 +88,45 @@ class SmtpEmailProvider:
         password: str | None = None,
         starttls: bool = False,
         timeout: float = 10.0,
+        *,
+        implicit_tls: bool | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`implicit_tls`: TLS from the first byte (SMTPS); None = on for port 465. A login
+        (`username`) over plain text to a host other than loopback is refused."""
         self.host, self.port = host, port
         self.username, self.password = username, password
         self.starttls, self.timeout = starttls, timeout
+        self.implicit_tls = port == 465 if implicit_tls is None else implicit_tls
+        self.tls_context = tls_context
+
+    @property
+    def is_encrypted(self) -> bool:
+        return self.implicit_tls or self.starttls
+
+    def _connect(self) -> smtplib.SMTP:
+        if self.implicit_tls:
+            return smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
+                                    context=self.tls_context or ssl.create_default_context())
+        return smtplib.SMTP(self.host, self.port, timeout=self.timeout)
 
     def send(self, email: OutgoingEmail) -> str:
         msg = build_message(email)
+        if self.username and not self.is_encrypted and not is_loopback_host(self.host):
+            raise PermanentProviderError(
+                f"refusing to log in to SMTP server {self.host} over plain text: set "
+                "DUNNING_SMTP_STARTTLS=true or DUNNING_SMTP_SSL=true (port 465)"
+            )
         try:
-            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            smtp = self._connect()
+        except ssl.SSLError as exc:
+            raise TransientProviderError(f"TLS with the SMTP server failed: {exc}") from None
         except (ConnectionError, socket.gaierror, TimeoutError, OSError) as exc:
             raise TransientProviderError(f"cannot reach SMTP server: {exc}") from None
         try:
             with smtp:
-                if self.starttls:
-                    smtp.starttls(context=ssl.create_default_context())
+                if self.starttls and not self.implicit_tls:
+                    smtp.starttls(context=self.tls_context or ssl.create_default_context())
                 if self.username:
                     smtp.login(self.username, self.password or "")
                 refused = smtp.send_message(msg)

@@ -16,6 +16,7 @@ from dunning.platform.providers import (
     TransientProviderError,
     mask_phone,
 )
+from dunning.platform.redaction import redact_urls
 
 log = logging.getLogger("dunning.sms")
 
@@ -37,7 +38,8 @@ class SmsProvider(Protocol):
 
 
 class ConsoleSmsProvider:
-    """Prints each message (number masked) and remembers it; sends nothing."""
+    """Prints each message (number masked; numbers, addresses and link paths in the text
+    masked too) and remembers it; sends nothing."""
 
     name = "console"
 
@@ -53,7 +55,9 @@ class ConsoleSmsProvider:
             self.sent.append(sms)
             msg_id = f"console-{self._count}"
         if self.echo:
-            print(f"[sms {msg_id}] to {mask_phone(sms.dst)}: {sms.text}", flush=True)
+            # Masked: the text holds a billing link, maybe a number or an address.
+            print(f"[sms {msg_id}] to {mask_phone(sms.dst)}: {redact_urls(sms.text)}",
+                  flush=True)
         return msg_id
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine
 
+from dunning.platform.db.engine import make_engine
 from dunning.platform.db.models import Base
 
 config = context.config
@@ -22,7 +22,8 @@ def run_migrations() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
+    # The engine's own set-up (for SQLite: a 0600 file, 0700 directories it creates).
+    engine = make_engine(config.get_main_option("sqlalchemy.url") or "", pool_size=1)
     with engine.begin() as conn:
         context.configure(
             connection=conn,
