@@ -15,6 +15,7 @@ from dunning.cases.client import CaseNotFound, CaseRequest, DunningClient
 from dunning.cli.common import JsonOpt, console, database, fail, print_json, settings
 from dunning.domain.contract import InputError, check_id, parse_rfc3339, workflow_id_for
 from dunning.platform.db.models import Message
+from dunning.platform.temporal import TemporalConnectError
 
 T = TypeVar("T")
 
@@ -29,6 +30,8 @@ def run_with_client(fn: Callable[[DunningClient], Awaitable[T]]) -> T:
         cfg = settings()
         try:
             client = await DunningClient.connect(cfg, database())
+        except TemporalConnectError as exc:
+            fail(str(exc))
         except RuntimeError as exc:
             fail(f"cannot reach Temporal at DUNNING_TEMPORAL_ADDRESS={cfg.temporal_address} "
                  f"(namespace {cfg.temporal_namespace}): {str(exc).splitlines()[0]}")

@@ -110,18 +110,25 @@ def _hint(reason: str, options: ConnectionOptions) -> str:
     if "notvalidforname" in low or "certificate is not valid for" in low:
         return ("the server's certificate does not name this host: set "
                 "DUNNING_TEMPORAL_TLS_SERVER_NAME to a name it carries")
-    if "certificaterequired" in low or "certificate required" in low or (
-        options.tls and not (isinstance(options.tls, TLSConfig) and options.tls.client_cert)
-        and ("handshake" in low or "alert" in low)
-    ):
-        return ("the server wants a client certificate: set DUNNING_TEMPORAL_TLS_CERT and "
-                "DUNNING_TEMPORAL_TLS_KEY")
-    if not options.tls and ("connection reset" in low or "broken pipe" in low
-                            or "frame" in low or "h2 protocol" in low):
-        return "the server may expect TLS: set DUNNING_TEMPORAL_TLS=on"
+    if "connection refused" in low:
+        return "nothing accepts connections there: check DUNNING_TEMPORAL_ADDRESS"
     if options.tls and ("wrong version" in low or "corrupt message" in low
                         or "invalidcontenttype" in low):
         return "the server does not speak TLS here: set DUNNING_TEMPORAL_TLS=off"
+    has_cert = isinstance(options.tls, TLSConfig) and bool(options.tls.client_cert)
+    closed = any(w in low for w in (
+        "handshake", "alert", "unexpectedeof", "close_notify", "broken pipe",
+        "connection reset", "connection closed", "canceled", "certificaterequired",
+        "certificate required",
+    ))
+    if options.tls and not has_cert and closed:
+        return ("the server closed the TLS connection, it probably wants a client certificate: "
+                "set DUNNING_TEMPORAL_TLS_CERT and DUNNING_TEMPORAL_TLS_KEY")
+    if has_cert and (closed or "badcertificate" in low or "bad certificate" in low):
+        return ("the server closed the TLS connection: does it trust the client certificate "
+                "in DUNNING_TEMPORAL_TLS_CERT (signed by its CA)?")
+    if not options.tls and (closed or "frame" in low or "h2 protocol" in low):
+        return "the server may expect TLS: set DUNNING_TEMPORAL_TLS=on"
     return "check DUNNING_TEMPORAL_ADDRESS and the DUNNING_TEMPORAL_TLS_* settings"
 
 
@@ -143,8 +150,8 @@ async def connect(settings: Settings, *, runtime: Runtime | None = None) -> Clie
         if options.api_key:
             reason = reason.replace(options.api_key, "***")
         raise TemporalConnectError(
-            f"cannot connect to Temporal at {options.describe}: {reason[:400]} "
-            f"({_hint(reason, options)})"
+            f"cannot connect to Temporal at {options.describe}: {_hint(reason, options)} "
+            f"(detail: {reason[:300]})"
         ) from None
 
 

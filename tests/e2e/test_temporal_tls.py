@@ -1,0 +1,224 @@
+"""Secured Temporal connections, for real: a TLS-terminating loopback proxy (tests/fakes) in front
+of the dev server, with certificates made here, once plain TLS and once requiring client
+certificates (mTLS). Every process connects through `dunning.platform.temporal.connect`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from dunning.domain.contract import WORKFLOW_TYPE
+from dunning.platform.settings import Settings, SettingsError, load_settings
+from dunning.platform.temporal import (
+    TemporalConnectError,
+    connect,
+    connection_options,
+)
+from tests.fakes.tls_proxy import Pki, TlsProxy, make_pki
+from worker import connect_worker_client
+
+DUNNING = str(Path(sys.executable).parent / "dunning")
+KEYS = "k1:" + "3c" * 32
+API_KEY = "tmprl-api-key-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def dev_address(env: WorkflowEnvironment) -> str:
+    return env.client.service_client.config.target_host
+
+
+@pytest.fixture(scope="module")
+def tls_proxy(temporal_env: WorkflowEnvironment, pki: Pki) -> Iterator[TlsProxy]:
+    proxy = TlsProxy(dev_address(temporal_env), pki).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def mtls_proxy(temporal_env: WorkflowEnvironment, pki: Pki) -> Iterator[TlsProxy]:
+    proxy = TlsProxy(dev_address(temporal_env), pki, require_client_cert=True).start()
+    yield proxy
+    proxy.stop()
+
+
+def settings_for(tmp_path: Path, address: str, **tls: Any) -> Settings:
+    return Settings(_env_file=None, data_dir=tmp_path, codec_keys=KEYS,
+                    temporal_address=address, **tls)
+
+
+async def start_and_describe(client: Client) -> None:
+    """A round trip that needs the namespace and writes history."""
+    ns = await client.workflow_service.describe_namespace(
+        DescribeNamespaceRequest(namespace="default"))
+    assert ns.namespace_info.name == "default"
+    wid = f"tls-{uuid.uuid4().hex[:8]}"
+    handle = await client.start_workflow(WORKFLOW_TYPE, {"x": 1}, id=wid,
+                                         task_queue=f"nobody-{wid}")
+    desc = await handle.describe()
+    assert desc.id == wid
+    await handle.terminate()
+
+
+# --- plain TLS --------------------------------------------------------------------------------
+
+
+async def test_tls_with_the_right_ca_starts_a_case(
+    tls_proxy: TlsProxy, pki: Pki, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path, tls_proxy.address, temporal_tls=True,
+                            temporal_tls_ca=pki.ca)
+    before = tls_proxy.accepted
+    client = await connect(settings)
+    await start_and_describe(client)
+    assert tls_proxy.accepted > before  # it really went through the proxy
+
+
+async def test_tls_on_implied_by_the_ca_and_server_name(
+    tls_proxy: TlsProxy, pki: Pki, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path, tls_proxy.address, temporal_tls_ca=pki.ca,
+                            temporal_tls_server_name="localhost")
+    assert settings.temporal_tls_enabled
+    await start_and_describe(await connect(settings))
+
+
+async def test_wrong_ca_fails_with_a_clear_error(
+    tls_proxy: TlsProxy, pki: Pki, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path, tls_proxy.address, temporal_tls=True,
+                            temporal_tls_ca=pki.other_ca)
+    with pytest.raises(TemporalConnectError) as info:
+        await connect(settings)
+    message = str(info.value)
+    assert "\n" not in message
+    assert tls_proxy.address in message and "TLS" in message
+    assert "DUNNING_TEMPORAL_TLS_CA" in message
+
+
+async def test_plain_text_to_a_tls_port_fails_with_a_clear_error(
+    tls_proxy: TlsProxy, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path, tls_proxy.address)
+    assert not settings.temporal_tls_enabled
+    with pytest.raises(TemporalConnectError, match="plain text"):
+        await connect(settings)
+
+
+# --- mTLS -------------------------------------------------------------------------------------
+
+
+async def test_mtls_with_a_client_certificate_works_for_client_and_worker(
+    mtls_proxy: TlsProxy, pki: Pki, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path, mtls_proxy.address, temporal_tls=True,
+                            temporal_tls_ca=pki.ca, temporal_tls_cert=pki.client_cert,
+                            temporal_tls_key=pki.client_key)
+    await start_and_describe(await connect(settings))
+    worker_client = await connect_worker_client(settings)
+    await start_and_describe(worker_client)
+
+
+async def test_mtls_without_a_client_certificate_fails(
+    mtls_proxy: TlsProxy, pki: Pki, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path, mtls_proxy.address, temporal_tls=True,
+                            temporal_tls_ca=pki.ca)
+    accepted = mtls_proxy.accepted
+    with pytest.raises(TemporalConnectError) as info:
+        await connect(settings)
+    assert "DUNNING_TEMPORAL_TLS_CERT" in str(info.value)
+    assert mtls_proxy.accepted == accepted  # no connection got past the TLS handshake
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DUNNING_", "PLIVO_", "TEMPORAL_"))}
+    env.update(extra)
+    return env
+
+
+def test_the_cli_uses_the_tls_settings(mtls_proxy: TlsProxy, pki: Pki, tmp_path: Path) -> None:
+    """`dunning status` (the DunningClient path every CLI command uses) through the mTLS proxy:
+    with the certificate it reaches Temporal (the case is simply unknown); without, it fails
+    with one line naming the setting."""
+    env = clean_env(
+        DUNNING_DATA_DIR=str(tmp_path), DUNNING_CODEC_KEYS=KEYS,
+        DUNNING_TEMPORAL_ADDRESS=mtls_proxy.address, DUNNING_TEMPORAL_TLS="on",
+        DUNNING_TEMPORAL_TLS_CA=str(pki.ca), DUNNING_TEMPORAL_TLS_CERT=str(pki.client_cert),
+        DUNNING_TEMPORAL_TLS_KEY=str(pki.client_key),
+    )
+    args = [DUNNING, "status", "--account", "acme", "--invoice", "inv-tls-1"]
+    ok = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 1 and "cannot" not in ok.stderr.lower(), ok.stderr
+    assert "inv-tls-1" in ok.stderr  # "no case for ..." from Temporal, reached over mTLS
+    del env["DUNNING_TEMPORAL_TLS_CERT"], env["DUNNING_TEMPORAL_TLS_KEY"]
+    refused = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DUNNING_TEMPORAL_TLS_CERT" in lines[0], refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+# --- API key ----------------------------------------------------------------------------------
+
+
+async def test_api_key_is_sent_as_a_bearer_header_and_never_shown(
+    tls_proxy: TlsProxy, pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings = settings_for(tmp_path, tls_proxy.address, temporal_tls_ca=pki.ca,
+                            temporal_api_key=API_KEY)
+    assert settings.temporal_tls_enabled  # an API key implies TLS
+    options = connection_options(settings)
+    assert options.api_key == API_KEY
+    for shown in (repr(options), str(options), repr(settings), str(settings),
+                  options.describe):
+        assert API_KEY not in shown
+    client = await connect(settings)
+    await start_and_describe(client)
+    assert f"Bearer {API_KEY}" in tls_proxy.header_values("authorization")
+    # A failing connection does not print it either.
+    wrong = settings_for(tmp_path, tls_proxy.address, temporal_tls_ca=pki.other_ca,
+                         temporal_api_key=API_KEY)
+    with pytest.raises(TemporalConnectError) as info:
+        await connect(wrong)
+    assert API_KEY not in str(info.value) and "API key" in str(info.value)
+    engine_records = [r for r in caplog.records if not r.name.startswith("hpack")]
+    assert all(API_KEY not in r.getMessage() for r in engine_records)
+    assert API_KEY not in caplog.text
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def test_tls_settings_are_checked(tmp_path: Path, pki: Pki) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"temporal_tls_ca": tmp_path / "missing.pem"}, "DUNNING_TEMPORAL_TLS_CA"),
+        ({"temporal_tls_cert": pki.client_cert}, "DUNNING_TEMPORAL_TLS_KEY"),
+        ({"temporal_tls_key": pki.client_key}, "DUNNING_TEMPORAL_TLS_CERT"),
+        ({"temporal_tls": False, "temporal_tls_ca": pki.ca}, "DUNNING_TEMPORAL_TLS"),
+        ({"temporal_tls": "maybe"}, "DUNNING_TEMPORAL_TLS"),
+    ]
+    for overrides, variable in cases:
+        with pytest.raises(SettingsError, match=variable) as info:
+            load_settings(_env_file=None, data_dir=tmp_path, **overrides)
+        assert "\n" not in str(info.value)
+    plain = load_settings(_env_file=None, data_dir=tmp_path)
+    assert not plain.temporal_tls_enabled and connection_options(plain).tls is False
+    system_roots = load_settings(_env_file=None, data_dir=tmp_path, temporal_tls="on")
+    assert connection_options(system_roots).tls is True
