@@ -143,6 +143,11 @@ def up() -> None:
     """Dev server (when none is running), migrations, worker and webhook server, until Ctrl-C."""
     _logging()
     cfg = settings()
+    from dunning.platform.doctor import examine
+
+    for problem in examine(cfg).problems:  # the same checks as `dunning doctor`
+        err_console.print(f"warning: {problem.check}: {problem.message}", highlight=False,
+                          markup=False, soft_wrap=True)
     database()
     codec_port = cfg.codec_port
     codec = not _port_open("127.0.0.1", codec_port)
