@@ -119,7 +119,7 @@ def _hint(reason: str, options: ConnectionOptions) -> str:
     closed = any(w in low for w in (
         "handshake", "alert", "unexpectedeof", "close_notify", "broken pipe",
         "connection reset", "connection closed", "canceled", "certificaterequired",
-        "certificate required",
+        "certificate required", "transport error",
     ))
     if options.tls and not has_cert and closed:
         return ("the server closed the TLS connection, it probably wants a client certificate: "

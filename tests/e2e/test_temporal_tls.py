@@ -165,10 +165,10 @@ def test_the_cli_uses_the_tls_settings(mtls_proxy: TlsProxy, pki: Pki, tmp_path:
     args = [DUNNING, "status", "--account", "acme", "--invoice", "inv-tls-1"]
     ok = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 1 and "cannot" not in ok.stderr.lower(), ok.stderr
-    assert "inv-tls-1" in ok.stderr  # "no case for ..." from Temporal, reached over mTLS
+    assert "inv-tls-1" in ok.stderr, ok.stderr  # "no case ..." from Temporal, over mTLS
     del env["DUNNING_TEMPORAL_TLS_CERT"], env["DUNNING_TEMPORAL_TLS_KEY"]
     refused = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 1
+    assert refused.returncode == 1, refused.stderr
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "DUNNING_TEMPORAL_TLS_CERT" in lines[0], refused.stderr
     assert "Traceback" not in refused.stderr
