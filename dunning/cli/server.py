@@ -188,11 +188,15 @@ async def _run_all(cfg: Any, with_codec: bool) -> None:
             loop.add_signal_handler(sig, stop.set)
     tasks = [run_worker(cfg, stop), serve_webhooks(cfg, stop)]
     if with_codec:
+        from dunning.platform.codec_access import CodecGate
         from dunning.platform.codec_server import build_codec_server
 
         ui = int(cfg.temporal_address.rpartition(":")[2]) + 1000
+        gate = CodecGate.from_settings(cfg)  # DUNNING_CODEC_AUTH_TOKEN / JWKS as configured
+        if cfg.temporal_namespace not in gate.namespaces:  # the dev server's own namespace
+            gate.namespaces = (*gate.namespaces, cfg.temporal_namespace)
         server = build_codec_server(
-            cfg, "127.0.0.1", cfg.codec_port,
+            cfg, "127.0.0.1", cfg.codec_port, gate=gate,
             cors_origins=[f"http://127.0.0.1:{ui}", f"http://localhost:{ui}"],
             log_level="warning",
         )

@@ -18,13 +18,16 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from dunning.cases.client import CaseNotFound, DunningClient
 from dunning.domain.contract import WORKFLOW_TYPE
+from dunning.platform.db import Database
 from dunning.platform.settings import Settings, SettingsError, load_settings
 from dunning.platform.temporal import (
     TemporalConnectError,
     connect,
     connection_options,
 )
+from dunning.webhooks.app import _temporal_factory
 from tests.fakes.tls_proxy import Pki, TlsProxy, make_pki
 from worker import connect_worker_client
 
@@ -143,6 +146,21 @@ async def test_mtls_without_a_client_certificate_fails(
         await connect(settings)
     assert "DUNNING_TEMPORAL_TLS_CERT" in str(info.value)
     assert mtls_proxy.accepted == accepted  # no connection got past the TLS handshake
+
+
+async def test_dunning_client_and_webhooks_connect_over_mtls(
+    mtls_proxy: TlsProxy, pki: Pki, tmp_path: Path, sqlite_db: Database
+) -> None:
+    settings = settings_for(tmp_path, mtls_proxy.address, temporal_tls_ca=pki.ca,
+                            temporal_tls_cert=pki.client_cert, temporal_tls_key=pki.client_key)
+    before = mtls_proxy.accepted
+    dunning = await DunningClient.connect(settings)
+    with pytest.raises(CaseNotFound):  # the answer came from Temporal, through the proxy
+        await dunning.status("acme", f"inv-{uuid.uuid4().hex[:6]}")
+    # The webhook server's client (started and signalled on billing events).
+    webhooks_client = await _temporal_factory(settings, sqlite_db)()
+    await start_and_describe(webhooks_client.client)
+    assert mtls_proxy.accepted >= before + 2
 
 
 def clean_env(**extra: str) -> dict[str, str]:
