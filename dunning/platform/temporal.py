@@ -150,7 +150,8 @@ async def connect(settings: Settings, *, runtime: Runtime | None = None) -> Clie
         if options.api_key:
             reason = reason.replace(options.api_key, "***")
         raise TemporalConnectError(
-            f"cannot connect to Temporal at {options.describe}: {_hint(reason, options)} "
+            f"cannot reach Temporal at DUNNING_TEMPORAL_ADDRESS={options.describe}: "
+            f"{_hint(reason, options)} "
             f"(detail: {reason[:300]})"
         ) from None
 
