@@ -115,6 +115,13 @@ def check_temporal(s: Settings) -> list[Finding]:
             "DUNNING_TEMPORAL_TLS=on (with DUNNING_TEMPORAL_TLS_CA, and DUNNING_TEMPORAL_TLS_CERT/"
             "_KEY for mTLS, or DUNNING_TEMPORAL_API_KEY)",
         ))
+    if not is_loopback_host(host) and not s.codec_keys.strip():
+        found.append(_note(
+            "temporal-tls",
+            "DUNNING_CODEC_KEYS is not set: each machine generates its own payload key under "
+            "DUNNING_DATA_DIR, and workers on other machines could not read its payloads; set "
+            "the same keys everywhere",
+        ))
     if s.temporal_api_key.get_secret_value() and not s.temporal_tls_enabled:
         found.append(_problem(
             "temporal-tls",

@@ -35,7 +35,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from dunning.domain.contract import WORKFLOW_TYPE
 from dunning.platform.codec import CodecKey, EncryptionCodec, converter_for, parse_keys
-from dunning.platform.codec_access import CodecGate
+from dunning.platform.codec_access import CodecGate, JwtVerifier
 from dunning.platform.codec_server import (
     InsecureCodecServer,
     check_bind,
@@ -264,6 +264,34 @@ def test_jwks_is_cached(codec_proc: CodecProcess, idp: FakeIdentityProvider) -> 
     for _ in range(5):  # unknown key ids: at most one forced re-fetch (cooldown)
         codec_proc.post("/decode", auth=f"Bearer {idp.token(key=SigningKey())}")
     assert idp.jwks_fetches - before <= 1
+
+
+def test_identity_provider_down_is_503_without_details(
+    tmp_path: Path, idp: FakeIdentityProvider
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/jwks"
+    gate = CodecGate(verifier=JwtVerifier(dead, audience=idp.audience, issuer=idp.issuer,
+                                          timeout=2))
+    settings = Settings(data_dir=tmp_path, codec_keys=KEYS, _env_file=None)
+    with TestClient(create_codec_app(settings, gate=gate)) as client:
+        resp = client.post("/decode", json=sealed_body(), headers={
+            "x-namespace": "default", "authorization": f"Bearer {idp.token()}"})
+    assert resp.status_code == 503
+    assert resp.json() == {"error": "authentication is unavailable, try again later"}
+
+
+def test_browser_preflight_and_healthz_need_no_token(codec_proc: CodecProcess) -> None:
+    """The UI's browser sends a CORS preflight without credentials before each call."""
+    resp = httpx.options(codec_proc.url + "/decode", headers={
+        "Origin": "http://localhost:8233", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type,x-namespace"})
+    assert resp.status_code == 200
+    assert resp.headers["access-control-allow-origin"] == "http://localhost:8233"
+    assert "authorization" in resp.headers["access-control-allow-headers"].lower()
+    assert httpx.get(codec_proc.url + "/healthz").json() == {"status": "ok"}
+    evil = httpx.options(codec_proc.url + "/decode", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in evil.headers
 
 
 # --- namespaces ----------------------------------------------------------------------------

@@ -62,6 +62,10 @@ def test_plain_text_temporal_beyond_loopback(tmp_path: Path, address: str) -> No
     report = examine(settings(tmp_path, temporal_address=address))
     assert [p.check for p in report.problems] == ["temporal-tls"]
     assert address in report.problems[0].message
+    assert any("DUNNING_CODEC_KEYS" in n.message for n in report.notes)  # keys per machine
+    shared = examine(settings(tmp_path / "keys", temporal_address=address, temporal_tls=True,
+                              codec_keys="k1:" + "ab" * 32))
+    assert shared.is_clean and shared.notes == []
     assert checks_of(settings(tmp_path / "tls", temporal_address=address,
                               temporal_tls=True)) == set()
     assert checks_of(settings(tmp_path / "key", temporal_address=address,
