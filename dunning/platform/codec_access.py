@@ -44,6 +44,7 @@ JWKS_CACHE_SECONDS = 300.0
 # forged tokens cannot make the server hammer the identity provider.
 JWKS_REFRESH_COOLDOWN = 30.0
 JWT_LEEWAY_SECONDS = 30
+JWKS_RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class JwtVerifier:
     ) -> None:
         self.audience = audience
         self.issuer = issuer
+        self._down_until = 0.0
         self._jwks = PyJWKClient(
             jwks_url, cache_jwk_set=True, lifespan=cache_seconds, timeout=timeout,
             cooldown_duration=refresh_cooldown,
@@ -90,8 +92,15 @@ class JwtVerifier:
 
     def verify(self, token: str) -> dict[str, Any]:
         """The token's claims; raises jwt.PyJWTError when it is not valid (blocking: the JWKS
-        may be fetched)."""
-        key = self._jwks.get_signing_key_from_jwt(token)
+        may be fetched). After a failed fetch, calls fail fast for JWKS_RETRY_SECONDS instead of
+        each waiting on an unreachable identity provider."""
+        if time.monotonic() < self._down_until:
+            raise jwt.PyJWKClientConnectionError("JWKS unreachable (retrying shortly)")
+        try:
+            key = self._jwks.get_signing_key_from_jwt(token)
+        except jwt.PyJWKClientConnectionError:
+            self._down_until = time.monotonic() + JWKS_RETRY_SECONDS
+            raise
         claims: dict[str, Any] = jwt.decode(
             token, key=key, algorithms=list(JWT_ALGORITHMS), audience=self.audience,
             issuer=self.issuer, leeway=JWT_LEEWAY_SECONDS,

@@ -266,18 +266,23 @@ def test_jwks_is_cached(codec_proc: CodecProcess, idp: FakeIdentityProvider) -> 
     assert idp.jwks_fetches - before <= 1
 
 
-def test_identity_provider_down_is_503_without_details(
-    tmp_path: Path, idp: FakeIdentityProvider
-) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/jwks"
-    gate = CodecGate(verifier=JwtVerifier(dead, audience=idp.audience, issuer=idp.issuer,
-                                          timeout=2))
-    settings = Settings(data_dir=tmp_path, codec_keys=KEYS, _env_file=None)
-    with TestClient(create_codec_app(settings, gate=gate)) as client:
-        resp = client.post("/decode", json=sealed_body(), headers={
-            "x-namespace": "default", "authorization": f"Bearer {idp.token()}"})
-    assert resp.status_code == 503
-    assert resp.json() == {"error": "authentication is unavailable, try again later"}
+def test_identity_provider_down_is_503_without_details(tmp_path: Path) -> None:
+    provider = FakeIdentityProvider().start()
+    provider.down = True
+    try:
+        gate = CodecGate(verifier=JwtVerifier(provider.jwks_url, audience=provider.audience,
+                                              issuer=provider.issuer, timeout=2))
+        settings = Settings(data_dir=tmp_path, codec_keys=KEYS, _env_file=None)
+        with TestClient(create_codec_app(settings, gate=gate)) as client:
+            for _ in range(3):
+                resp = client.post("/decode", json=sealed_body(), headers={
+                    "x-namespace": "default", "authorization": f"Bearer {provider.token()}"})
+                assert resp.status_code == 503
+                assert resp.json() == {"error": "authentication is unavailable, try again later"}
+        # Calls right after a failed fetch fail fast instead of each waiting on the provider.
+        assert provider.jwks_fetches == 1
+    finally:
+        provider.stop()
 
 
 def test_browser_preflight_and_healthz_need_no_token(codec_proc: CodecProcess) -> None:

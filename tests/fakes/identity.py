@@ -34,6 +34,7 @@ class FakeIdentityProvider:
         self.audience = audience
         self.key = SigningKey()
         self.jwks_fetches = 0
+        self.down = False  # answer 503, as an identity provider in trouble
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,6 +46,9 @@ class FakeIdentityProvider:
                     self.send_error(404)
                     return
                 fake.jwks_fetches += 1
+                if fake.down:
+                    self.send_error(503)
+                    return
                 body = json.dumps({"keys": [fake.key.jwk()]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
