@@ -4,6 +4,7 @@ certificates (mTLS). Every process connects through `dunning.platform.temporal.c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -28,7 +29,10 @@ from dunning.platform.temporal import (
     connection_options,
 )
 from dunning.webhooks.app import _temporal_factory
+from tests.fakes.plivo import FakePlivo
+from tests.fakes.smtp import SmtpSink
 from tests.fakes.tls_proxy import Pki, TlsProxy, make_pki
+from tests.helpers import add_customer, case_input, make_account, real_activities, running_worker
 from worker import connect_worker_client
 
 DUNNING = str(Path(sys.executable).parent / "dunning")
@@ -161,6 +165,30 @@ async def test_dunning_client_and_webhooks_connect_over_mtls(
     webhooks_client = await _temporal_factory(settings, sqlite_db)()
     await start_and_describe(webhooks_client.client)
     assert mtls_proxy.accepted >= before + 2
+
+
+async def test_a_whole_case_runs_with_worker_and_client_over_mtls(
+    mtls_proxy: TlsProxy, pki: Pki, tmp_path: Path, sqlite_db: Database,
+    plivo_server: FakePlivo, smtp_server: SmtpSink, uid: str,
+) -> None:
+    """The worker polls and the client starts through the client-certificate proxy; the case
+    sends its email and SMS and ends."""
+    settings = settings_for(tmp_path, mtls_proxy.address, temporal_tls_ca=pki.ca,
+                            temporal_tls_cert=pki.client_cert, temporal_tls_key=pki.client_key)
+    account, queue, phone = f"tls{uid}", f"tls-q-{uid}", "+1415555" + str(
+        int(uid, 16) % 10000).zfill(4)
+    make_account(sqlite_db, account, schedule="0s", grace="1s")
+    add_customer(sqlite_db, account, "cus1", phone=phone)
+    worker_client = await connect_worker_client(settings)
+    client = await connect(settings)
+    acts = real_activities(sqlite_db, plivo_server, smtp_server)
+    async with running_worker(worker_client, queue, acts):
+        handle = await client.start_workflow(
+            WORKFLOW_TYPE, case_input(account, "inv1", "cus1"), id=f"tls-case-{uid}",
+            task_queue=queue)
+        result = await asyncio.wait_for(handle.result(), 60)
+    assert result["emails_sent"] == 1 and result["sms_sent"] == 1
+    assert len(plivo_server.accepted(phone.lstrip("+"))) == 1
 
 
 def clean_env(**extra: str) -> dict[str, str]:
