@@ -68,6 +68,12 @@ class Report:
         }
 
 
+def _text(value: object) -> str:
+    """A setting's text, whether it is a plain or a secret (SecretStr) field."""
+    reveal = getattr(value, "get_secret_value", None)
+    return str(reveal() if callable(reveal) else (value or ""))
+
+
 def _problem(check: str, message: str) -> Finding:
     return Finding(check, "problem", message)
 
@@ -115,7 +121,7 @@ def check_temporal(s: Settings) -> list[Finding]:
             "DUNNING_TEMPORAL_TLS=on (with DUNNING_TEMPORAL_TLS_CA, and DUNNING_TEMPORAL_TLS_CERT/"
             "_KEY for mTLS, or DUNNING_TEMPORAL_API_KEY)",
         ))
-    if not is_loopback_host(host) and not s.codec_keys.strip():
+    if not is_loopback_host(host) and not _text(s.codec_keys).strip():
         found.append(_note(
             "temporal-tls",
             "DUNNING_CODEC_KEYS is not set: each machine generates its own payload key under "
