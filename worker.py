@@ -33,7 +33,7 @@ from dunning.platform import logs, metrics
 from dunning.platform.db import Database
 from dunning.platform.providers.factory import email_provider, sms_provider
 from dunning.platform.settings import Settings, ensure_data_dir, get_settings
-from dunning.platform.temporal import connect, data_converter
+from dunning.platform.temporal import connect
 from workflows import DunningWorkflow
 
 log = logging.getLogger("dunning.worker")
@@ -154,15 +154,9 @@ async def running(workers: list[Worker]) -> AsyncIterator[None]:
 
 
 async def connect_worker_client(settings: Settings, runtime: Runtime | None = None) -> Client:
-    """The worker's client; with a runtime (e.g. one exporting metrics), on that runtime."""
-    if runtime is None:
-        return await connect(settings)
-    return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
-        data_converter=data_converter(settings),
-        runtime=runtime,
-    )
+    """The worker's client (TLS and API key as configured); with a runtime (e.g. one exporting
+    metrics), on that runtime."""
+    return await connect(settings, runtime=runtime)
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:

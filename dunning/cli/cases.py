@@ -22,6 +22,7 @@ from dunning.domain.contract import (
     parse_rfc3339,
 )
 from dunning.platform.db.models import Message
+from dunning.platform.temporal import TemporalConnectError
 
 T = TypeVar("T")
 
@@ -36,6 +37,8 @@ def run_with_client(fn: Callable[[DunningClient], Awaitable[T]]) -> T:
         cfg = settings()
         try:
             client = await DunningClient.connect(cfg, database())
+        except TemporalConnectError as exc:
+            fail(str(exc))
         except RuntimeError as exc:
             fail(f"cannot reach Temporal at DUNNING_TEMPORAL_ADDRESS={cfg.temporal_address} "
                  f"(namespace {cfg.temporal_namespace}): {str(exc).splitlines()[0]}")

@@ -156,6 +156,9 @@ class Demo:
             plivo_auth_token=AUTH_TOKEN,
             sms_rate_limit=0,
             activity_workers=16,
+            # Its own plain-text dev server on loopback, whatever TLS the environment sets.
+            temporal_tls=False, temporal_tls_ca=None, temporal_tls_cert=None,
+            temporal_tls_key=None, temporal_tls_server_name="", temporal_api_key="",
         )
         self.db = Database(self.settings.effective_database_url)
         self.cases: list[DemoCase] = []

@@ -84,20 +84,25 @@ def webhooks() -> None:
 
 
 def codec_server(
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
-    port: int = typer.Option(8081, "--port", help="Port to listen on."),
+    host: str | None = typer.Option(
+        None, "--host", help="Interface to listen on (default DUNNING_CODEC_HOST, 127.0.0.1). "
+        "Anything but loopback needs DUNNING_CODEC_AUTH_TOKEN or DUNNING_CODEC_JWKS_URL."),
+    port: int | None = typer.Option(
+        None, "--port", help="Port to listen on (default DUNNING_CODEC_PORT, 8081)."),
     cors_origin: list[str] = typer.Option(
         [], "--cors-origin",
         help="Origin of a Temporal UI allowed to call the endpoints (repeatable; default: "
              "http://localhost:8233 and http://127.0.0.1:8233, the dev server's UI).",
     ),
 ) -> None:
-    """Temporal's /encode and /decode endpoints, so the UI and CLI can read payloads."""
+    """Temporal's /encode and /decode endpoints, so the UI and CLI can read payloads.
+    Callers authenticate with DUNNING_CODEC_AUTH_TOKEN or a JWT (DUNNING_CODEC_JWKS_URL)."""
     from dunning.platform.codec_server import DEFAULT_CORS_ORIGINS, run_codec_server
 
     _logging()
+    cfg = settings()
     try:
-        run_codec_server(settings(), host, port,
+        run_codec_server(cfg, host or cfg.codec_host, port or cfg.codec_port,
                          cors_origins=cors_origin or list(DEFAULT_CORS_ORIGINS))
     except ValueError as exc:
         fail(str(exc))
@@ -109,7 +114,6 @@ def _port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-CODEC_PORT = 8081
 
 
 def start_dev_server_if_needed(
@@ -140,16 +144,27 @@ def up() -> None:
     """Dev server (when none is running), migrations, worker and webhook server, until Ctrl-C."""
     _logging()
     cfg = settings()
+    from dunning.platform.doctor import examine
+
+    for problem in examine(cfg).problems:  # the same checks as `dunning doctor`
+        err_console.print(f"warning: {problem.check}: {problem.message}", highlight=False,
+                          markup=False, soft_wrap=True)
     database()
-    codec = not _port_open("127.0.0.1", CODEC_PORT)
+    codec_port = cfg.codec_port
+    codec = not _port_open("127.0.0.1", codec_port)
     proc = start_dev_server_if_needed(
-        codec_endpoint=f"http://127.0.0.1:{CODEC_PORT}" if codec else None
+        codec_endpoint=f"http://127.0.0.1:{codec_port}" if codec else None
     )
     if proc is not None:
         port = int(cfg.temporal_address.rpartition(":")[2])
         console.print(f"Temporal dev server started; UI: http://127.0.0.1:{port + 1000}"
-                      + (f" (payloads decoded by the codec server on :{CODEC_PORT})"
+                      + (f" (payloads decoded by the codec server on :{codec_port})"
                          if codec else ""))
+        if codec and cfg.codec_auth_configured:
+            console.print("note: the codec server requires authentication (DUNNING_CODEC_*); "
+                          "the dev server's UI sends no token, so it shows payloads encrypted. "
+                          f'Use `temporal workflow show --codec-endpoint '
+                          f'http://127.0.0.1:{codec_port} --codec-auth "Bearer $TOKEN"`.')
     console.print(f"worker on task queue '{cfg.task_queue}', webhooks on "
                   f"http://{cfg.http_host}:{cfg.http_port}; Ctrl-C stops")
     try:
@@ -174,11 +189,15 @@ async def _run_all(cfg: Any, with_codec: bool) -> None:
             loop.add_signal_handler(sig, stop.set)
     tasks = [run_worker(cfg, stop), serve_webhooks(cfg, stop)]
     if with_codec:
+        from dunning.platform.codec_access import CodecGate
         from dunning.platform.codec_server import build_codec_server
 
         ui = int(cfg.temporal_address.rpartition(":")[2]) + 1000
+        gate = CodecGate.from_settings(cfg)  # DUNNING_CODEC_AUTH_TOKEN / JWKS as configured
+        if cfg.temporal_namespace not in gate.namespaces:  # the dev server's own namespace
+            gate.namespaces = (*gate.namespaces, cfg.temporal_namespace)
         server = build_codec_server(
-            cfg, "127.0.0.1", CODEC_PORT,
+            cfg, "127.0.0.1", cfg.codec_port, gate=gate,
             cors_origins=[f"http://127.0.0.1:{ui}", f"http://localhost:{ui}"],
             log_level="warning",
         )

@@ -31,6 +31,25 @@ def _alias(name: str) -> AliasChoices:
     return AliasChoices(name, name.lower())
 
 
+def split_list(text: str) -> list[str]:
+    """`a, b,,c` -> ["a", "b", "c"] (comma-separated settings)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost`, 127.0.0.0/8 or ::1 (brackets allowed); anything else, including 0.0.0.0
+    and other names, is not."""
+    import ipaddress
+
+    host = host.strip().strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
@@ -123,6 +142,118 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return ",".join(sorted({p.strip().lower() for p in v.split(",") if p.strip()}))
         return v
+
+    # --- security: who may use the codec server, how Temporal is reached (SECURITY.md) ---
+    # The codec server's address (`dunning codec-server`; `--host/--port` override). Without
+    # authentication it serves loopback addresses only.
+    codec_host: str = Field("127.0.0.1", validation_alias=_alias("DUNNING_CODEC_HOST"))
+    codec_port: int = Field(8081, ge=1, le=65535, validation_alias=_alias("DUNNING_CODEC_PORT"))
+    # Static bearer token for the CLI and scripts (`temporal ... --codec-auth "Bearer <token>"`).
+    codec_auth_token: SecretStr = Field(
+        SecretStr(""), validation_alias=_alias("DUNNING_CODEC_AUTH_TOKEN")
+    )
+    # JWT access tokens forwarded by the Temporal UI: verified against this JWKS.
+    codec_jwks_url: str = Field("", validation_alias=_alias("DUNNING_CODEC_JWKS_URL"))
+    codec_jwt_audience: str = Field("", validation_alias=_alias("DUNNING_CODEC_JWT_AUDIENCE"))
+    codec_jwt_issuer: str = Field("", validation_alias=_alias("DUNNING_CODEC_JWT_ISSUER"))
+    # Comma-separated `sub` or `email` claims allowed to use it; empty: any valid token.
+    codec_allowed_subjects: str = Field(
+        "", validation_alias=_alias("DUNNING_CODEC_ALLOWED_SUBJECTS")
+    )
+    # Comma-separated namespaces it serves (the `X-Namespace` header); others get 403.
+    codec_namespaces: str = Field("default", validation_alias=_alias("DUNNING_CODEC_NAMESPACES"))
+    # Largest request body; a bigger one is refused (413) while it is being read.
+    codec_max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, validation_alias=_alias("DUNNING_CODEC_MAX_BODY_BYTES")
+    )
+    # TLS to the Temporal frontend: unset = on when a CA, client certificate, server name or
+    # API key is given; `off` with any of those is refused.
+    temporal_tls: bool | None = Field(None, validation_alias=_alias("DUNNING_TEMPORAL_TLS"))
+    temporal_tls_ca: Path | None = Field(None, validation_alias=_alias("DUNNING_TEMPORAL_TLS_CA"))
+    temporal_tls_cert: Path | None = Field(
+        None, validation_alias=_alias("DUNNING_TEMPORAL_TLS_CERT")
+    )
+    temporal_tls_key: Path | None = Field(
+        None, validation_alias=_alias("DUNNING_TEMPORAL_TLS_KEY")
+    )
+    temporal_tls_server_name: str = Field(
+        "", validation_alias=_alias("DUNNING_TEMPORAL_TLS_SERVER_NAME")
+    )
+    # Sent as `authorization: Bearer <key>` (Temporal Cloud API keys); implies TLS.
+    temporal_api_key: SecretStr = Field(
+        SecretStr(""), validation_alias=_alias("DUNNING_TEMPORAL_API_KEY")
+    )
+
+    @field_validator("codec_jwks_url")
+    @classmethod
+    def _check_jwks_url(cls, v: str) -> str:
+        v = v.strip()
+        if v:
+            parsed = urlparse(v)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ValueError("must be an https URL such as https://idp.example.com/jwks")
+            if parsed.scheme == "http" and not is_loopback_host(parsed.hostname):
+                raise ValueError("must be https (http only for a loopback host)")
+        return v
+
+    @field_validator("codec_namespaces")
+    @classmethod
+    def _check_codec_namespaces(cls, v: str) -> str:
+        if not split_list(v):
+            raise ValueError("name at least one namespace, e.g. default")
+        return v
+
+    @field_validator("temporal_tls_ca", "temporal_tls_cert", "temporal_tls_key")
+    @classmethod
+    def _check_tls_file(cls, v: Path | None) -> Path | None:
+        if v is None or str(v) == "" or str(v) == ".":
+            return None
+        if not v.is_file():
+            raise ValueError(f"no such file: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        if self.codec_jwks_url and not (self.codec_jwt_audience and self.codec_jwt_issuer):
+            raise ValueError(
+                "DUNNING_CODEC_JWT_AUDIENCE: DUNNING_CODEC_JWKS_URL needs both "
+                "DUNNING_CODEC_JWT_AUDIENCE and DUNNING_CODEC_JWT_ISSUER (tokens for other "
+                "applications of the same identity provider must not pass)"
+            )
+        if (self.temporal_tls_cert is None) != (self.temporal_tls_key is None):
+            missing = "KEY" if self.temporal_tls_key is None else "CERT"
+            raise ValueError(
+                f"DUNNING_TEMPORAL_TLS_{missing}: a client certificate needs both "
+                "DUNNING_TEMPORAL_TLS_CERT and DUNNING_TEMPORAL_TLS_KEY"
+            )
+        if self.temporal_tls is False:
+            given = [env for env, value in (
+                ("DUNNING_TEMPORAL_TLS_CA", self.temporal_tls_ca),
+                ("DUNNING_TEMPORAL_TLS_CERT", self.temporal_tls_cert),
+                ("DUNNING_TEMPORAL_TLS_SERVER_NAME", self.temporal_tls_server_name),
+            ) if value]
+            if given:
+                raise ValueError(
+                    f"DUNNING_TEMPORAL_TLS: is off but {given[0]} is set; switch TLS on or "
+                    "remove it"
+                )
+        return self
+
+    @property
+    def temporal_tls_enabled(self) -> bool:
+        """Whether connections to Temporal use TLS (see `temporal_tls`)."""
+        if self.temporal_tls is not None:
+            return self.temporal_tls
+        return bool(
+            self.temporal_tls_ca or self.temporal_tls_cert or self.temporal_tls_server_name
+            or self.temporal_api_key.get_secret_value()
+        )
+
+    @property
+    def codec_auth_configured(self) -> bool:
+        """Whether the codec server authenticates its callers (a token or JWTs)."""
+        return bool(self.codec_auth_token.get_secret_value() or self.codec_jwks_url)
+    # --- end of security settings ---
 
     @field_validator("database_url")
     @classmethod
@@ -279,8 +410,10 @@ __all__ = [
     "ensure_data_dir",
     "env_name",
     "get_settings",
+    "is_loopback_host",
     "load_settings",
     "mask_url",
     "reset_settings_cache",
     "secret_value",
+    "split_list",
 ]

@@ -37,6 +37,7 @@ SAMPLE_ENV = {
     "APP_DB_PASSWORD": "app-pw",
     "DUNNING_CODEC_KEYS": "k2:" + "ab" * 32 + ",k1:" + "cd" * 32,
     "DUNNING_SECRET_KEYS": "s1:" + "ef" * 32,
+    "DUNNING_CODEC_AUTH_TOKEN": "codec-token-from-env",
 }
 APP_ROLES = {("db", "upgrade"), ("worker",), ("webhooks",), ("codec-server",)}
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|PWD|TOKEN|SECRET|_KEYS?$")
@@ -344,7 +345,7 @@ def test_secrets_are_not_hard_coded(compose: dict[str, Any]) -> None:
                 assert "${" in value.split("@")[0], f"{name}: {key} hard-codes its password"
     # Without the required secrets compose must refuse to start rather than run with blanks.
     for secret in ("DUNNING_CODEC_KEYS", "DUNNING_SECRET_KEYS", "POSTGRES_PASSWORD",
-                   "APP_DB_PASSWORD"):
+                   "APP_DB_PASSWORD", "DUNNING_CODEC_AUTH_TOKEN"):
         with pytest.raises(AssertionError, match=secret):
             interpolate(text, {k: v for k, v in SAMPLE_ENV.items() if k != secret})
 
@@ -379,6 +380,18 @@ def test_ui_uses_the_codec_server(
     params = cmd.make_context("codec-server", rest).params
     port, host = params["port"], params["host"]
     assert host == "0.0.0.0"
+    # Beyond loopback it must authenticate: its environment lets it start.
+    from dunning.platform.codec_access import CodecGate
+    from dunning.platform.codec_server import InsecureCodecServer, check_bind
+
+    codec_env = {k: interpolate(v) for k, v in env_of(codec).items()}
+    codec_settings = Settings(_env_file=None, **codec_env)  # type: ignore[arg-type]
+    assert codec_settings.codec_auth_token.get_secret_value() == "codec-token-from-env"
+    check_bind(host, CodecGate.from_settings(codec_settings))
+    without = {**codec_env, "DUNNING_CODEC_AUTH_TOKEN": ""}
+    with pytest.raises(InsecureCodecServer, match="refusing"):
+        check_bind(host, CodecGate.from_settings(
+            Settings(_env_file=None, **without)))  # type: ignore[arg-type]
     ui = services["temporal-ui"]
     endpoint = urlsplit(interpolate(env_of(ui)["TEMPORAL_CODEC_ENDPOINT"]))
     # The browser calls the codec server at its published address.

@@ -330,7 +330,8 @@ async def test_codec_server_decodes_what_the_worker_wrote(tmp_path: Path) -> Non
     sealed = await converter_for(settings).encode([CONTACT, "plain?"])
     unencrypted = json_payload({"from": "temporal CLI"})
     with TestClient(create_codec_app(settings)) as client:
-        resp = client.post("/decode", json=payloads_json([*sealed, unencrypted]))
+        resp = client.post("/decode", json=payloads_json([*sealed, unencrypted]),
+                           headers={"X-Namespace": "default"})
     assert resp.status_code == 200
     values = [json.loads(p.data) for p in payloads_from(resp.json())]
     assert values == [CONTACT, "plain?", {"from": "temporal CLI"}]
@@ -378,13 +379,21 @@ def test_codec_server_configurable_origins_refuse_wildcard(tmp_path: Path) -> No
 
 
 def test_codec_server_errors(codec_client: TestClient, tmp_path: Path) -> None:
-    resp = codec_client.post("/decode", content=b"{not json")
+    ns = {"X-Namespace": "default"}
+    resp = codec_client.post("/decode", content=b"{not json", headers=ns)
     assert resp.status_code == 400 and "payloads" in resp.json()["error"]
-    resp = codec_client.post("/decode", json={"payloads": []})
+    resp = codec_client.post("/decode", json={"payloads": []}, headers=ns)
     assert resp.status_code == 200 and payloads_from(resp.json()) == []
     stranger = EncryptionCodec([CodecKey("k9", bytes(32))])
     sealed = asyncio.run(stranger.encode([json_payload("x")]))
-    resp = codec_client.post("/decode", json=payloads_json(sealed))
+    # Anonymous callers (no auth configured: loopback only) get no key ids...
+    resp = codec_client.post("/decode", json=payloads_json(sealed), headers=ns)
+    assert resp.status_code == 400 and "k9" not in resp.json()["error"]
+    # ...an authenticated operator gets the specific error.
+    app = create_codec_app(settings_for(tmp_path, f"k1:{KEY_A}"), auth_token="t")
+    with TestClient(app) as client:
+        resp = client.post("/decode", json=payloads_json(sealed),
+                           headers={**ns, "Authorization": "Bearer t"})
     assert resp.status_code == 400 and "'k9'" in resp.json()["error"]
     assert codec_client.get("/decode").status_code == 405
     assert codec_client.get("/healthz").json() == {"status": "ok"}
@@ -395,9 +404,9 @@ def test_codec_server_bearer_token(tmp_path: Path) -> None:
     body = payloads_json([json_payload("x")])
     with TestClient(app) as client:
         assert client.post("/encode", json=body).status_code == 401
-        wrong = {"Authorization": "Bearer nope"}
+        wrong = {"Authorization": "Bearer nope", "X-Namespace": "default"}
         assert client.post("/encode", json=body, headers=wrong).status_code == 401
-        right = {"Authorization": "Bearer s3cret"}
+        right = {"Authorization": "Bearer s3cret", "X-Namespace": "default"}
         assert client.post("/encode", json=body, headers=right).status_code == 200
 
 
