@@ -7,10 +7,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import (
@@ -21,7 +20,6 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from dunning.credits import wake
 from dunning.domain.contract import (
     QUERY_STATUS,
     SA_ACCOUNT_ID,
@@ -31,36 +29,22 @@ from dunning.domain.contract import (
     SIGNAL_CANCEL,
     SIGNAL_PAYMENT_RECOVERED,
     WORKFLOW_TYPE,
+    CaseInput,
     parse_case_input,
     workflow_id_for,
 )
-from dunning.platform.db import Database
 from dunning.platform.settings import Settings, get_settings
 from dunning.platform.temporal import connect
+
+if TYPE_CHECKING:  # the database (SQLAlchemy) is loaded only by top_up / wake_paused
+    from dunning.platform.db import Database
+
+# The case fields exist once: a request to start a case is the workflow's own input type.
+CaseRequest = CaseInput
 
 
 class CaseNotFound(LookupError):
     """No dunning case exists for that account and invoice."""
-
-
-@dataclass
-class CaseRequest:
-    account_id: str
-    customer_id: str
-    invoice_id: str
-    amount_due: int
-    currency: str
-    billing_link: str
-    failed_at: datetime | None = None
-    customer_email: str | None = None
-    customer_name: str | None = None
-    plan: str | None = None
-
-    def as_input(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if v is not None}
-        if self.failed_at is not None:
-            data["failed_at"] = self.failed_at.isoformat()
-        return data
 
 
 @dataclass
@@ -101,6 +85,8 @@ class DunningClient:
     @property
     def db(self) -> Database:
         if self._db is None:
+            from dunning.platform.db import Database
+
             self._db = Database(self.settings.effective_database_url, pool_size=2)
         return self._db
 
@@ -168,13 +154,20 @@ class DunningClient:
     async def top_up(self, account_id: str, amount: int) -> TopUpResult:
         """Add credits, then wake the paused cases they cover, oldest first
         (dunning.credits.wake)."""
+        from dunning.credits import wake
+
         done = await wake.top_up(self.client, self.db, account_id, amount)
         return TopUpResult(account_id, done.balance, done.woken)
 
     async def wake_paused(
-        self, account_id: str, concurrency: int = wake.DEFAULT_CONCURRENCY
+        self, account_id: str, concurrency: int | None = None
     ) -> int:
         """Signal `credits_added` to the waiting cases the balance covers, first come first
         served; the rest stay paused (no stampede). Returns how many were woken."""
-        result = await wake.wake_paused(self.client, self.db, account_id, concurrency=concurrency)
+        from dunning.credits import wake
+
+        result = await wake.wake_paused(
+            self.client, self.db, account_id,
+            concurrency=wake.DEFAULT_CONCURRENCY if concurrency is None else concurrency,
+        )
         return result.woken

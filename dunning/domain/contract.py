@@ -11,7 +11,7 @@ field types on every conversion, and string annotations would be re-evaluated ea
 
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -148,6 +148,9 @@ def parse_quiet_hours(text: str) -> str:
 
 @dataclass(frozen=True)
 class CaseInput:
+    """One failed invoice: the workflow's argument, parsed. The client's `CaseRequest` is this
+    same type; `as_input()` gives the JSON object the workflow takes."""
+
     account_id: str
     customer_id: str
     invoice_id: str
@@ -158,6 +161,13 @@ class CaseInput:
     customer_email: str | None = None
     customer_name: str | None = None
     plan: str | None = None
+
+    def as_input(self) -> dict[str, Any]:
+        """The workflow's JSON argument (fields left out when None; `failed_at` as RFC 3339)."""
+        data = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.failed_at is not None:
+            data["failed_at"] = self.failed_at.isoformat()
+        return data
 
 
 _REQUIRED = ("account_id", "customer_id", "invoice_id", "amount_due", "currency", "billing_link")
