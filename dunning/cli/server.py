@@ -195,11 +195,17 @@ async def _run_all(cfg: Any, with_codec: bool) -> None:
 def demo(
     keep: bool = typer.Option(False, "--keep", help="Leave the stack running to explore."),
     as_json: bool = JsonOpt,
+    smoke: bool = typer.Option(
+        False, "--smoke", help="A short run (about 20 s) that exits 1 unless emails and SMS "
+        "went out, a case was recovered and the webhooks answered as they should."
+    ),
 ) -> None:
     """A self-contained showcase on free ports that exits by itself."""
     from dunning.cli.demo import run_demo
 
-    run_demo(keep=keep, as_json=as_json)
+    problems = run_demo(keep=keep, as_json=as_json, smoke=smoke)
+    if problems:
+        fail("demo smoke run: " + "; ".join(problems))
 
 
 def register(app: typer.Typer) -> None:
