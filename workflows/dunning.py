@@ -83,6 +83,8 @@ SEND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coeffici
 # Versioning: behaviour changes go behind workflow.patched(...) so running cases replay.
 PATCH_END_CANCELS_SENDS = "end-cancels-queued-sends"
 PATCH_RESUME_CLEARS_PAUSED = "resume-clears-sms-paused"
+# Currencies in any case (`usd`), stored upper case, checked against ISO 4217.
+PATCH_ISO_CURRENCY = "iso-currency"
 CREDITS_RECHECK = timedelta(hours=1)  # safety net for a lost `credits_added` signal
 
 
@@ -347,7 +349,7 @@ class DunningWorkflow:
 
     def _parse(self, raw: Any) -> CaseInput:
         try:
-            case = parse_case_input(raw)
+            case = parse_case_input(raw, iso_currency=workflow.patched(PATCH_ISO_CURRENCY))
         except InputError as err:
             raise ApplicationError(
                 f"invalid input: {err}", {"field": err.field}, type="InvalidInput",

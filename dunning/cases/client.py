@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ from dunning.platform.settings import Settings, get_settings
 from dunning.platform.temporal import connect
 
 if TYPE_CHECKING:  # the database (SQLAlchemy) is loaded only by top_up / wake_paused
+    from dunning.credits.followups import BalanceFollowups
     from dunning.platform.db import Database
 
 # The case fields exist once: a request to start a case is the workflow's own input type.
@@ -62,17 +64,27 @@ class TopUpResult:
 
 
 class DunningClient:
-    def __init__(self, client: Client, settings: Settings, db: Database | None = None) -> None:
+    """`db` and `followups` (balance notices and auto-refills a top-up's grants start) are
+    built from `settings` on first use unless given; top-ups and wakes need them, starting and
+    signalling cases does not."""
+
+    def __init__(
+        self, client: Client, settings: Settings, db: Database | None = None,
+        followups: BalanceFollowups | None = None,
+    ) -> None:
         self.client = client
         self.settings = settings
         self._db = db
+        self._followups = followups
+        self._own_followups = False
 
     @classmethod
     async def connect(
-        cls, settings: Settings | None = None, db: Database | None = None
+        cls, settings: Settings | None = None, db: Database | None = None,
+        followups: BalanceFollowups | None = None,
     ) -> DunningClient:
         cfg = settings or get_settings()
-        return cls(await connect(cfg), cfg, db)
+        return cls(await connect(cfg), cfg, db, followups)
 
     async def __aenter__(self) -> DunningClient:
         return self
@@ -80,7 +92,8 @@ class DunningClient:
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        return None
+        if self._own_followups and self._followups is not None:
+            await asyncio.to_thread(self._followups.close)
 
     @property
     def db(self) -> Database:
@@ -90,13 +103,26 @@ class DunningClient:
             self._db = Database(self.settings.effective_database_url, pool_size=2)
         return self._db
 
+    @property
+    def followups(self) -> BalanceFollowups:
+        if self._followups is None:
+            from dunning.credits.followups import BalanceFollowups
+            from dunning.credits.wake import LoopWaker
+
+            self._followups = BalanceFollowups.from_settings(
+                self.settings, self.db, waker=LoopWaker(self.client)
+            )
+            self._own_followups = True
+        return self._followups
+
     def handle(self, account_id: str, invoice_id: str) -> WorkflowHandle[Any, Any]:
         return self.client.get_workflow_handle(workflow_id_for(account_id, invoice_id))
 
     async def start_case(self, request: CaseRequest) -> StartResult:
         """Start the case for a failed invoice; starting the same invoice again is a no-op."""
-        raw = request.as_input()
-        parse_case_input(raw)  # the same validation as the workflow: fail here, early
+        # The same validation as the workflow (fail here, early); what is sent is the parsed
+        # input, so values such as the currency go out normalised (`usd` -> `USD`).
+        raw = parse_case_input(request.as_input()).as_input()
         wf_id = workflow_id_for(request.account_id, request.invoice_id)
         try:
             handle = await self.client.start_workflow(
@@ -156,7 +182,8 @@ class DunningClient:
         (dunning.credits.wake)."""
         from dunning.credits import wake
 
-        done = await wake.top_up(self.client, self.db, account_id, amount)
+        done = await wake.top_up(self.client, self.db, account_id, amount,
+                                 followups=self.followups)
         return TopUpResult(account_id, done.balance, done.woken)
 
     async def wake_paused(
@@ -169,5 +196,6 @@ class DunningClient:
         result = await wake.wake_paused(
             self.client, self.db, account_id,
             concurrency=wake.DEFAULT_CONCURRENCY if concurrency is None else concurrency,
+            followups=self.followups,
         )
         return result.woken

@@ -45,6 +45,8 @@ from dunning.accounts.accounts import AccountOptions, create_account
 from dunning.accounts.messaging import set_sms_switch, set_sms_template
 from dunning.cases.client import CaseRequest, DunningClient
 from dunning.credits import ledger
+from dunning.credits.followups import BalanceFollowups
+from dunning.credits.wake import LoopWaker
 from dunning.customers.importer import import_file
 from dunning.messages.pacing import pacer_for
 from dunning.platform.db import Database
@@ -52,7 +54,7 @@ from dunning.platform.db.models import CreditEntry, Customer, Message
 from dunning.platform.providers.email import ConsoleEmailProvider
 from dunning.platform.providers.sms import ConsoleSmsProvider
 from dunning.platform.settings import Settings
-from dunning.platform.temporal import dev_server_command
+from dunning.platform.temporal import connect, dev_server_command
 from worker import build_workers, running
 
 ACCOUNT = "demo-acme"
@@ -279,9 +281,15 @@ class Demo:
     async def run(self, as_json: bool) -> dict[str, Any]:
         import_report = self.setup_account()
         sms, email = ConsoleSmsProvider(echo=False), ConsoleEmailProvider(echo=False)
+        temporal = await connect(self.settings)
+        # The demo is its own composition root: one set of follow-ups (balance notices,
+        # auto-refills, wakes) for the activities and the client.
+        followups = BalanceFollowups(self.db, email, waker=LoopWaker(temporal),
+                                     default_sender=self.settings.email_from)
         acts = DunningActivities(self.db, sms, email, public_url=self.settings.public_url,
-                                 pacer=pacer_for(self.db, self.settings.sms_rate_limit))
-        client = await DunningClient.connect(self.settings, self.db)
+                                 pacer=pacer_for(self.db, self.settings.sms_rate_limit),
+                                 followups=followups)
+        client = DunningClient(temporal, self.settings, self.db, followups)
         from dunning.webhooks import create_app
         from dunning.webhooks.server import make_server
 
@@ -300,6 +308,7 @@ class Demo:
                     await stop.wait()
         server.should_exit = True
         await web
+        await asyncio.to_thread(followups.close)
         summary["import"] = import_report
         return summary
 

@@ -34,7 +34,8 @@ def _logging() -> None:
     """Structured logs on stdout (dunning.logs: DUNNING_LOG_FORMAT, DUNNING_LOG_LEVEL)."""
     from dunning.platform import logs
 
-    logs.configure()
+    cfg = settings()  # a bad setting stops the command here, with one line naming it
+    logs.configure(cfg.log_level, cfg.log_format)
 
 
 def dev_server(

@@ -15,8 +15,7 @@ which holds no personal data), and anything passed as `extra={...}` becomes a fi
 Temporal's own loggers (`workflow.logger`, `activity.logger`) attach the workflow's details;
 their workflow id becomes `case` too.
 
-Phone numbers and email addresses: callers log them masked (`dunning.platform.providers.mask_phone`
-/
+Phone numbers and email addresses: callers log them masked (`dunning.domain.pii.mask_phone` /
 `mask_email`). As a safety net the formatter masks anything in a message or a string field that
 still looks like one (E.164 numbers, bare 11-15 digit runs as providers send them, addresses).
 """
@@ -25,13 +24,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from dunning.platform.providers import mask_email, mask_phone
+from dunning.domain.pii import redact
 
 ENV_LEVEL = "DUNNING_LOG_LEVEL"
 ENV_FORMAT = "DUNNING_LOG_FORMAT"
@@ -44,23 +41,6 @@ _STANDARD = set(vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, Non
 # Temporal's loggers put the workflow's or activity's details under these keys.
 _TEMPORAL = ("temporal_workflow", "temporal_activity")
 _SKIPPED = {*_TEMPORAL, "workflow_info", "activity_info"}  # whole Info objects: too much
-
-_PHONE_RE = re.compile(r"(?<![\w+])\+\d{8,15}\b|(?<![\w+])\d{11,15}\b")
-_EMAIL_RE = re.compile(r"[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-
-
-def redact(text: str) -> str:
-    """`text` with phone numbers and email addresses masked."""
-    if "@" in text:
-        text = _EMAIL_RE.sub(lambda m: mask_email(m.group(0)), text)
-    if any(c.isdigit() for c in text):
-        text = _PHONE_RE.sub(lambda m: mask_phone(_e164(m.group(0))), text)
-    return text
-
-
-def _e164(digits: str) -> str:
-    return digits if digits.startswith("+") else f"+{digits}"
-
 
 def _clean(value: Any) -> Any:
     if isinstance(value, str):
@@ -124,13 +104,15 @@ def formatter(fmt: str = "json") -> logging.Formatter:
 
 
 def configure(
-    level: str | int | None = None, fmt: str | None = None, stream: IO[str] | None = None
+    level: str | int = "INFO", fmt: str = "auto", stream: IO[str] | None = None
 ) -> logging.Handler:
     """Send the process's logs through one structured handler (replacing any root handlers).
-    Defaults come from DUNNING_LOG_LEVEL and DUNNING_LOG_FORMAT."""
+    The entry points pass Settings.log_level and Settings.log_format (DUNNING_LOG_LEVEL,
+    DUNNING_LOG_FORMAT); `auto` is text on a terminal, JSON otherwise."""
     stream = stream or sys.stdout
-    level = level or os.environ.get(ENV_LEVEL) or "INFO"
-    fmt = (fmt or os.environ.get(ENV_FORMAT) or ("text" if _tty(stream) else "json")).lower()
+    fmt = fmt.lower()
+    if fmt == "auto":
+        fmt = "text" if _tty(stream) else "json"
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter(fmt))
     root = logging.getLogger()

@@ -28,7 +28,7 @@ from dunning.domain.phones import validate_phone
 from dunning.platform.db import Database
 from dunning.platform.db.models import Account, Case, Customer, ProcessedEvent
 from dunning.platform.providers.sms import ConsoleSmsProvider
-from dunning.platform.settings import Settings, reset_settings_cache
+from dunning.platform.settings import Settings
 from dunning.platform.temporal import connect
 from dunning.webhooks import create_app
 from dunning.webhooks.stripe import source_for, verify_signature
@@ -534,7 +534,6 @@ def cli(cli: Callable[..., tuple[int, str, str]], monkeypatch: pytest.MonkeyPatc
         ) -> Callable[..., tuple[int, str, str]]:
     """conftest's in-process runner, with the public URL the endpoint is shown under."""
     monkeypatch.setenv("DUNNING_PUBLIC_URL", "https://hooks.example.test/base")
-    reset_settings_cache()
     return cli
 
 
