@@ -28,7 +28,7 @@ async def test_the_worker_wires_the_follow_ups(tmp_path: Path) -> None:
         assert isinstance(stripe, StripeGateway)
         assert (stripe.api_key, stripe.api_base) == ("sk_test_wired", "http://127.0.0.1:9")
         # Two workers in one process get two sets of collaborators, nothing shared.
-        other = build_activities(settings, db, client)  # type: ignore[arg-type]
+        other = build_activities(settings, db, client)
         assert other.followups is not follow
     finally:
         db.dispose()
