@@ -63,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
         ReleaseRequest,
         Reminder,
         SettleRequest,
+        currency_rules_agree,
         parse_case_input,
         sms_task_queue,
     )
@@ -349,7 +350,10 @@ class DunningWorkflow:
 
     def _parse(self, raw: Any) -> CaseInput:
         try:
-            case = parse_case_input(raw, iso_currency=workflow.patched(PATCH_ISO_CURRENCY))
+            # The patch is asked only when the two currency rules would differ (`usd`, `XYZ`):
+            # an upper-case ISO code is taken alike by both, and records no marker.
+            iso = currency_rules_agree(raw) or workflow.patched(PATCH_ISO_CURRENCY)
+            case = parse_case_input(raw, iso_currency=iso)
         except InputError as err:
             raise ApplicationError(
                 f"invalid input: {err}", {"field": err.field}, type="InvalidInput",

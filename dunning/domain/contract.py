@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from temporalio.common import SearchAttributeKey
 
-from dunning.domain.money import check_currency
+from dunning.domain.money import check_currency, is_currency
 from dunning.errors import InputError as InputError  # re-exported (its old home)
 
 WORKFLOW_TYPE = "DunningWorkflow"
@@ -184,6 +184,16 @@ def parse_rfc3339(field_name: str, value: object) -> datetime:
     if parsed.tzinfo is None:
         raise InputError(field_name, "needs a time zone offset, e.g. Z or +02:00")
     return parsed
+
+
+def currency_rules_agree(raw: object) -> bool:
+    """Whether the input's currency fares the same under both rules (three capitals before the
+    `iso-currency` patch, ISO 4217 in any case after it): an upper-case ISO 4217 code. Only
+    when they disagree does the workflow need to ask `workflow.patched` which rule applies, so
+    the common case records no patch marker."""
+    value = raw.get("currency") if isinstance(raw, dict) else None
+    return (isinstance(value, str) and _LEGACY_CURRENCY_RE.match(value) is not None
+            and is_currency(value))
 
 
 def parse_case_input(raw: object, *, iso_currency: bool = True) -> CaseInput:

@@ -89,3 +89,12 @@ async def test_the_client_sends_the_currency_upper_case() -> None:
             account_id="acme", customer_id="c1", invoice_id="inv2", amount_due=4900,
             currency="XYZ", billing_link="https://pay.example.com/inv2"))
     assert len(temporal.started) == 1  # nothing went out for the bad one
+
+
+def test_the_workflow_asks_its_patch_only_when_the_rules_differ() -> None:
+    from dunning.domain.contract import currency_rules_agree
+
+    assert currency_rules_agree({"currency": "USD"})  # both rules: USD, no patch marker
+    for value in ("usd", "XYZ", "Usd", 840, None):
+        assert not currency_rules_agree({"currency": value}), value
+    assert not currency_rules_agree(["USD"])
