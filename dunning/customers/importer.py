@@ -401,7 +401,7 @@ def auto_workers(total_bytes: int) -> int:
 
 _NO_REGION_REASON = (
     "no country: write the number with + and its country code, or fill the country column "
-    "or give --default-region"
+    "or give a default region"
 )
 
 
