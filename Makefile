@@ -31,13 +31,15 @@ bench: venv           ## benchmarks that print figures (BENCH_ARGS="--quick" for
 up: venv              ## dev server, migrations, worker and webhook server until Ctrl-C
 	$(BIN)/dunning up
 
-check-install:        ## `pip install .` (not editable) in a fresh venv gives working commands
+check-install:        ## `pip install .` (not editable, no dev extras) in a fresh venv: commands and the demo work
 	rm -rf build/check-venv
 	$(PYTHON) -m venv build/check-venv
 	build/check-venv/bin/pip install -q .
 	cd build && DUNNING_DATA_DIR=$$(mktemp -d) check-venv/bin/dunning db upgrade
 	build/check-venv/bin/temporal --version
 	build/check-venv/bin/dunning --help > /dev/null
+	cd build && check-venv/bin/python -c 'import dunning.cli.demo, worker, starter'
+	cd build && check-venv/bin/dunning demo --smoke --json > /dev/null
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -26,11 +26,14 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import DunningActivities
-from dunning.credits import refill, wake
+from dunning.credits.followups import BalanceFollowups
+from dunning.credits.gateways import Gateways
+from dunning.credits.wake import LoopWaker
 from dunning.domain.contract import sms_task_queue
 from dunning.messages.pacing import pacer_for
 from dunning.platform import logs, metrics
 from dunning.platform.db import Database
+from dunning.platform.providers.email import EmailProvider
 from dunning.platform.providers.factory import email_provider, sms_provider
 from dunning.platform.settings import Settings, ensure_data_dir, get_settings
 from dunning.platform.temporal import connect
@@ -39,14 +42,38 @@ from workflows import DunningWorkflow
 log = logging.getLogger("dunning.worker")
 
 
-def build_activities(settings: Settings, db: Database) -> DunningActivities:
+def build_followups(
+    settings: Settings, db: Database, client: Client, email: EmailProvider
+) -> BalanceFollowups:
+    """Balance notices (through the worker's email provider), auto-refills (through the
+    configured gateways) and the wakes they lead to (through this worker's own client)."""
+    return BalanceFollowups(
+        db,
+        email,
+        gateways=Gateways.from_settings(settings),
+        waker=LoopWaker(client),
+        default_sender=settings.email_from,
+    )
+
+
+def build_activities(
+    settings: Settings, db: Database, client: Client | None = None,
+    followups: BalanceFollowups | None = None,
+) -> DunningActivities:
+    """The activities with their collaborators, built here once: the database, the providers,
+    the SMS pacer and the balance follow-ups (with `client`, auto-refills wake paused cases
+    through it)."""
+    email = email_provider(settings)
+    if followups is None and client is not None:
+        followups = build_followups(settings, db, client, email)
     return DunningActivities(
         db,
         sms_provider(settings),
-        email_provider(settings),
+        email,
         public_url=settings.public_url,
         default_email_from=settings.email_from,
         pacer=pacer_for(db, settings.sms_rate_limit),
+        followups=followups,
     )
 
 
@@ -173,32 +200,33 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+    activities = build_activities(settings, db, client)
     with ThreadPoolExecutor(max_workers=settings.activity_workers) as executor:
-        workers = build_workers(client, settings, build_activities(settings, db), executor)
+        workers = build_workers(client, settings, activities, executor)
         log.info("worker polling task queues %s and %s at %s (SMS limit %s/s, sandbox %s)",
                  settings.task_queue, sms_task_queue(settings.task_queue),
                  settings.temporal_address, settings.sms_rate_limit or "no",
                  "on" if settings.workflow_sandbox else "off")
         if runtime is not None:
             log.info("metrics on http://%s/metrics", settings.metrics_address)
-        # Auto-refills started by this worker's sends wake paused cases through its own client.
-        wake.set_waker(wake.LoopWaker(client))
         async with running(workers):
             sampler = (
-                asyncio.create_task(metrics.sample_paused_cases(db, runtime.metric_meter, stop))
+                asyncio.create_task(metrics.sample_paused_cases(
+                    db, runtime.metric_meter, stop, settings.metrics_sample_seconds))
                 if runtime is not None else None
             )
             await stop.wait()
             if sampler is not None:
                 await sampler
-        await asyncio.to_thread(refill.drain)  # refills and notices already under way finish
-        wake.set_waker(None)
+        # Refills and notices already under way finish.
+        await asyncio.to_thread(activities.followups.close)
     db.dispose()
 
 
 def main() -> None:
-    logs.configure()
-    asyncio.run(run_worker(get_settings()))
+    settings = get_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    asyncio.run(run_worker(settings))
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from dunning.accounts.messaging import email_template_for, quote_sms, sms_template_for
-from dunning.credits import ledger, refill
+from dunning.credits import ledger
+from dunning.credits.followups import BalanceFollowups
 from dunning.domain.contract import (
     ACT_FINISH_CASE,
     ACT_REGISTER_CASE,
@@ -338,11 +339,17 @@ class DunningActivities:
         public_url: str = "http://127.0.0.1:8000",
         default_email_from: str = "billing@localhost",
         pacer: SendPacer | None = None,
+        followups: BalanceFollowups | None = None,
     ) -> None:
         self.db = db
         self.pacer = pacer
         self.sms = sms
         self.email = email
+        # Balance notices, auto-refills and their wakes (built by the worker; without one,
+        # notices go through `email`, refills use the default gateways and nothing is woken).
+        self.followups = followups or BalanceFollowups(
+            db, email, default_sender=default_email_from
+        )
         self.public_url = public_url.rstrip("/")
         self.default_email_from = default_email_from
         self._turns = threading.RLock() if db.dialect == "sqlite" else None
@@ -492,9 +499,7 @@ class DunningActivities:
                         enqueue=True,
                     )
                     # Notices and auto-refill; never raises, acts after the commit.
-                    refill.after_reserve(
-                        s, reservation, self.db, self.email, self.default_email_from
-                    )
+                    self.followups.after_reserve(s, reservation)
                     if not reservation.ok:
                         held = (" (held for cases waiting longer)"
                                 if reservation.balance >= cost else "")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from dunning.credits.gateways import Gateways
 from dunning.domain.contract import SEARCH_ATTRIBUTES
 from dunning.platform.db import Database
 from dunning.platform.temporal import temporal_binary
@@ -177,31 +178,33 @@ def tmp_data_dir(tmp_path: Path) -> Path:
 def cli(
     db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-) -> Iterator[Callable[..., tuple[int, str, str]]]:
+) -> CliRunner:
     """`dunning ...` in-process on the test database: run(*args) -> (exit code, stdout, stderr).
-    Temporal points at a port nothing listens on, so commands that need it fail clearly."""
-    from dunning.cli import common as cli_common
-    from dunning.cli import main
-    from dunning.platform.settings import reset_settings_cache
-
+    Temporal points at a port nothing listens on, so commands that need it fail clearly. Each
+    run builds (and closes) its own settings, database and follow-ups, as a real run does."""
     monkeypatch.setenv("DUNNING_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("DUNNING_DATABASE_URL", db.url)
     monkeypatch.setenv("DUNNING_TEMPORAL_ADDRESS", "127.0.0.1:1")
-    reset_settings_cache()
-    cli_common._DB = None
+    return CliRunner(capsys)
 
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
+
+class CliRunner:
+    """Runs `dunning` in-process. `gateways`: the payment gateways the run's follow-ups use
+    (by default, those the settings configure)."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self.capsys = capsys
+        self.gateways: Gateways | None = None
+
+    def __call__(self, *args: str) -> tuple[int, str, str]:
+        from dunning.cli import main
+        from dunning.cli.common import Invocation
+
+        self.capsys.readouterr()
         try:
-            main(list(args))
+            main(list(args), invocation=Invocation(gateways=self.gateways))
             code = 0
         except SystemExit as exc:
             code = int(exc.code or 0)
-        out, err = capsys.readouterr()
+        out, err = self.capsys.readouterr()
         return code, out, err
-
-    yield run
-    if cli_common._DB is not None:
-        cli_common._DB.dispose()
-    cli_common._DB = None
-    reset_settings_cache()

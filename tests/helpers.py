@@ -14,6 +14,7 @@ from temporalio.worker import Worker
 from activities import DunningActivities
 from dunning.accounts.accounts import AccountOptions, create_account
 from dunning.credits import ledger
+from dunning.credits.followups import BalanceFollowups
 from dunning.platform.db import Database
 from dunning.platform.db.models import Account, Customer
 from dunning.platform.providers.email import SmtpEmailProvider
@@ -89,12 +90,15 @@ def case_input(account_id: str, invoice_id: str, customer_id: str, **extra: Any)
     return data
 
 
-def real_activities(db: Database, plivo: FakePlivo, smtp: SmtpSink) -> DunningActivities:
+def real_activities(
+    db: Database, plivo: FakePlivo, smtp: SmtpSink, followups: BalanceFollowups | None = None
+) -> DunningActivities:
     return DunningActivities(
         db,
         PlivoSmsProvider(plivo.auth_id, plivo.auth_token, plivo.url, timeout=5),
         SmtpEmailProvider("127.0.0.1", smtp.port),
         public_url="http://127.0.0.1:8000",
+        followups=followups,
     )
 
 

@@ -63,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
         ReleaseRequest,
         Reminder,
         SettleRequest,
+        currency_rules_agree,
         parse_case_input,
         sms_task_queue,
     )
@@ -84,6 +85,8 @@ SEND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coeffici
 PATCH_END_CANCELS_SENDS = "end-cancels-queued-sends"
 PATCH_RESUME_CLEARS_PAUSED = "resume-clears-sms-paused"
 PATCH_SIGNAL_ACCOUNT = "signals-name-their-account"
+# Currencies in any case (`usd`), stored upper case, checked against ISO 4217.
+PATCH_ISO_CURRENCY = "iso-currency"
 CREDITS_RECHECK = timedelta(hours=1)  # safety net for a lost `credits_added` signal
 
 
@@ -369,7 +372,10 @@ class DunningWorkflow:
 
     def _parse(self, raw: Any) -> CaseInput:
         try:
-            case = parse_case_input(raw)
+            # The patch is asked only when the two currency rules would differ (`usd`, `XYZ`):
+            # an upper-case ISO code is taken alike by both, and records no marker.
+            iso = currency_rules_agree(raw) or workflow.patched(PATCH_ISO_CURRENCY)
+            case = parse_case_input(raw, iso_currency=iso)
         except InputError as err:
             raise ApplicationError(
                 f"invalid input: {err}", {"field": err.field}, type="InvalidInput",

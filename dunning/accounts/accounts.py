@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +13,7 @@ from dunning.domain.contract import (
     DEFAULT_GRACE,
     DEFAULT_QUIET_HOURS,
     DEFAULT_SCHEDULE,
+    EMAIL_RE,
     InputError,
     check_id,
     format_duration,
@@ -24,8 +24,6 @@ from dunning.domain.contract import (
     parse_schedule,
 )
 from dunning.platform.db.models import Account, SmsTemplate
-
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 @dataclass
@@ -79,7 +77,7 @@ def _apply_options(account: Account, opts: AccountOptions) -> None:
     for attr, flag in (("email_from", "email-from"), ("contact_email", "contact-email")):
         value = getattr(opts, attr)
         if value is not None:
-            if value and not _EMAIL_RE.match(value):
+            if value and not EMAIL_RE.match(value):
                 raise InputError(flag, f"{value!r} is not an email address")
             setattr(account, attr, value or None)
     if opts.schedule is not None:
@@ -122,10 +120,28 @@ def create_account(session: Session, account_id: str, opts: AccountOptions) -> A
     return account
 
 
-def get_account(session: Session, account_id: str) -> Account:
-    account = session.get(Account, account_id)
+def support_contact(support: str | None, email_from: str | None) -> str:
+    """Who customers are told to contact, in reminders (`{support_contact}`), previews and
+    the HELP reply alike: the account's support contact, else its sender address."""
+    return (support or email_from or "").strip()
+
+
+def support_contact_of(account: Account) -> str:
+    return support_contact(account.support_contact, account.email_from)
+
+
+def unknown_account(account_id: str) -> InputError:
+    """The one error for an account id that does not exist."""
+    return InputError("account", f"unknown account {account_id!r}")
+
+
+def get_account(session: Session, account_id: str, lock: bool = False) -> Account:
+    """The account, or InputError("account", "unknown account ...") (the one lookup every
+    service uses). `lock`: SELECT ... FOR UPDATE, the account row lock that serialises
+    debits, refills and settings changes of one account."""
+    account = session.get(Account, account_id, with_for_update=lock or None)
     if account is None:
-        raise InputError("account", f"unknown account {account_id!r}")
+        raise unknown_account(account_id)
     return account
 
 

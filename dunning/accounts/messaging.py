@@ -15,11 +15,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-import phonenumbers
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dunning.accounts.pricing import sms_cost
+from dunning.accounts.accounts import get_account, support_contact_of
+from dunning.accounts.pricing import check_country, sms_cost
 from dunning.domain.contract import InputError, format_duration, parse_schedule
 from dunning.domain.segments import count_segments, non_gsm7_chars
 from dunning.domain.templates import (
@@ -44,13 +44,6 @@ TemplateSource = Literal["plan", "account", "built-in"]
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def _account(session: Session, account_id: str, *, lock: bool = False) -> Account:
-    account = session.get(Account, account_id, with_for_update=lock or None)
-    if account is None:
-        raise InputError("account", f"unknown account {account_id!r}")
-    return account
 
 
 def _offsets(account: Account) -> list[int]:
@@ -87,18 +80,6 @@ def _check_steps(account: Account, steps: Iterable[int], *, allow_zero: bool = F
     return checked
 
 
-def _check_country(country: str | None) -> str:
-    code = (country or DEFAULT_PREVIEW_COUNTRY).strip().upper()
-    if code not in phonenumbers.SUPPORTED_REGIONS:
-        raise InputError("country", f"{country!r} is not an ISO 3166 alpha-2 region such as US")
-    return code
-
-
-def _support_contact(account: Account) -> str:
-    # As the engine fills {support_contact} at send time.
-    return account.support_contact or account.email_from or ""
-
-
 def account_sample_context(
     account: Account, *, currency: str = "USD", days_overdue: int | None = None
 ) -> TemplateContext:
@@ -106,7 +87,7 @@ def account_sample_context(
     kwargs: dict[str, Any] = {"currency": currency}
     if days_overdue is not None:
         kwargs["days_overdue"] = days_overdue
-    return sample_context(account.company_name, _support_contact(account), **kwargs)
+    return sample_context(account.company_name, support_contact_of(account), **kwargs)
 
 
 # --- SMS switches --------------------------------------------------------------------------
@@ -124,7 +105,7 @@ def set_sms_switch(
     - off, steps: these steps off. Off, no steps: SMS off for the account, per-step switches kept.
     Returns `sms_settings_json` after the change.
     """
-    account = _account(session, account_id, lock=True)
+    account = get_account(session, account_id, lock=True)
     chosen = _check_steps(account, steps or [])
     switches = {str(k): bool(v) for k, v in (account.sms_steps or {}).items()}
     if not chosen:
@@ -223,7 +204,7 @@ def set_sms_template(
 ) -> dict[str, Any]:
     """Validate and store the SMS template of an account (plan None/'') or of one plan.
     Nothing is stored when it is refused. Returns the preview of the stored template."""
-    account = _account(session, account_id)
+    account = get_account(session, account_id)
     plan_key = _check_plan(plan)
     validate_sms_template(text, account_sample_context(account))
     row = session.get(SmsTemplate, (account_id, plan_key))
@@ -237,7 +218,7 @@ def set_sms_template(
 
 def clear_sms_template(session: Session, account_id: str, plan: str | None = None) -> None:
     """Remove the account's (or a plan's) SMS template: the fallback applies again."""
-    _account(session, account_id)
+    get_account(session, account_id)
     plan_key = _check_plan(plan)
     row = session.get(SmsTemplate, (account_id, plan_key))
     if row is None:
@@ -260,9 +241,9 @@ def preview_sms(
     `{"text", "encoding", "segments", "credits", "units", "plan", "country", "template",
     "template_source", "non_gsm7_chars", ...}`. With `step`, {days_overdue} is that step's
     offset in days (what the engine would fill in); otherwise the sample's 3 days."""
-    account = _account(session, account_id)
+    account = get_account(session, account_id)
     plan_key = _check_plan(plan)
-    region = _check_country(country)
+    region = check_country(country or DEFAULT_PREVIEW_COUNTRY)
     days: int | None = None
     if step is not None:
         (step,) = _check_steps(account, [step])
@@ -290,7 +271,7 @@ def preview_sms(
 
 def sms_settings_json(session: Session, account_id: str) -> dict[str, Any]:
     """What `dunning sms show` prints: switches per step, templates in use."""
-    account = _account(session, account_id)
+    account = get_account(session, account_id)
     offsets = _offsets(account)
     switches = {str(k): bool(v) for k, v in (account.sms_steps or {}).items()}
     plans = {
@@ -338,7 +319,7 @@ def set_email_template(
     plan: str | None = None,
 ) -> dict[str, Any]:
     """Validate and store an email template for one step (0 = every step) and plan."""
-    account = _account(session, account_id)
+    account = get_account(session, account_id)
     (step,) = _check_steps(account, [step], allow_zero=True)
     plan_key = _check_plan(plan)
     validate_email_template(subject, body)
@@ -359,7 +340,7 @@ def set_email_template(
 def clear_email_template(
     session: Session, account_id: str, *, step: int = 0, plan: str | None = None
 ) -> None:
-    account = _account(session, account_id)
+    account = get_account(session, account_id)
     (step,) = _check_steps(account, [step], allow_zero=True)
     plan_key = _check_plan(plan)
     row = session.get(EmailTemplate, (account_id, step, plan_key))
@@ -374,7 +355,7 @@ def clear_email_template(
 
 
 def email_templates_json(session: Session, account_id: str) -> dict[str, Any]:
-    account = _account(session, account_id)
+    account = get_account(session, account_id)
     rows = session.scalars(
         select(EmailTemplate)
         .where(EmailTemplate.account_id == account_id)
@@ -400,7 +381,7 @@ def preview_email(
     currency: str = "USD",
 ) -> dict[str, Any]:
     """The email for `step` as a sample customer on `plan` would get it."""
-    account = _account(session, account_id)
+    account = get_account(session, account_id)
     (step,) = _check_steps(account, [step])
     plan_key = _check_plan(plan)
     subject_t, body_t, source = email_template_source(session, account_id, step, plan_key)

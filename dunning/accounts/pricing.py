@@ -15,12 +15,14 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import phonenumbers
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dunning.accounts.accounts import get_account
+from dunning.domain import money
 from dunning.domain.contract import InputError
-from dunning.domain.templates import currency_decimals, format_amount
+from dunning.domain.money import currency_decimals, format_amount
+from dunning.domain.phones import PhoneError, normalize_region
 from dunning.platform.db.models import Account, SmsRate
 
 DEFAULT_RATE = 1
@@ -30,19 +32,15 @@ MAX_PRICE_MINOR = 1_000_000  # one credit at most 10,000.00 in a 2-decimal curre
 STRIPE_MAX_CHARGE_MINOR = 99_999_999  # Stripe's largest charge amount
 
 
-def _account(session: Session, account_id: str) -> Account:
-    account = session.get(Account, account_id)
-    if account is None:
-        raise InputError("account", f"unknown account {account_id!r}")
-    return account
-
-
-def check_country(country: str) -> str:
-    code = (country or "").strip().upper()
-    if code not in phonenumbers.SUPPORTED_REGIONS:
-        raise InputError(
-            "country", f"{country!r} is not an ISO 3166 alpha-2 country code such as FR"
-        )
+def check_country(country: str | None) -> str:
+    """An ISO 3166 alpha-2 code in any case -> upper case (the phone numbers' region rule,
+    `dunning.domain.phones.normalize_region`); InputError("country", ...) otherwise."""
+    try:
+        code = normalize_region(country)
+    except PhoneError as exc:
+        raise InputError("country", exc.reason) from None
+    if code is None:
+        raise InputError("country", "is required, an ISO 3166 alpha-2 code such as FR")
     return code
 
 
@@ -82,7 +80,7 @@ def set_rate(
     session: Session, account_id: str, country: str | None, credits: int
 ) -> dict[str, Any]:
     """Set the rate of one country, or (country None) the account's default rate."""
-    _account(session, account_id)
+    get_account(session, account_id)
     region = DEFAULT_REGION if country is None else check_country(country)
     check_rate(credits, "default" if country is None else "credits")
     row = session.get(SmsRate, (account_id, region))
@@ -96,7 +94,7 @@ def set_rate(
 
 def unset_rate(session: Session, account_id: str, country: str | None) -> dict[str, Any]:
     """Remove a country's rate (it follows the default again), or reset the default to 1."""
-    _account(session, account_id)
+    get_account(session, account_id)
     region = DEFAULT_REGION if country is None else check_country(country)
     row = session.get(SmsRate, (account_id, region))
     if row is None:
@@ -109,7 +107,7 @@ def unset_rate(session: Session, account_id: str, country: str | None) -> dict[s
 
 
 def rates_json(session: Session, account_id: str) -> dict[str, Any]:
-    _account(session, account_id)
+    get_account(session, account_id)
     rows = {
         r.region: int(r.credits_per_segment)
         for r in session.scalars(select(SmsRate).where(SmsRate.account_id == account_id))
@@ -127,10 +125,8 @@ def rates_json(session: Session, account_id: str) -> dict[str, Any]:
 
 
 def check_currency(currency: str) -> str:
-    code = (currency or "").strip().upper()
-    if len(code) != 3 or not code.isalpha() or not code.isascii():
-        raise InputError("currency", f"{currency!r} is not an ISO 4217 code such as USD")
-    return code
+    """The credit price's currency: `dunning.domain.money.check_currency` (the one rule)."""
+    return money.check_currency("currency", currency)
 
 
 def parse_price(price: str, currency: str) -> int:
@@ -182,9 +178,7 @@ def set_price(
     session: Session, account_id: str, price: str | None, currency: str | None
 ) -> dict[str, Any]:
     """Set (or, with price None, clear) the display price of one credit."""
-    account = session.get(Account, account_id, with_for_update=True)
-    if account is None:
-        raise InputError("account", f"unknown account {account_id!r}")
+    account = get_account(session, account_id, lock=True)
     if price is None:
         if account.refill_gateway == "stripe" and account.auto_refill_amount:
             raise InputError(
@@ -215,6 +209,6 @@ def check_charge(credits: int, price_minor: int, currency: str) -> int:
         raise InputError(
             "amount",
             f"a refill of {credits} credits would charge {format_amount(amount, currency)}, "
-            f"more than a card payment can take; use a smaller --amount",
+            f"more than a card payment can take; refill fewer credits at a time",
         )
     return amount

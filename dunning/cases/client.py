@@ -7,10 +7,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from datetime import datetime
+import asyncio
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import (
@@ -21,7 +21,6 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from dunning.credits import wake
 from dunning.domain.contract import (
     QUERY_STATUS,
     SA_ACCOUNT_ID,
@@ -31,37 +30,24 @@ from dunning.domain.contract import (
     SIGNAL_CANCEL,
     SIGNAL_PAYMENT_RECOVERED,
     WORKFLOW_TYPE,
+    CaseInput,
     legacy_workflow_id_for,
     parse_case_input,
     workflow_id_for,
 )
-from dunning.platform.db import Database
 from dunning.platform.settings import Settings, get_settings
 from dunning.platform.temporal import connect
+
+if TYPE_CHECKING:  # the database (SQLAlchemy) is loaded only by top_up / wake_paused
+    from dunning.credits.followups import BalanceFollowups
+    from dunning.platform.db import Database
+
+# The case fields exist once: a request to start a case is the workflow's own input type.
+CaseRequest = CaseInput
 
 
 class CaseNotFound(LookupError):
     """No dunning case exists for that account and invoice."""
-
-
-@dataclass
-class CaseRequest:
-    account_id: str
-    customer_id: str
-    invoice_id: str
-    amount_due: int
-    currency: str
-    billing_link: str
-    failed_at: datetime | None = None
-    customer_email: str | None = None
-    customer_name: str | None = None
-    plan: str | None = None
-
-    def as_input(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if v is not None}
-        if self.failed_at is not None:
-            data["failed_at"] = self.failed_at.isoformat()
-        return data
 
 
 @dataclass
@@ -80,17 +66,27 @@ class TopUpResult:
 
 
 class DunningClient:
-    def __init__(self, client: Client, settings: Settings, db: Database | None = None) -> None:
+    """`db` and `followups` (balance notices and auto-refills a top-up's grants start) are
+    built from `settings` on first use unless given; top-ups and wakes need them, starting and
+    signalling cases does not."""
+
+    def __init__(
+        self, client: Client, settings: Settings, db: Database | None = None,
+        followups: BalanceFollowups | None = None,
+    ) -> None:
         self.client = client
         self.settings = settings
         self._db = db
+        self._followups = followups
+        self._own_followups = False
 
     @classmethod
     async def connect(
-        cls, settings: Settings | None = None, db: Database | None = None
+        cls, settings: Settings | None = None, db: Database | None = None,
+        followups: BalanceFollowups | None = None,
     ) -> DunningClient:
         cfg = settings or get_settings()
-        return cls(await connect(cfg), cfg, db)
+        return cls(await connect(cfg), cfg, db, followups)
 
     async def __aenter__(self) -> DunningClient:
         return self
@@ -98,13 +94,28 @@ class DunningClient:
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        return None
+        if self._own_followups and self._followups is not None:
+            await asyncio.to_thread(self._followups.close)
 
     @property
     def db(self) -> Database:
         if self._db is None:
+            from dunning.platform.db import Database
+
             self._db = Database(self.settings.effective_database_url, pool_size=2)
         return self._db
+
+    @property
+    def followups(self) -> BalanceFollowups:
+        if self._followups is None:
+            from dunning.credits.followups import BalanceFollowups
+            from dunning.credits.wake import LoopWaker
+
+            self._followups = BalanceFollowups.from_settings(
+                self.settings, self.db, waker=LoopWaker(self.client)
+            )
+            self._own_followups = True
+        return self._followups
 
     def handle(self, account_id: str, invoice_id: str) -> WorkflowHandle[Any, Any]:
         """The handle of a case under the current id form (`dunning:<account>:<invoice>`);
@@ -143,8 +154,9 @@ class DunningClient:
     async def start_case(self, request: CaseRequest) -> StartResult:
         """Start the case for a failed invoice; starting the same invoice again is a no-op
         (also when its case was started under the earlier id form)."""
-        raw = request.as_input()
-        parse_case_input(raw)  # the same validation as the workflow: fail here, early
+        # The same validation as the workflow (fail here, early); what is sent is the parsed
+        # input, so values such as the currency go out normalised (`usd` -> `USD`).
+        raw = parse_case_input(request.as_input()).as_input()
         wf_id = workflow_id_for(request.account_id, request.invoice_id)
         legacy = await self._legacy(request.account_id, request.invoice_id)
         if legacy is not None:
@@ -225,14 +237,22 @@ class DunningClient:
         """Add credits, then wake the paused cases they cover, oldest first
         (dunning.credits.wake). With `idempotency_key`, a retry with the same key (after a
         timeout, say) credits nothing more and returns the first balance, `duplicate` True."""
+        from dunning.credits import wake
+
         done = await wake.top_up(self.client, self.db, account_id, amount,
-                                 idempotency_key=idempotency_key)
+                                 idempotency_key=idempotency_key, followups=self.followups)
         return TopUpResult(account_id, done.balance, done.woken, done.duplicate)
 
     async def wake_paused(
-        self, account_id: str, concurrency: int = wake.DEFAULT_CONCURRENCY
+        self, account_id: str, concurrency: int | None = None
     ) -> int:
         """Signal `credits_added` to the waiting cases the balance covers, first come first
         served; the rest stay paused (no stampede). Returns how many were woken."""
-        result = await wake.wake_paused(self.client, self.db, account_id, concurrency=concurrency)
+        from dunning.credits import wake
+
+        result = await wake.wake_paused(
+            self.client, self.db, account_id,
+            concurrency=wake.DEFAULT_CONCURRENCY if concurrency is None else concurrency,
+            followups=self.followups,
+        )
         return result.woken

@@ -11,9 +11,8 @@ from typer._click import exceptions as typer_click  # typer vendors its own clic
 
 from dunning.cli import accounts, cases, credits, doctor, email, phones, server, sms, stripe
 from dunning.cli import report as report_cli
-from dunning.cli.common import UserError, err_console
-from dunning.domain.contract import InputError
-from dunning.platform.settings import SettingsError
+from dunning.cli.common import Invocation, UserError, err_console
+from dunning.errors import InputError, SettingsError
 
 app = typer.Typer(
     name="dunning",
@@ -34,10 +33,12 @@ server.register(app)
 doctor.register(app)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: user mistakes exit 1 with one line on stderr, usage errors exit 2."""
+def main(argv: list[str] | None = None, *, invocation: Invocation | None = None) -> None:
+    """Entry point: user mistakes exit 1 with one line on stderr, usage errors exit 2.
+    `invocation`: the run's collaborators (default: built from the settings on first use)."""
     try:
-        returned = app(args=argv, standalone_mode=False)
+        with invocation or Invocation():  # settings, database, follow-ups; closed at the end
+            returned = app(args=argv, standalone_mode=False)
         if isinstance(returned, int) and returned:  # Ctrl-C (130) or typer.Exit(n)
             sys.exit(returned)
     except (UserError, InputError, SettingsError) as exc:
@@ -73,9 +74,6 @@ def entry() -> None:
         import logging
         import os
 
-        from dunning.credits import refill
-
-        refill.drain()  # balance notices and refills a command started (a top-up's wake)
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -13,7 +13,15 @@ from sqlalchemy import select
 
 from dunning.accounts import pricing
 from dunning.accounts.accounts import get_account
-from dunning.cli.common import JsonOpt, console, database, err_console, print_json, settings
+from dunning.cli.common import (
+    JsonOpt,
+    console,
+    database,
+    err_console,
+    followups,
+    print_json,
+    settings,
+)
 from dunning.credits import ledger, refill
 from dunning.domain.contract import InputError
 from dunning.platform.db.models import Account, CreditEntry
@@ -39,7 +47,7 @@ async def _wake(account: str) -> dict[str, Any]:
     from dunning.platform.temporal import connect
 
     client = await connect(settings())
-    return (await wake_paused(client, database(), account)).as_json()
+    return (await wake_paused(client, database(), account, followups=followups())).as_json()
 
 
 def _warn_unwoken() -> None:
@@ -97,8 +105,7 @@ def topup(
     as_json: bool = JsonOpt,
 ) -> None:
     """Add credits. Paused cases of the account that the balance covers resume, oldest first."""
-    if amount <= 0:
-        raise InputError("N", "must be a positive whole number of credits")
+    ledger.check_credit_amount("N", amount)
     db = database()
     duplicate = False
     if idempotency_key is not None:
@@ -304,7 +311,7 @@ def auto_refill(
         armed = None if off else refill.arm_if_low(s, account)
     data["refill"] = None
     if armed is not None:
-        outcome = refill.execute_refill(db, armed, default_sender=settings().email_from)
+        outcome = followups().execute_refill(armed)
         if outcome is not None:
             data["refill"] = {"id": outcome.id, "status": outcome.status,
                               "amount": outcome.amount, "error": outcome.error,

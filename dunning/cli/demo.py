@@ -24,6 +24,8 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,7 +33,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
 import phonenumbers
 from rich.console import Console, Group
 from rich.live import Live
@@ -44,6 +45,8 @@ from dunning.accounts.accounts import AccountOptions, create_account
 from dunning.accounts.messaging import set_sms_switch, set_sms_template
 from dunning.cases.client import CaseRequest, DunningClient
 from dunning.credits import ledger
+from dunning.credits.followups import BalanceFollowups
+from dunning.credits.wake import LoopWaker
 from dunning.customers.importer import import_file
 from dunning.messages.pacing import pacer_for
 from dunning.platform.db import Database
@@ -51,7 +54,7 @@ from dunning.platform.db.models import CreditEntry, Customer, Message
 from dunning.platform.providers.email import ConsoleEmailProvider
 from dunning.platform.providers.sms import ConsoleSmsProvider
 from dunning.platform.settings import Settings
-from dunning.platform.temporal import dev_server_command
+from dunning.platform.temporal import connect, dev_server_command
 from worker import build_workers, running
 
 ACCOUNT = "demo-acme"
@@ -127,23 +130,51 @@ def write_csv(path: Path, now: datetime) -> list[tuple[str, str, str, str]]:
     return [(cid, name, plan, note) for cid, name, plan, _, note in people]
 
 
-async def signed_form_post(url: str, params: dict[str, str]) -> httpx.Response:
+def form_post(url: str, params: dict[str, str], headers: dict[str, str]) -> int:
+    """POST a form (stdlib only: the demo runs from a plain `pip install .`); the HTTP status."""
+    request = urllib.request.Request(
+        url, data=urlencode(params).encode(), method="POST",
+        headers={"Content-Type": "application/x-www-form-urlencoded", **headers},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:  # 4xx/5xx: the status is the answer
+        return int(err.code)
+
+
+async def signed_form_post(url: str, params: dict[str, str]) -> int:
     """POST like Plivo does, with a V3 signature made with the demo auth token."""
     from dunning.webhooks.signatures import v3_signature
 
     nonce = secrets.token_hex(8)
     sig = v3_signature(AUTH_TOKEN, "POST", url, nonce, params)
-    async with httpx.AsyncClient(timeout=10) as http:
-        return await http.post(url, content=urlencode(params), headers={
-            "Content-Type": "application/x-www-form-urlencoded",
-            "X-Plivo-Signature-V3": sig, "X-Plivo-Signature-V3-Nonce": nonce,
-        })
+    return await asyncio.to_thread(form_post, url, params, {
+        "X-Plivo-Signature-V3": sig, "X-Plivo-Signature-V3-Nonce": nonce,
+    })
+
+
+@dataclass(frozen=True)
+class Pace:
+    """The scenario's clock: the showcase, or the smoke run `make check-install` uses."""
+
+    schedule: str = "0s,20s,40s"
+    grace: str = "10s"
+    pay_at: float = 6
+    stop_at: float = 8
+    topup_at: float = 10
+    limit: float = 100
+
+
+SHOWCASE = Pace()
+SMOKE = Pace(schedule="0s,4s,8s", grace="2s", pay_at=2, stop_at=3, topup_at=4, limit=40)
 
 
 class Demo:
-    def __init__(self, console: Console, keep: bool) -> None:
+    def __init__(self, console: Console, keep: bool, pace: Pace = SHOWCASE) -> None:
         self.console = console
         self.keep = keep
+        self.pace = pace
         self.data_dir = Path(tempfile.mkdtemp(prefix="dunning-demo-"))
         self.grpc_port, self.ui_port, self.http_port = free_port(), free_port(), free_port()
         self.settings = Settings(
@@ -164,6 +195,7 @@ class Demo:
         self.cases: list[DemoCase] = []
         self.events: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
+        self.webhook_status: dict[str, int] = {}
 
     def log(self, text: str) -> None:
         self.events.append(f"{datetime.now().strftime('%H:%M:%S')}  {text}")
@@ -196,7 +228,7 @@ class Demo:
         with self.db.session() as s:
             create_account(s, ACCOUNT, AccountOptions(
                 company_name="Acme Cloud", sms_sender=SENDER, email_from="billing@acme.test",
-                schedule="0s,20s,40s", grace="10s", quiet_hours="08:00-21:00",
+                schedule=self.pace.schedule, grace=self.pace.grace, quiet_hours="08:00-21:00",
                 support_contact="support@acme.test",
             ))
         with self.db.session() as s:
@@ -252,9 +284,15 @@ class Demo:
     async def run(self, as_json: bool) -> dict[str, Any]:
         import_report = self.setup_account()
         sms, email = ConsoleSmsProvider(echo=False), ConsoleEmailProvider(echo=False)
+        temporal = await connect(self.settings)
+        # The demo is its own composition root: one set of follow-ups (balance notices,
+        # auto-refills, wakes) for the activities and the client.
+        followups = BalanceFollowups(self.db, email, waker=LoopWaker(temporal),
+                                     default_sender=self.settings.email_from)
         acts = DunningActivities(self.db, sms, email, public_url=self.settings.public_url,
-                                 pacer=pacer_for(self.db, self.settings.sms_rate_limit))
-        client = await DunningClient.connect(self.settings, self.db)
+                                 pacer=pacer_for(self.db, self.settings.sms_rate_limit),
+                                 followups=followups)
+        client = DunningClient(temporal, self.settings, self.db, followups)
         from dunning.webhooks import create_app
         from dunning.webhooks.server import make_server
 
@@ -273,6 +311,7 @@ class Demo:
                     await stop.wait()
         server.should_exit = True
         await web
+        await asyncio.to_thread(followups.close)
         summary["import"] = import_report
         return summary
 
@@ -301,15 +340,15 @@ class Demo:
             while True:
                 elapsed = time.monotonic() - t0
                 await self.refresh(client)
-                if not done_pay and pay_case and elapsed > 6:
+                if not done_pay and pay_case and elapsed > self.pace.pay_at:
                     await client.recover(ACCOUNT, pay_case.invoice, 4900)
                     self.log(f"{pay_case.name} paid: payment_recovered signal")
                     done_pay = True
-                if not done_stop and stop_case and elapsed > 8:
+                if not done_stop and stop_case and elapsed > self.pace.stop_at:
                     await self._reply_stop(stop_case)
                     done_stop = True
                 paused = sum(1 for c in self.cases if c.state.get("sms_paused"))
-                if not done_topup and elapsed > 10 and paused:
+                if not done_topup and elapsed > self.pace.topup_at and paused:
                     result = await client.top_up(ACCOUNT, 20)
                     self.log(f"top-up of 20 credits: balance {result.balance}, "
                              f"woke {result.woken} paused cases")
@@ -319,7 +358,7 @@ class Demo:
                 live.update(self.view(phase))
                 if all(s in ("recovered", "exhausted", "canceled") for s in states):
                     break
-                if elapsed > 100:
+                if elapsed > self.pace.limit:
                     self.log("time is up: canceling what is left")
                     for c in self.cases:
                         if c.state.get("state") == "active":
@@ -331,17 +370,19 @@ class Demo:
     async def _reply_stop(self, case: DemoCase) -> None:
         phone = self._phone_of(case.customer)
         url = f"{self.settings.public_url}/webhooks/plivo/inbound"
-        resp = await signed_form_post(url, {
+        status = await signed_form_post(url, {
             "From": phone.lstrip("+"), "To": SENDER.lstrip("+"), "Text": "STOP",
             "Type": "sms", "MessageUUID": secrets.token_hex(16),
         })
-        self.log(f"{case.name} replied STOP (signed webhook: HTTP {resp.status_code}); "
+        self.webhook_status["signed_stop"] = status
+        self.log(f"{case.name} replied STOP (signed webhook: HTTP {status}); "
                  "no more SMS to that number")
-        async with httpx.AsyncClient(timeout=10) as http:
-            forged = await http.post(url, data={"From": "1", "To": "2", "Text": "STOP"},
-                                     headers={"X-Plivo-Signature-V3": "forged",
-                                              "X-Plivo-Signature-V3-Nonce": "1"})
-        self.log(f"a forged STOP got HTTP {forged.status_code} and changed nothing")
+        forged = await asyncio.to_thread(
+            form_post, url, {"From": "1", "To": "2", "Text": "STOP"},
+            {"X-Plivo-Signature-V3": "forged", "X-Plivo-Signature-V3-Nonce": "1"},
+        )
+        self.webhook_status["forged_stop"] = forged
+        self.log(f"a forged STOP got HTTP {forged} and changed nothing")
 
     def _phone_of(self, customer: str) -> str:
         with self.db.session() as s:
@@ -377,6 +418,7 @@ class Demo:
             "skipped_reasons": skipped,
             "credits_spent": spent,
             "credits_left": balance,
+            "webhooks": dict(self.webhook_status),
             "temporal_ui": f"http://127.0.0.1:{self.ui_port}",
             "data_dir": str(self.data_dir),
         }
@@ -397,9 +439,28 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     console.print(table)
 
 
-def run_demo(*, keep: bool = False, as_json: bool = False) -> None:
+def smoke_failures(summary: dict[str, Any]) -> list[str]:
+    """What a finished smoke run must show; empty when the product worked end to end."""
+    problems = []
+    messages = summary.get("messages", {})
+    if not messages.get("email:sent"):
+        problems.append("no email was sent")
+    if not messages.get("sms:sent"):
+        problems.append("no SMS was sent")
+    if summary.get("outcomes", {}).get("recovered", 0) < 1:
+        problems.append("no case was recovered")
+    hooks = summary.get("webhooks", {})
+    if hooks.get("signed_stop") != 200:
+        problems.append(f"the signed STOP webhook got HTTP {hooks.get('signed_stop')}")
+    if hooks.get("forged_stop") != 403:
+        problems.append(f"the forged STOP webhook got HTTP {hooks.get('forged_stop')}")
+    return problems
+
+
+def run_demo(*, keep: bool = False, as_json: bool = False, smoke: bool = False) -> list[str]:
+    """Run the showcase (or, with `smoke`, a short run); returns the smoke run's failures."""
     console = Console(stderr=as_json)
-    demo = Demo(console, keep)
+    demo = Demo(console, keep, SMOKE if smoke else SHOWCASE)
     console.print(f"[bold]dunning demo[/]: dev server on 127.0.0.1:{demo.grpc_port}, UI "
                   f"http://127.0.0.1:{demo.ui_port}, webhooks on :{demo.http_port}, data in "
                   f"{demo.data_dir}")
@@ -413,3 +474,4 @@ def run_demo(*, keep: bool = False, as_json: bool = False) -> None:
         print(json.dumps(summary))
     else:
         print_summary(console, summary)
+    return smoke_failures(summary) if smoke else []

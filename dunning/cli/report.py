@@ -10,14 +10,13 @@ from rich.table import Table
 
 from dunning.cases.report import (
     CHANNELS,
-    LABELS,
     MESSAGE_STATUSES,
     amounts_text,
     build_report,
     parse_since,
     percent,
-    render_html,
 )
+from dunning.cases.report_html import LABELS, render_html
 from dunning.cli.common import JsonOpt, console, fail, print_json, session
 
 

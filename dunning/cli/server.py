@@ -35,7 +35,8 @@ def _logging() -> None:
     """Structured logs on stdout (dunning.logs: DUNNING_LOG_FORMAT, DUNNING_LOG_LEVEL)."""
     from dunning.platform import logs
 
-    logs.configure()
+    cfg = settings()  # a bad setting stops the command here, with one line naming it
+    logs.configure(cfg.log_level, cfg.log_format)
 
 
 def dev_server(
@@ -215,11 +216,17 @@ async def _run_all(cfg: Any, with_codec: bool) -> None:
 def demo(
     keep: bool = typer.Option(False, "--keep", help="Leave the stack running to explore."),
     as_json: bool = JsonOpt,
+    smoke: bool = typer.Option(
+        False, "--smoke", help="A short run (about 20 s) that exits 1 unless emails and SMS "
+        "went out, a case was recovered and the webhooks answered as they should."
+    ),
 ) -> None:
     """A self-contained showcase on free ports that exits by itself."""
     from dunning.cli.demo import run_demo
 
-    run_demo(keep=keep, as_json=as_json)
+    problems = run_demo(keep=keep, as_json=as_json, smoke=smoke)
+    if problems:
+        fail("demo smoke run: " + "; ".join(problems))
 
 
 def register(app: typer.Typer) -> None:

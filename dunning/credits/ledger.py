@@ -62,11 +62,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from dunning.accounts.accounts import unknown_account
 from dunning.domain.contract import InputError
 from dunning.platform.db import Database
 from dunning.platform.db.models import Account, CreditEntry, SmsWaiter, utcnow
 
-KINDS = ("topup", "sms_debit", "refund", "refill")
 NOTICE_LOW = "low"
 NOTICE_ZERO = "zero"
 
@@ -103,7 +103,7 @@ class _Change:
 def balance_of(session: Session, account_id: str) -> int:
     value = session.scalar(select(Account.credit_balance).where(Account.id == account_id))
     if value is None:
-        raise InputError("account", f"unknown account {account_id!r}")
+        raise unknown_account(account_id)
     return int(value)
 
 
@@ -307,13 +307,19 @@ def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def check_credit_amount(field_name: str, value: object) -> int:
+    """A number of credits to add: a whole number, at least 1 (the one rule for top-ups)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InputError(field_name, "must be a positive whole number of credits")
+    return value
+
+
 def top_up(session: Session, account_id: str, amount: int, *, kind: str = "topup",
            note: str | None = None) -> int:
-    if amount <= 0:
-        raise InputError("amount", "must be a positive whole number of credits")
+    check_credit_amount("amount", amount)
     change = _apply(session, account_id, amount, kind, note=note)
     if change is None:
-        raise InputError("account", f"unknown account {account_id!r}")
+        raise unknown_account(account_id)
     return change.balance
 
 
@@ -404,7 +410,7 @@ def _lock_account(session: Session, account_id: str) -> Any:
         .with_for_update()
     ).one_or_none()
     if locked is None:
-        raise InputError("account", f"unknown account {account_id!r}")
+        raise unknown_account(account_id)
     return locked
 
 
@@ -599,7 +605,8 @@ class Grant:
     refill_amount: int | None = None
 
     def as_reservation(self) -> Reservation:
-        """The grant as one debit, for `refill.after_reserve` (threshold crossings, notices)."""
+        """The grant as one debit, for `BalanceFollowups.after_reserve` (threshold crossings,
+        notices)."""
         return Reservation(
             True, self.balance, self.account_id, self.credits, notice=self.notice,
             threshold=self.threshold, refill_amount=self.refill_amount,

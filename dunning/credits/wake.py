@@ -17,10 +17,11 @@ made (a lost signal) is signalled again by the next wake; the case also re-check
 periodically, so no wake-up is ever lost. Cases the queue does not know but visibility shows
 paused (SmsPaused = true) get what the queue leaves over: a safety net only.
 
-`Waker`s let code without a Temporal client at hand (the send activity's auto-refill) wake an
-account: `LoopWaker` uses an existing client on its event loop (a worker can install one with
-`set_waker`); the default `SettingsWaker` connects its own client from the settings, on a
-thread of its own.
+Wakers (the `Waker` protocol of `dunning.credits.followups`) let code without a Temporal client
+at hand (an auto-refill started by the send activity) wake an account: `LoopWaker` uses an
+existing client on its event loop (the worker's); `ThreadWaker` connects its own client, with
+the `connect` it is given, on a thread of its own (the CLI). The entry points build them and
+hand them to the `BalanceFollowups`.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from dunning.credits import ledger, refill
-from dunning.domain.contract import SA_ACCOUNT_ID, SA_SMS_PAUSED, SIGNAL_CREDITS_ADDED, InputError
+from dunning.credits import ledger
+from dunning.credits.followups import BalanceFollowups
+from dunning.domain.contract import SA_ACCOUNT_ID, SA_SMS_PAUSED, SIGNAL_CREDITS_ADDED
 from dunning.platform.db import Database
 from dunning.platform.db.models import utcnow
 
@@ -108,8 +110,10 @@ async def wake_paused(
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
     visibility: bool = True,
+    followups: BalanceFollowups | None = None,
 ) -> WakeResult:
-    """Serve the waiting cases the balance covers, first come first served, and signal them."""
+    """Serve the waiting cases the balance covers, first come first served, and signal them.
+    With `followups`, the grant's debit gets its balance notices and auto-refill too."""
     signalled: set[str] = set()
     removed = errors = granted = 0
     first: ledger.Grant | None = None
@@ -117,8 +121,8 @@ async def wake_paused(
     for _ in range(MAX_PASSES):
         with db.session() as s:
             last = ledger.grant(s, account_id)
-            if last.credits:  # balance notices and auto-refill, once per crossing
-                refill.after_reserve(s, last.as_reservation(), db)
+            if last.credits and followups is not None:  # notices, auto-refill: once per crossing
+                followups.after_reserve(s, last.as_reservation())
             stale = (ledger.stale_grants(s, account_id, utcnow() - STALE_GRANT)
                      if first is None else [])
         granted += last.credits
@@ -180,12 +184,12 @@ async def top_up(
     concurrency: int = DEFAULT_CONCURRENCY,
     note: str | None = None,
     idempotency_key: str | None = None,
+    followups: BalanceFollowups | None = None,
 ) -> TopUpOutcome:
     """Add credits (a `topup` ledger entry), then wake the cases they cover. With an
     `idempotency_key`, a top-up repeated with the same key (per account) changes nothing and
     returns the first one's balance with `duplicate` set (and wakes nobody)."""
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-        raise InputError("amount", "must be a positive whole number of credits")
+    ledger.check_credit_amount("amount", amount)
     if idempotency_key is not None:
         keyed = await asyncio.to_thread(
             ledger.top_up_idempotent, db, account_id, amount, idempotency_key, note=note
@@ -197,17 +201,12 @@ async def top_up(
     else:
         with db.session() as s:
             balance = ledger.top_up(s, account_id, amount, note=note)
-    result = await wake_paused(client, db, account_id, concurrency=concurrency)
+    result = await wake_paused(client, db, account_id, concurrency=concurrency,
+                               followups=followups)
     return TopUpOutcome(account_id, balance, result.woken, result.still_waiting, result)
 
 
 # --- wakers: waking from code that has no client at hand ------------------------------------
-
-
-class Waker(Protocol):
-    def wake(self, db: Database, account_id: str) -> concurrent.futures.Future[WakeResult]:
-        """Start waking the account's covered waiters; never raises (see the future)."""
-        ...
 
 
 class LoopWaker:
@@ -219,19 +218,23 @@ class LoopWaker:
         self.loop = loop or asyncio.get_running_loop()
         self.concurrency = concurrency
 
-    def wake(self, db: Database, account_id: str) -> concurrent.futures.Future[WakeResult]:
+    def wake(
+        self, followups: BalanceFollowups, account_id: str
+    ) -> concurrent.futures.Future[WakeResult]:
         return asyncio.run_coroutine_threadsafe(
-            wake_paused(self.client, db, account_id, concurrency=self.concurrency), self.loop
+            wake_paused(self.client, followups.db, account_id, concurrency=self.concurrency,
+                        followups=followups),
+            self.loop,
         )
 
 
-class SettingsWaker:
-    """Connects its own client (from `connect`, by default the configured settings) on a
-    private event loop thread, at the first wake."""
+class ThreadWaker:
+    """Connects its own client with `connect` on a private event loop thread, at the first
+    wake (for processes whose own loop may be gone by then, such as a CLI command)."""
 
-    def __init__(self, connect: Callable[[], Awaitable[Client]] | None = None,
+    def __init__(self, connect: Callable[[], Awaitable[Client]],
                  *, concurrency: int = DEFAULT_CONCURRENCY) -> None:
-        self._connect = connect or _connect_from_settings
+        self._connect = connect
         self.concurrency = concurrency
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -246,36 +249,14 @@ class SettingsWaker:
                 self._loop = loop
             return self._loop
 
-    async def _wake(self, db: Database, account_id: str) -> WakeResult:
+    async def _wake(self, followups: BalanceFollowups, account_id: str) -> WakeResult:
         if self._client is None:
             self._client = await self._connect()
-        return await wake_paused(self._client, db, account_id, concurrency=self.concurrency)
+        return await wake_paused(self._client, followups.db, account_id,
+                                 concurrency=self.concurrency, followups=followups)
 
-    def wake(self, db: Database, account_id: str) -> concurrent.futures.Future[WakeResult]:
-        return asyncio.run_coroutine_threadsafe(self._wake(db, account_id), self._ensure_loop())
-
-
-async def _connect_from_settings() -> Client:
-    from dunning.platform.settings import get_settings
-    from dunning.platform.temporal import connect
-
-    return await connect(get_settings())
-
-
-_waker: Waker | None = None
-_waker_lock = threading.Lock()
-
-
-def set_waker(waker: Waker | None) -> None:
-    """Install the waker auto-refills use in this process (None: back to the default)."""
-    global _waker
-    with _waker_lock:
-        _waker = waker
-
-
-def get_waker() -> Waker:
-    global _waker
-    with _waker_lock:
-        if _waker is None:
-            _waker = SettingsWaker()
-        return _waker
+    def wake(
+        self, followups: BalanceFollowups, account_id: str
+    ) -> concurrent.futures.Future[WakeResult]:
+        return asyncio.run_coroutine_threadsafe(self._wake(followups, account_id),
+                                                self._ensure_loop())

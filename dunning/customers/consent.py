@@ -20,6 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from dunning.accounts.accounts import support_contact_of as support_contact_of  # one rule
+from dunning.domain.pii import redact_numbers as redact_numbers  # re-exported (old home)
 from dunning.domain.templates import OPT_OUT_LINE
 from dunning.platform.db.models import Account, ConsentEvent, OptOut, utcnow
 
@@ -39,7 +41,6 @@ InboundKind = Literal["opt_out", "opt_in", "help", "other"]
 
 _EDGE_PUNCT = " \t\r\n.,!?;:'\"()[]"
 _DIGITS_RE = re.compile(r"^\d{6,15}$")
-_NUMBER_LIKE = re.compile(r"\+?\d[\d\s().\-]{4,}\d")
 
 
 def normalize_keyword(text: str | None) -> str:
@@ -78,11 +79,6 @@ def normalize_number(raw: str | None) -> str | None:
     if not _DIGITS_RE.match(digits) or digits.startswith("0"):
         return None
     return "+" + digits
-
-
-def redact_numbers(text: str) -> str:
-    """Replace anything that looks like a phone number, for log lines."""
-    return _NUMBER_LIKE.sub("[number]", text)
 
 
 def accounts_for_sender(session: Session, number: str) -> list[Account]:
@@ -192,10 +188,6 @@ def record_reply(
             provider_message_id=provider_message_id[:64] if provider_message_id else None,
         )
     )
-
-
-def support_contact_of(account: Account) -> str:
-    return (account.support_contact or account.contact_email or account.email_from or "").strip()
 
 
 def help_text(account: Account) -> str:

@@ -1,9 +1,10 @@
 """Customers: the one place where customer records are created and updated.
 
 The CSV import (`dunning.customers.importer`) and the billing-source sync (Stripe
-`customer.created` /
-`customer.updated`) both go through `upsert_customers` / `upsert_customer`, with phone numbers
-checked by `dunning.domain.phones.validate_phone` first.
+`customer.created` / `customer.updated`) both go through `upsert_customers` /
+`upsert_customer`, with phone numbers checked by `dunning.domain.phones.validate_phone` first.
+A case that names a customer (its email, name, plan) records them with `record_case_customer`
+(one prebuilt INSERT ... ON CONFLICT per dialect: it runs on every case start).
 
 Rules:
 - A value of None means "not given": the stored value is kept (an empty CSV cell never erases
@@ -20,17 +21,18 @@ Rules:
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-from sqlalchemy import Table
+from sqlalchemy import Insert, Table, and_, bindparam, func, or_
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from dunning.domain.contract import InputError, check_id
+from dunning.domain.contract import EMAIL_RE, InputError, check_id
 from dunning.domain.phones import PhoneInfo
+from dunning.domain.quiet_hours import UNKNOWN_ZONE
 from dunning.platform.db.models import Customer
 
 Outcome = Literal["imported", "updated", "unchanged"]
@@ -39,9 +41,7 @@ NAME_MAX: Final = 200
 EMAIL_MAX: Final = 320
 PLAN_MAX: Final = 100
 ZONES_MAX: Final = 400  # width of customers.phone_time_zones
-UNKNOWN_ZONE: Final = "Etc/Unknown"
 
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _TABLE: Table = Customer.__table__  # type: ignore[assignment]
 # The stored values an upsert compares, in this order.
 _FIELDS: Final = (
@@ -73,7 +73,7 @@ def check_customer_fields(
     email: str | None = None, name: str | None = None, plan: str | None = None
 ) -> None:
     """Raise InputError(field, message) for an email, name or plan that cannot be stored."""
-    if email is not None and (len(email) > EMAIL_MAX or not _EMAIL_RE.match(email)):
+    if email is not None and (len(email) > EMAIL_MAX or not EMAIL_RE.match(email)):
         raise InputError("email", f"{email!r} is not an email address")
     if name is not None and len(name) > NAME_MAX:
         raise InputError("name", f"longer than {NAME_MAX} characters")
@@ -310,7 +310,56 @@ __all__ = [
     "CustomerData",
     "Outcome",
     "check_customer_fields",
+    "record_case_customer",
     "upsert_customer",
     "upsert_customers",
     "zones_column",
 ]
+
+
+# --- the customer a case names ------------------------------------------------------------
+
+
+def _case_customer_upsert(dialect: str) -> Insert:
+    """INSERT ... ON CONFLICT for the customer a case names: given values (not None) replace
+    the stored ones; a case repeating what is known writes nothing."""
+    ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    customer = ins(_TABLE).values(
+        account_id=bindparam("c_account"), customer_id=bindparam("c_customer"),
+        email=bindparam("c_email"), name=bindparam("c_name"), plan=bindparam("c_plan"),
+        source="case", updated_at=bindparam("c_now"),
+    )
+    new = customer.excluded
+    changed = [
+        and_(new[c].is_not(None), new[c].is_distinct_from(_TABLE.c[c]))
+        for c in ("email", "name", "plan")
+    ]
+    return customer.on_conflict_do_update(
+        index_elements=[_TABLE.c.account_id, _TABLE.c.customer_id],
+        set_={
+            "email": func.coalesce(new.email, _TABLE.c.email),
+            "name": func.coalesce(new.name, _TABLE.c.name),
+            "plan": func.coalesce(new.plan, _TABLE.c.plan),
+            "updated_at": new.updated_at,
+        },
+        where=or_(*changed),
+    )
+
+
+_CASE_UPSERTS: dict[str, Insert] = {}
+
+
+def record_case_customer(
+    session: Session, account_id: str, customer_id: str, *, email: str | None,
+    name: str | None, plan: str | None, now: datetime,
+) -> None:
+    """Create the customer a case names, or update the fields the case gives (None or "" keep
+    the stored value). Values come checked by `parse_case_input`."""
+    dialect = session.get_bind().dialect.name
+    statement = _CASE_UPSERTS.get(dialect)
+    if statement is None:
+        statement = _CASE_UPSERTS[dialect] = _case_customer_upsert(dialect)
+    session.execute(statement, {
+        "c_account": account_id, "c_customer": customer_id, "c_email": email or None,
+        "c_name": name or None, "c_plan": plan or None, "c_now": now,
+    })

@@ -60,7 +60,7 @@ from dunning.customers.customers import (
 )
 from dunning.domain.contract import InputError, check_id, personal_data_in_id
 from dunning.domain.phones import PhoneError, PhoneInfo, normalize_region, validate_many
-from dunning.platform.redaction import redact
+from dunning.domain.pii import redact
 
 REQUIRED: Final = ("customer_id", "phone")
 OPTIONAL: Final = ("email", "name", "plan", "country")
@@ -432,7 +432,7 @@ def auto_workers(total_bytes: int) -> int:
 
 _NO_REGION_REASON = (
     "no country: write the number with + and its country code, or fill the country column "
-    "or give --default-region"
+    "or give a default region"
 )
 
 

@@ -11,11 +11,14 @@ field types on every conversion, and string annotations would be re-evaluated ea
 
 import itertools
 import re
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from temporalio.common import SearchAttributeKey
+
+from dunning.domain.money import check_currency, is_currency
+from dunning.errors import InputError as InputError  # re-exported (its old home)
 
 WORKFLOW_TYPE = "DunningWorkflow"
 
@@ -45,7 +48,6 @@ SEARCH_ATTRIBUTES: tuple[SearchAttributeKey[Any], ...] = (
     SA_SMS_PAUSED,
 )
 
-CaseState = Literal["active", "recovered", "exhausted", "canceled"]
 ReminderStatus = Literal["sent", "skipped", "failed", "pending"]
 Channel = Literal["email", "sms"]
 
@@ -54,18 +56,9 @@ DEFAULT_GRACE = "7d"
 DEFAULT_QUIET_HOURS = "08:00-21:00"
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}$")
-_CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+_LEGACY_CURRENCY_RE = re.compile(r"^[A-Z]{3}$")  # before the iso-currency patch
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class InputError(ValueError):
-    """A bad value from a user; `field` names what was wrong."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-        self.message = message
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -207,6 +200,9 @@ def parse_quiet_hours(text: str) -> str:
 
 @dataclass(frozen=True)
 class CaseInput:
+    """One failed invoice: the workflow's argument, parsed. The client's `CaseRequest` is this
+    same type; `as_input()` gives the JSON object the workflow takes."""
+
     account_id: str
     customer_id: str
     invoice_id: str
@@ -218,11 +214,19 @@ class CaseInput:
     customer_name: str | None = None
     plan: str | None = None
 
+    def as_input(self) -> dict[str, Any]:
+        """The workflow's JSON argument (fields left out when None; `failed_at` as RFC 3339)."""
+        data = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.failed_at is not None:
+            data["failed_at"] = self.failed_at.isoformat()
+        return data
+
 
 MAX_AMOUNT_DUE = 10**12  # minor units: 10 billion in a two-decimal currency
 _REQUIRED = ("account_id", "customer_id", "invoice_id", "amount_due", "currency", "billing_link")
 _OPTIONAL = ("failed_at", "customer_email", "customer_name", "plan")
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# An email address as every input path checks it (case input, accounts, customers): the one rule.
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 def check_billing_link(link: object) -> str:
@@ -305,8 +309,22 @@ def parse_rfc3339(field_name: str, value: object) -> datetime:
     return parsed
 
 
-def parse_case_input(raw: object) -> CaseInput:
-    """Validate the workflow's JSON argument; InputError names the first bad field."""
+def currency_rules_agree(raw: object) -> bool:
+    """Whether the input's currency fares the same under both rules (three capitals before the
+    `iso-currency` patch, ISO 4217 in any case after it): an upper-case ISO 4217 code. Only
+    when they disagree does the workflow need to ask `workflow.patched` which rule applies, so
+    the common case records no patch marker."""
+    value = raw.get("currency") if isinstance(raw, dict) else None
+    return (isinstance(value, str) and _LEGACY_CURRENCY_RE.match(value) is not None
+            and is_currency(value))
+
+
+def parse_case_input(raw: object, *, iso_currency: bool = True) -> CaseInput:
+    """Validate the workflow's JSON argument; InputError names the first bad field.
+
+    The currency is accepted in any case, returned upper case and must be an ISO 4217 code
+    (`dunning.domain.money.check_currency`). `iso_currency=False` is the rule cases started
+    before the `iso-currency` patch were checked with (three capitals), for their replay."""
     if not isinstance(raw, dict):
         raise InputError("input", "must be one JSON object")
     missing = [k for k in _REQUIRED if raw.get(k) in (None, "")]
@@ -326,12 +344,14 @@ def parse_case_input(raw: object) -> CaseInput:
     if amount > MAX_AMOUNT_DUE:
         raise InputError("amount_due", f"must be at most {MAX_AMOUNT_DUE} minor units")
     currency = raw["currency"]
-    if not isinstance(currency, str) or not _CURRENCY_RE.match(currency):
+    if iso_currency:
+        currency = check_currency("currency", currency)
+    elif not isinstance(currency, str) or not _LEGACY_CURRENCY_RE.match(currency):
         raise InputError("currency", "must be an ISO 4217 code in capitals, e.g. USD")
     link = check_billing_link(raw["billing_link"])
     failed_at = parse_rfc3339("failed_at", raw["failed_at"]) if raw.get("failed_at") else None
     email = raw.get("customer_email") or None
-    if email is not None and (not isinstance(email, str) or not _EMAIL_RE.match(email)):
+    if email is not None and (not isinstance(email, str) or not EMAIL_RE.match(email)):
         raise InputError("customer_email", "is not an email address")
     name = raw.get("customer_name") or None
     if name is not None and (not isinstance(name, str) or len(name) > 200):
@@ -455,15 +475,3 @@ class Reminder:
             "reason": self.reason,
             "due_at": self.due_at,
         }
-
-
-@dataclass
-class CaseTally:
-    emails_sent: int = 0
-    sms_sent: int = 0
-    credits_spent: int = 0
-    reminders: list[Reminder] = field(default_factory=list)
-
-
-def timedelta_seconds(seconds: int) -> timedelta:
-    return timedelta(seconds=seconds)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from decimal import Decimal
 
 from dunning.domain.contract import InputError
+from dunning.domain.money import currency_decimals as currency_decimals  # re-exported
+from dunning.domain.money import format_amount as format_amount  # re-exported
 from dunning.domain.segments import (
     GSM7_MULTI,
     UCS2_MULTI,
@@ -47,80 +48,6 @@ DEFAULT_EMAIL_BODY = (
     "Please update your payment details here: {billing_link}\n\n"
     "Thank you,\n{company_name}\n"
 )
-
-# --- amounts -------------------------------------------------------------------------------
-
-# code -> (symbol, decimal places, style). Styles:
-#   "pre"    $1,234.56      (symbol first, English separators)
-#   "pre_sp" CHF 1,234.56   (symbol first with a space)
-#   "pre_eu" R$ 1.234,56    (symbol first with a space, continental separators)
-#   "post"   1.234,56 €     (continental: amount, space, symbol)
-#   "post_sp" 1 234,56 kr   (Nordic / Central European: space-grouped)
-# Plain spaces only (no U+00A0 / U+202F): a no-break space would turn an SMS into UCS-2.
-_CURRENCY: dict[str, tuple[str, int, str]] = {
-    "USD": ("$", 2, "pre"),
-    "CAD": ("CA$", 2, "pre"),
-    "AUD": ("A$", 2, "pre"),
-    "NZD": ("NZ$", 2, "pre"),
-    "MXN": ("MX$", 2, "pre"),
-    "HKD": ("HK$", 2, "pre"),
-    "SGD": ("S$", 2, "pre"),
-    "GBP": ("£", 2, "pre"),
-    "JPY": ("¥", 0, "pre"),
-    "CNY": ("CN¥", 2, "pre"),
-    "INR": ("₹", 2, "pre"),
-    "KRW": ("₩", 0, "pre"),
-    "ILS": ("₪", 2, "pre"),
-    "ZAR": ("R", 2, "pre"),
-    "CHF": ("CHF", 2, "pre_sp"),
-    "BRL": ("R$", 2, "pre_eu"),
-    "EUR": ("€", 2, "post"),
-    "SEK": ("kr", 2, "post_sp"),
-    "NOK": ("kr", 2, "post_sp"),
-    "DKK": ("kr.", 2, "post"),
-    "PLN": ("zł", 2, "post_sp"),
-    "CZK": ("Kč", 2, "post_sp"),
-}
-# ISO 4217 minor units for currencies not in the table above (default 2).
-_DECIMALS = {
-    **dict.fromkeys(
-        ("BIF", "CLP", "DJF", "GNF", "ISK", "KMF", "PYG", "RWF", "UGX", "UYI", "VND", "VUV",
-         "XAF", "XOF", "XPF"),
-        0,
-    ),
-    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
-}
-
-
-def _number(value: Decimal, decimals: int, thousands: str, point: str) -> str:
-    text = f"{value:,.{decimals}f}"  # 1,234.56
-    return text.replace(",", "\x00").replace(".", point).replace("\x00", thousands)
-
-
-def currency_decimals(currency: str) -> int:
-    code = (currency or "").upper()
-    if code in _CURRENCY:
-        return _CURRENCY[code][1]
-    return _DECIMALS.get(code, 2)
-
-
-def format_amount(minor: int, currency: str) -> str:
-    """An amount in minor units, for people: 4900 USD -> `$49.00`, 4900 EUR -> `49,00 €`,
-    4900 JPY -> `¥4,900`, 4900 of an unknown code XYZ -> `XYZ 49.00`."""
-    code = (currency or "").upper()
-    symbol, decimals, style = _CURRENCY.get(code, (code, _DECIMALS.get(code, 2), "pre_sp"))
-    sign = "-" if minor < 0 else ""
-    value = Decimal(abs(minor)).scaleb(-decimals)
-    if style == "pre":
-        return f"{sign}{symbol}{_number(value, decimals, ',', '.')}"
-    if style == "pre_sp":
-        return f"{sign}{symbol} {_number(value, decimals, ',', '.')}"
-    if style == "pre_eu":
-        return f"{sign}{symbol} {_number(value, decimals, '.', ',')}"
-    if style == "post":
-        return f"{sign}{_number(value, decimals, '.', ',')} {symbol}"
-    return f"{sign}{_number(value, decimals, ' ', ',')} {symbol}"  # post_sp
-
 
 # --- context -------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -43,7 +44,7 @@ from temporalio.converter import (
     PayloadCodec,
 )
 
-from dunning.platform.settings import Settings, SettingsError
+from dunning.errors import SettingsError
 
 log = logging.getLogger("dunning.codec")
 
@@ -182,8 +183,8 @@ class EncryptionCodec(PayloadCodec):
 # --- the generated default key ---------------------------------------------------------------
 
 
-def key_file_path(settings: Settings) -> Path:
-    return settings.data_dir / KEY_FILE_NAME
+def key_file_path(data_dir: Path) -> Path:
+    return data_dir / KEY_FILE_NAME
 
 
 def _fsync_dir(path: Path) -> None:
@@ -285,24 +286,40 @@ def load_or_create_key_file(path: Path, *, wait_seconds: float = 5.0) -> CodecKe
         return keys[0]
 
 
-def load_keys(settings: Settings) -> list[CodecKey]:
-    """Keys from DUNNING_CODEC_KEYS, else the generated key under DUNNING_DATA_DIR."""
-    keys = settings.codec_keys.get_secret_value()
-    if keys.strip():
-        return parse_keys(keys)
-    return [load_or_create_key_file(key_file_path(settings))]
+class KeySource(Protocol):
+    """Where the keys come from: the text of DUNNING_CODEC_KEYS (plain, or a secret with
+    `get_secret_value()` such as pydantic's SecretStr) and DUNNING_DATA_DIR (the settings have
+    both; the codec does not depend on the settings module)."""
+
+    @property
+    def codec_keys(self) -> Any: ...
+
+    @property
+    def data_dir(self) -> Path: ...
 
 
-def codec_for(settings: Settings) -> EncryptionCodec:
-    return EncryptionCodec(load_keys(settings))
+def _keys_text(value: Any) -> str:
+    reveal = getattr(value, "get_secret_value", None)
+    return str(reveal() if callable(reveal) else (value or ""))
 
 
-def converter_for(settings: Settings) -> DataConverter:
+def load_keys(keys_text: str, data_dir: Path) -> list[CodecKey]:
+    """Keys from `keys_text` (DUNNING_CODEC_KEYS), else the generated key under `data_dir`."""
+    if keys_text.strip():
+        return parse_keys(keys_text)
+    return [load_or_create_key_file(key_file_path(data_dir))]
+
+
+def codec_for(source: KeySource) -> EncryptionCodec:
+    return EncryptionCodec(load_keys(_keys_text(source.codec_keys), source.data_dir))
+
+
+def converter_for(source: KeySource) -> DataConverter:
     """The default converter with the encrypting codec, failures (message and stack trace)
     encoded too."""
     return dataclasses.replace(
         DataConverter.default,
-        payload_codec=codec_for(settings),
+        payload_codec=codec_for(source),
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )
 
@@ -314,6 +331,7 @@ __all__ = [
     "CodecError",
     "CodecKey",
     "EncryptionCodec",
+    "KeySource",
     "UnknownKeyError",
     "codec_for",
     "converter_for",

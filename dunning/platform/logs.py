@@ -15,24 +15,22 @@ which holds no personal data), and anything passed as `extra={...}` becomes a fi
 Temporal's own loggers (`workflow.logger`, `activity.logger`) attach the workflow's details;
 their workflow id becomes `case` too.
 
-Phone numbers and email addresses: callers log them masked (`dunning.platform.providers.mask_phone`
-/
+Phone numbers and email addresses: callers log them masked (`dunning.domain.pii.mask_phone` /
 `mask_email`). As a safety net the formatter masks anything in EVERY field (the message, `case`
 and the other fields from Temporal's loggers, extras, the traceback) that still looks like one
 (E.164 numbers, bare 11-15 digit runs as providers send them, national formats such as
-`(415) 555-0123`, addresses; see `dunning.platform.redaction`).
+`(415) 555-0123`, addresses; see `dunning.domain.pii`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from dunning.platform.redaction import redact
+from dunning.domain.pii import redact
 
 ENV_LEVEL = "DUNNING_LOG_LEVEL"
 ENV_FORMAT = "DUNNING_LOG_FORMAT"
@@ -108,13 +106,15 @@ def formatter(fmt: str = "json") -> logging.Formatter:
 
 
 def configure(
-    level: str | int | None = None, fmt: str | None = None, stream: IO[str] | None = None
+    level: str | int = "INFO", fmt: str = "auto", stream: IO[str] | None = None
 ) -> logging.Handler:
     """Send the process's logs through one structured handler (replacing any root handlers).
-    Defaults come from DUNNING_LOG_LEVEL and DUNNING_LOG_FORMAT."""
+    The entry points pass Settings.log_level and Settings.log_format (DUNNING_LOG_LEVEL,
+    DUNNING_LOG_FORMAT); `auto` is text on a terminal, JSON otherwise."""
     stream = stream or sys.stdout
-    level = level or os.environ.get(ENV_LEVEL) or "INFO"
-    fmt = (fmt or os.environ.get(ENV_FORMAT) or ("text" if _tty(stream) else "json")).lower()
+    fmt = fmt.lower()
+    if fmt == "auto":
+        fmt = "text" if _tty(stream) else "json"
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter(fmt))
     root = logging.getLogger()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -84,11 +83,11 @@ def paused_cases(db: Database) -> int:
 
 
 async def sample_paused_cases(
-    db: Database, meter: MetricMeter, stop: asyncio.Event, every: float | None = None,
+    db: Database, meter: MetricMeter, stop: asyncio.Event,
+    every: float = PAUSED_SAMPLE_SECONDS,
 ) -> None:
-    """Set the `dunning_sms_paused_cases` gauge from the database until `stop` is set."""
-    if every is None:
-        every = float(os.environ.get("DUNNING_METRICS_SAMPLE_SECONDS") or PAUSED_SAMPLE_SECONDS)
+    """Set the `dunning_sms_paused_cases` gauge from the database until `stop` is set, every
+    `every` seconds (Settings.metrics_sample_seconds, DUNNING_METRICS_SAMPLE_SECONDS)."""
     gauge = meter.create_gauge(SMS_PAUSED_CASES, DESCRIPTIONS[SMS_PAUSED_CASES], "cases")
     while not stop.is_set():
         try:

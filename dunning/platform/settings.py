@@ -17,14 +17,13 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-class SettingsError(Exception):
-    """A setting is missing or malformed; the message names the environment variable."""
+from dunning.errors import SettingsError as SettingsError  # re-exported (its old home)
 
 
 def _alias(name: str) -> AliasChoices:
@@ -119,11 +118,33 @@ class Settings(BaseSettings):
     # like DUNNING_CODEC_KEYS; unset: a key generated under DUNNING_DATA_DIR (one machine only).
     secret_keys: SecretStr = Field(SecretStr(""), validation_alias=_alias("DUNNING_SECRET_KEYS"))
 
+    # Auto-refill through Stripe (dunning.credits.gateways); the SDK's own name works too.
+    stripe_api_key: SecretStr = Field(
+        SecretStr(""),
+        validation_alias=AliasChoices("DUNNING_STRIPE_API_KEY", "dunning_stripe_api_key",
+                                      "STRIPE_API_KEY", "stripe_api_key"),
+    )
+    stripe_api_url: str = Field(
+        "https://api.stripe.com", validation_alias=_alias("DUNNING_STRIPE_API_URL")
+    )
+
+    # Logs (dunning.platform.logs): level, and `json`, `text` or `auto` (text on a terminal).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", validation_alias=_alias("DUNNING_LOG_LEVEL")
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", validation_alias=_alias("DUNNING_LOG_FORMAT")
+    )
+
     # Engine tuning (not part of the contract's table, documented in README).
     activity_workers: int = Field(32, validation_alias=_alias("DUNNING_ACTIVITY_WORKERS"))
     # SMS sends per second across ALL workers (the SMS task queue's rate limit); 0 = no limit.
     sms_rate_limit: float = Field(5.0, ge=0, validation_alias=_alias("DUNNING_SMS_RATE_LIMIT"))
     metrics_address: str = Field("", validation_alias=_alias("DUNNING_METRICS_ADDRESS"))
+    # How often the worker counts the cases paused for credits (the paused-cases gauge).
+    metrics_sample_seconds: float = Field(
+        15.0, gt=0, validation_alias=_alias("DUNNING_METRICS_SAMPLE_SECONDS")
+    )
     # Temporal's workflow sandbox: re-imports the workflow for every case and refuses
     # non-deterministic calls (clock, randomness, I/O) while it runs. On by default (safety
     # first); it costs about a quarter of a worker's CPU per case, so a deployment that has the
@@ -276,7 +297,15 @@ class Settings(BaseSettings):
             ) from None
         return v
 
-    @field_validator("plivo_api_url", "public_url")
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _any_case(cls, v: object, info: ValidationInfo) -> object:
+        if not isinstance(v, str):
+            return v
+        v = v.strip() or ("INFO" if info.field_name == "log_level" else "auto")
+        return v.upper() if info.field_name == "log_level" else v.lower()
+
+    @field_validator("plivo_api_url", "public_url", "stripe_api_url")
     @classmethod
     def _check_http_url(cls, v: str) -> str:
         parsed = urlparse(v)

@@ -57,6 +57,7 @@ from dunning.cases.client import CaseNotFound, CaseRequest, DunningClient
 from dunning.customers.customers import check_customer_fields, upsert_customer
 from dunning.domain.contract import InputError, check_id
 from dunning.domain.phones import PhoneError, PhoneInfo, validate_phone
+from dunning.messages.inbox import claim_event
 from dunning.platform.db import Database
 from dunning.platform.db.models import Case, Customer, ProcessedEvent
 from dunning.platform.providers import mask_phone
@@ -212,21 +213,6 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
-def _claim(session: Session, source: str, event_id: str) -> bool:
-    """Record (source, event_id) in processed_events; False if it was there already.
-    (As dunning.webhooks.events.claim_event, which this module must not import: the webhook
-    package imports this one.)"""
-    key = (source[:_SOURCE_MAX], event_id[:200])
-    if session.get(ProcessedEvent, key) is not None:
-        return False
-    try:
-        with session.begin_nested():
-            session.add(ProcessedEvent(source=key[0], event_id=key[1]))
-    except IntegrityError:
-        return False
-    return True
-
-
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
@@ -305,11 +291,11 @@ class StripeEvents:
 
     def _record(self, account_id: str, event_id: str) -> None:
         with self.db.session() as s:
-            _claim(s, source_for(EVENT_SOURCE, account_id), event_id)
+            claim_event(s, source_for(EVENT_SOURCE, account_id), event_id)
 
     def _mark_paid(self, account_id: str, invoice_id: str) -> None:
         with self.db.session() as s:
-            _claim(s, source_for(PAID_SOURCE, account_id), invoice_id)
+            claim_event(s, source_for(PAID_SOURCE, account_id), invoice_id)
 
     def _invoice_was_paid(self, account_id: str, invoice_id: str) -> bool:
         with self.db.session() as s:
@@ -451,7 +437,7 @@ class StripeEvents:
         except InputError as exc:
             return {"status": "ignored", "reason": str(exc)}
         assert customer_id is not None
-        if not _claim(s, source_for(EVENT_SOURCE, account_id), event.id):
+        if not claim_event(s, source_for(EVENT_SOURCE, account_id), event.id):
             return {"status": "duplicate"}
         if not self._newest(s, account_id, customer_id, event.created):
             return {"status": "ignored", "customer": customer_id,

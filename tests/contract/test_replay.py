@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHistory
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
@@ -58,3 +59,29 @@ async def test_an_unpatched_change_fails_the_replay() -> None:
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is not None
     assert "nondetermin" in repr(result.replay_failure).lower()
+
+
+@workflow.defn(name="DunningWorkflow", sandboxed=False)
+class _CurrencyUnpatched(DunningWorkflow):
+    """The currency rule changed without its `iso-currency` patch: `eur` refused again."""
+
+    @workflow.run
+    async def run(self, raw: dict[str, Any]) -> dict[str, Any]:
+        return await super().run(raw)
+
+    def _parse(self, raw: Any) -> Any:
+        from dunning.domain.contract import InputError, parse_case_input
+
+        try:
+            return parse_case_input(raw, iso_currency=False)
+        except InputError as err:
+            raise ApplicationError(f"invalid input: {err}", type="InvalidInput",
+                                   non_retryable=True) from None
+
+
+async def test_the_iso_currency_history_needs_its_patch() -> None:
+    history = _history(Path(__file__).parents[1] / "histories" / "iso_currency.json")
+    replayer = Replayer(workflows=[_CurrencyUnpatched],
+                        workflow_runner=UnsandboxedWorkflowRunner())
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is not None

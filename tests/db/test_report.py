@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 import dunning.cli as cli_module
-from dunning.cases.report import build_report, human_duration, parse_since, render_html
+from dunning.cases.report import build_report, human_duration, parse_since
+from dunning.cases.report_html import render_html
 from dunning.domain.contract import InputError
 from dunning.platform.db import Database
 from dunning.platform.db.models import Account, Case, CreditEntry, Message

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +19,18 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-import dunning.cli.common as cli_common
 from dunning.accounts import messaging, pricing
 from dunning.cli import main
-from dunning.credits import ledger, refill, wake
+from dunning.credits import ledger, refill
+from dunning.credits.followups import BalanceFollowups
+from dunning.credits.gateways import Gateways, SimulatedGateway
+from dunning.credits.wake import LoopWaker
 from dunning.domain.contract import ACT_SEND_SMS, MessageRequest, MessageResult
 from dunning.platform.codec import converter_for
 from dunning.platform.db import Database
 from dunning.platform.db.models import Account, CreditEntry, Customer, Message, Refill
-from dunning.platform.settings import Settings, reset_settings_cache
+from dunning.platform.providers.email import SmtpEmailProvider
+from dunning.platform.settings import Settings
 from starter import DunningClient
 from tests.db.test_credits import assert_ledger_exact
 from tests.fakes.plivo import FakePlivo
@@ -50,25 +53,22 @@ def stack(temporal_env: WorkflowEnvironment, db: Database, plivo_server: FakePli
             "account": f"cr-{uid}", "queue": f"q-{uid}", "uid": uid}
 
 
-@pytest.fixture
-async def loop_waker(temporal_env: WorkflowEnvironment) -> AsyncIterator[None]:
-    """Auto-refills in this process wake cases through the test's client and loop, as a
-    worker would with `wake.set_waker(LoopWaker(client))`."""
-    wake.set_waker(wake.LoopWaker(temporal_env.client, asyncio.get_running_loop()))
-    yield
-    await asyncio.to_thread(refill.drain, 10)
-    wake.set_waker(None)
+def worker_followups(temporal_env: WorkflowEnvironment, db: Database, smtp: SmtpSink,
+                     gateway: SimulatedGateway) -> BalanceFollowups:
+    """As worker.py builds them: auto-refills wake cases through the worker's client and
+    loop, notices go through its email provider."""
+    return BalanceFollowups(
+        db, SmtpEmailProvider("127.0.0.1", smtp.port), gateways=Gateways(gateway),
+        waker=LoopWaker(temporal_env.client, asyncio.get_running_loop()),
+    )
 
 
 @pytest.fixture
-def held_gateway() -> Iterator[refill.SimulatedGateway]:
-    gw = refill.SimulatedGateway(hold=threading.Event())
-    refill.set_gateway("simulated", gw)
+def held_gateway() -> Iterator[SimulatedGateway]:
+    gw = SimulatedGateway(hold=threading.Event())
     yield gw
     assert gw.hold is not None
     gw.hold.set()
-    refill.drain(10)
-    refill.set_gateway("simulated", None)
 
 
 def phone(uid: str, i: int) -> str:
@@ -192,7 +192,7 @@ async def test_wake_ups_are_first_come_first_served(stack: dict[str, Any]):
 
 
 async def test_auto_refill_resumes_paused_cases_promptly(
-    stack: dict[str, Any], loop_waker: None, held_gateway: refill.SimulatedGateway
+    stack: dict[str, Any], held_gateway: SimulatedGateway
 ):
     db, plivo, uid, account = stack["db"], stack["plivo"], stack["uid"], stack["account"]
     smtp = stack["smtp"]
@@ -206,7 +206,8 @@ async def test_auto_refill_resumes_paused_cases_promptly(
         refill.configure(s, account, threshold=2, amount=10)
     customers(stack, n)
     client = stack["env"].client
-    acts = real_activities(db, plivo, smtp)
+    followups = worker_followups(stack["env"], db, smtp, held_gateway)
+    acts = real_activities(db, plivo, smtp, followups)
     async with running_worker(client, stack["queue"], acts):
         handles = [await start(client, stack, i) for i in range(n)]
         # 2 -> 1 crosses the threshold (refill pending: the gateway is held), 1 -> 0, then
@@ -230,7 +231,7 @@ async def test_auto_refill_resumes_paused_cases_promptly(
         rows = s.scalars(select(Refill).where(Refill.account_id == account)).all()
         assert [(r.status, r.amount) for r in rows] == [("succeeded", 10)]
     assert assert_ledger_exact(db, account) == 2 + 10 - n
-    await asyncio.to_thread(refill.drain, 10)
+    assert await asyncio.to_thread(followups.close, 10)
     subjects = [m["Subject"] for m in smtp.to(contact)]
     assert sum("running low" in s for s in subjects) == 1
     assert sum("used up" in s for s in subjects) == 1
@@ -239,22 +240,22 @@ async def test_auto_refill_resumes_paused_cases_promptly(
 
 async def test_failed_refill_keeps_sms_paused_while_email_goes_on(
     temporal_env: WorkflowEnvironment, sqlite_db: Database, plivo_server: FakePlivo,
-    smtp_server: SmtpSink, uid: str, loop_waker: None,
+    smtp_server: SmtpSink, uid: str,
 ):
     account = f"cr-{uid}"
     stack: dict[str, Any] = {"env": temporal_env, "db": sqlite_db, "plivo": plivo_server,
                              "smtp": smtp_server, "account": account, "queue": f"q-{uid}",
                              "uid": uid}
     db = sqlite_db
-    gw = refill.SimulatedGateway(fail="card_declined: Your card was declined.")
-    refill.set_gateway("simulated", gw)
+    gw = SimulatedGateway(fail="card_declined: Your card was declined.")
+    followups = worker_followups(temporal_env, db, smtp_server, gw)
     try:
         make_account(db, account, schedule="0s,1s", grace="60s", balance=1)
         with db.session() as s:
             refill.configure(s, account, threshold=1, amount=10)
         customers(stack, 2)
         client = temporal_env.client
-        acts = real_activities(db, plivo_server, smtp_server)
+        acts = real_activities(db, plivo_server, smtp_server, followups)
         async with running_worker(client, stack["queue"], acts):
             handles = [await start(client, stack, i) for i in range(2)]
             emails = [f"c{i}-{uid}@example.com" for i in range(2)]
@@ -265,7 +266,7 @@ async def test_failed_refill_keeps_sms_paused_while_email_goes_on(
             await wait_for(lambda: _is(paused_count(handles), 2), timeout=10)
             assert len(sent_to(plivo_server, uid, 2)) == 1
             await finish(handles)
-        await asyncio.to_thread(refill.drain, 10)
+        assert await asyncio.to_thread(followups.drain, 10)
         with db.session() as s:
             rows = s.scalars(select(Refill).where(Refill.account_id == account)).all()
             assert [(r.status, r.error) for r in rows] == [
@@ -273,7 +274,7 @@ async def test_failed_refill_keeps_sms_paused_while_email_goes_on(
         assert len(gw.charges) == 1  # the paused case's re-checks did not retry it
         assert assert_ledger_exact(db, account) == 0
     finally:
-        refill.set_gateway("simulated", None)
+        await asyncio.to_thread(followups.close, 10)
 
 
 async def test_country_rate_preview_equals_charge(
@@ -332,48 +333,40 @@ async def test_cli_topup_wakes_paused_cases(
     for name, value in {"DUNNING_DATA_DIR": str(tmp_path), "DUNNING_DATABASE_URL": db.url,
                         "DUNNING_TEMPORAL_ADDRESS": target, "DUNNING_CODEC_KEYS": key}.items():
         monkeypatch.setenv(name, value)
-    reset_settings_cache()
-    cli_common._DB = None
     # The CLI encrypts its signal payloads: the worker shares its codec key.
     client = await Client.connect(target, data_converter=converter_for(
         Settings(codec_keys=key, data_dir=tmp_path)))
     make_account(db, account, schedule="0s", grace="60s", balance=0)
     customers(stack, 3)
-    try:
-        async with running_worker(client, queue, real_activities(db, plivo_server, smtp_server)):
-            handles = []
-            for i in range(3):
-                handles.append(await client.start_workflow(
-                    "DunningWorkflow", case_input(account, f"inv{i}", f"c{i}"),
-                    id=f"dunning-{account}-inv{i}", task_queue=queue))
-                await wait_for(queued(db, account, i + 1), timeout=10)
-            await wait_for(lambda: _is(paused_count(handles), 3), timeout=10)
+    async with running_worker(client, queue, real_activities(db, plivo_server, smtp_server)):
+        handles = []
+        for i in range(3):
+            handles.append(await client.start_workflow(
+                "DunningWorkflow", case_input(account, f"inv{i}", f"c{i}"),
+                id=f"dunning-{account}-inv{i}", task_queue=queue))
+            await wait_for(queued(db, account, i + 1), timeout=10)
+        await wait_for(lambda: _is(paused_count(handles), 3), timeout=10)
 
-            def run_cli() -> tuple[int, str]:
-                try:
-                    main(["credits", "topup", "--account", account, "2", "--json"])
-                    return 0, ""
-                except SystemExit as exc:
-                    return int(exc.code or 0), ""
+        def run_cli() -> tuple[int, str]:
+            try:
+                main(["credits", "topup", "--account", account, "2", "--json"])
+                return 0, ""
+            except SystemExit as exc:
+                return int(exc.code or 0), ""
 
-            capsys.readouterr()
-            code, _ = await asyncio.to_thread(run_cli)
-            out, err = capsys.readouterr()
-            assert code == 0, err
-            lines = [line for line in out.splitlines() if line.strip()]
-            assert len(lines) == 1
-            data = json.loads(lines[0])
-            keys = ("account_id", "balance", "woken", "still_waiting", "set_aside", "available")
-            assert {k: data[k] for k in keys} == {
-                "account_id": account, "balance": 2, "woken": 2, "still_waiting": 1,
-                "set_aside": 2, "available": 0}
-            await wait_for(lambda: sent_to(plivo_server, uid, 3) == [0, 1], timeout=10)
-            await finish(handles)
-    finally:
-        if cli_common._DB is not None:
-            cli_common._DB.dispose()
-        cli_common._DB = None
-        reset_settings_cache()
+        capsys.readouterr()
+        code, _ = await asyncio.to_thread(run_cli)
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        lines = [line for line in out.splitlines() if line.strip()]
+        assert len(lines) == 1
+        data = json.loads(lines[0])
+        keys = ("account_id", "balance", "woken", "still_waiting", "set_aside", "available")
+        assert {k: data[k] for k in keys} == {
+            "account_id": account, "balance": 2, "woken": 2, "still_waiting": 1,
+            "set_aside": 2, "available": 0}
+        await wait_for(lambda: sent_to(plivo_server, uid, 3) == [0, 1], timeout=10)
+        await finish(handles)
 
 
 class HoldingActivities:

@@ -30,7 +30,7 @@ from dunning.domain.phones import validate_phone
 from dunning.platform.db import Database
 from dunning.platform.db.models import Account, Case, Customer, ProcessedEvent
 from dunning.platform.providers.sms import ConsoleSmsProvider
-from dunning.platform.settings import Settings, reset_settings_cache
+from dunning.platform.settings import Settings
 from dunning.platform.temporal import connect
 from dunning.webhooks import create_app
 from dunning.webhooks.stripe import source_for, verify_signature
@@ -549,7 +549,6 @@ def cli(cli: Callable[..., tuple[int, str, str]], monkeypatch: pytest.MonkeyPatc
         ) -> Callable[..., tuple[int, str, str]]:
     """conftest's in-process runner, with the public URL the endpoint is shown under."""
     monkeypatch.setenv("DUNNING_PUBLIC_URL", "https://hooks.example.test/base")
-    reset_settings_cache()
     return cli
 
 
@@ -621,7 +620,6 @@ def test_reseal_encrypts_plaintext_secrets_and_rotates_keys(
     add_account(db, account, secret)  # stored in plain text, as before encryption existed
     old_key, new_key = "old:" + "11" * 32, "new:" + "22" * 32
     monkeypatch.setenv("DUNNING_SECRET_KEYS", old_key)
-    reset_settings_cache()
     code, out, err = cli("stripe", "reseal", "--json")
     assert code == 0, err
     assert json.loads(out)["resealed"] >= 1
@@ -634,7 +632,6 @@ def test_reseal_encrypts_plaintext_secrets_and_rotates_keys(
 
     assert stored().startswith("enc:v1:old:") and secret not in stored()
     monkeypatch.setenv("DUNNING_SECRET_KEYS", f"{new_key},{old_key}")
-    reset_settings_cache()
     code, out, err = cli("stripe", "reseal", "--json")
     assert code == 0, err
     assert stored().startswith("enc:v1:new:")

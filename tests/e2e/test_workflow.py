@@ -14,7 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from dunning.credits import ledger
 from dunning.platform.db import Database
-from dunning.platform.db.models import CreditEntry, Message, OptOut
+from dunning.platform.db.models import Case, CreditEntry, Message, OptOut
 from dunning.platform.settings import Settings
 from starter import DunningClient
 from tests.fakes.plivo import FakePlivo, Scripted
@@ -215,13 +215,37 @@ async def test_late_start_sends_only_the_latest_due_step(stack):
     assert "8 days" not in texts[0]  # the default SMS template has no days_overdue
 
 
+async def test_a_lower_case_currency_is_accepted_and_stored_upper_case(stack):
+    """`"currency": "eur"` (as Stripe sends it) through any Temporal client starts the case."""
+    make_account(stack["db"], stack["account"], schedule="0s,30s")
+    raw = case_input(stack["account"], "inv1", "cus1", currency="eur")
+    acts = real_activities(stack["db"], stack["plivo"], stack["smtp"])
+    async with running_worker(stack["env"].client, stack["queue"], acts):
+        handle = await stack["env"].client.start_workflow(
+            "DunningWorkflow", raw, id=f"dunning-{stack['account']}-inv1",
+            task_queue=stack["queue"],
+        )
+
+        def registered() -> bool:
+            with stack["db"].session() as s:
+                return s.get(Case, f"dunning-{stack['account']}-inv1") is not None
+
+        await wait_for(registered, timeout=15)
+        await handle.signal("cancel", {"reason": "test over"})
+        result = await handle.result()
+    assert result["outcome"] == "canceled"
+    with stack["db"].session() as s:
+        case = s.get(Case, f"dunning-{stack['account']}-inv1")
+        assert case is not None and case.currency == "EUR"
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
         ({"billing_link": None}, "billing_link"),
         ({"amount_due": "49.00"}, "amount_due"),
         ({"amount_due": -5}, "amount_due"),
-        ({"currency": "usd"}, "currency"),
+        ({"currency": "XYZ"}, "currency"),
         ({"failed_at": "yesterday"}, "failed_at"),
         ({"customer_email": "not-an-email"}, "customer_email"),
         ({"surprise": 1}, "surprise"),

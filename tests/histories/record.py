@@ -9,8 +9,9 @@ non-determinism. Re-record only after a deliberate workflow change that is guard
 `workflow.patched(...)` (see workflows/dunning.py), and keep the old histories too (rename them,
 e.g. `full_schedule.v1.json`): they are what cases started before the change look like.
 
-The files: `<name>.json`, recorded by the current workflow; `<name>.v2.json`, recorded before
-the `resume-clears-sms-paused` patch; `<name>.v1.json`, recorded before the
+The files: `<name>.json`, recorded by the current workflow (all but `iso_currency.json` before
+the `iso-currency` patch, whose marker only `iso_currency.json` carries); `<name>.v2.json`,
+recorded before the `resume-clears-sms-paused` patch; `<name>.v1.json`, recorded before the
 `end-cancels-queued-sends` patch. Without a patch's marker, a replay takes its old branch.
 `signal_account.json` holds the `signals-name-their-account` marker (a signal for another
 account ignored).
@@ -184,6 +185,23 @@ async def signal_account(client: Client, db: Database) -> WorkflowHandle[Any, An
     await wait_for(email_sent, timeout=30)
     await handle.signal("cancel", {"account_id": "someone-else", "reason": "forged"})
     await handle.signal("payment_recovered", {"account_id": "sigacct"})
+    return handle
+
+
+async def iso_currency(client: Client, db: Database) -> WorkflowHandle[Any, Any]:
+    """Started with a lower-case currency (`eur`, as Stripe sends it): accepted under the
+    `iso-currency` patch and used upper case; the first step goes out, then the payment is
+    recovered."""
+    make_account(db, "currency", schedule="0s,30s", grace="1s", balance=10)
+    add_customer(db, "currency", "c1", phone="+14155550107")
+    handle = await _start(client, "currency", currency="eur")
+
+    async def first_step_done() -> bool:
+        st = await query_status(handle)
+        return all(r["status"] == "sent" for r in st["reminders"] if r["step"] == 1)
+
+    await wait_for(first_step_done, timeout=30)
+    await handle.signal("payment_recovered", {"amount": 4900})
     result = await handle.result()
     assert result["outcome"] == "recovered", result
     return handle
@@ -197,6 +215,7 @@ SCENARIOS: dict[str, Scenario] = {
     "late_start": late_start,
     "quiet_hours": quiet_hours,
     "signal_account": signal_account,
+    "iso_currency": iso_currency,
 }
 
 

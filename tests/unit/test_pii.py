@@ -8,11 +8,13 @@ import logging
 
 import pytest
 
+from dunning.customers import consent
+from dunning.domain import pii
 from dunning.domain.contract import InputError, check_id, parse_case_input
-from dunning.platform import logs
+from dunning.domain.pii import redact
+from dunning.platform import logs, providers
 from dunning.platform.providers.email import ConsoleEmailProvider, OutgoingEmail
 from dunning.platform.providers.sms import ConsoleSmsProvider, OutgoingSms
-from dunning.platform.redaction import redact
 
 
 @pytest.mark.parametrize("value", [
@@ -89,3 +91,22 @@ def test_console_backends_print_masked(capsys: pytest.CaptureFixture[str]) -> No
         body="x"))
     out = capsys.readouterr().out
     assert "jane@" not in out
+
+
+def test_masks() -> None:
+    assert pii.mask_phone("+14155550123") == "+1******0123"
+    assert pii.mask_phone("") == "" and pii.mask_phone("+1234") == "*****"
+    assert pii.mask_email("ada@example.com") == "a***@example.com"
+    assert pii.mask_email("not an address") == ""
+
+
+def test_redact_masks_numbers_and_addresses_in_free_text() -> None:
+    text = "to +14155550123 (14155550124) or ada@example.com, order 42"
+    assert pii.redact(text) == "to +1******0123 (+1******0124) or a***@example.com, order 42"
+    assert pii.redact_numbers("call me at +1 415-555-0123, ok 42") == "call me at [number], ok 42"
+
+
+def test_one_implementation_behind_every_old_path() -> None:
+    assert providers.mask_phone is pii.mask_phone and providers.mask_email is pii.mask_email
+    assert logs.redact is pii.redact
+    assert consent.redact_numbers is pii.redact_numbers

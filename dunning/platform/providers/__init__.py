@@ -11,6 +11,10 @@ Errors are classified so that activities can decide what to do:
 
 from __future__ import annotations
 
+# Masks live with the other PII rules; re-exported here, where the providers' callers look.
+from dunning.domain.pii import mask_email as mask_email
+from dunning.domain.pii import mask_phone as mask_phone
+
 
 class ProviderError(Exception):
     def __init__(self, reason: str) -> None:
@@ -28,19 +32,3 @@ class PermanentProviderError(ProviderError):
 
 class AmbiguousProviderError(ProviderError):
     pass
-
-
-def mask_phone(e164: str | None) -> str:
-    """+14155550123 -> +1******0123: enough for an operator, never the whole number."""
-    if not e164:
-        return ""
-    if len(e164) <= 6:
-        return "*" * len(e164)
-    return e164[:2] + "*" * (len(e164) - 6) + e164[-4:]
-
-
-def mask_email(addr: str | None) -> str:
-    if not addr or "@" not in addr:
-        return ""
-    local, domain = addr.split("@", 1)
-    return f"{local[:1]}***@{domain}"

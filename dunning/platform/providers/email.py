@@ -13,13 +13,13 @@ from email.utils import make_msgid
 from typing import Protocol
 
 from dunning.domain.contract import is_loopback_host
+from dunning.domain.pii import redact_urls
 from dunning.platform.providers import (
     AmbiguousProviderError,
     PermanentProviderError,
     TransientProviderError,
     mask_email,
 )
-from dunning.platform.redaction import redact_urls
 
 
 @dataclass(frozen=True)

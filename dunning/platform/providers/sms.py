@@ -10,13 +10,13 @@ from typing import Protocol
 
 import requests
 
+from dunning.domain.pii import redact_urls
 from dunning.platform.providers import (
     AmbiguousProviderError,
     PermanentProviderError,
     TransientProviderError,
     mask_phone,
 )
-from dunning.platform.redaction import redact_urls
 
 log = logging.getLogger("dunning.sms")
 
