@@ -449,3 +449,69 @@ async def test_the_status_query_shows_each_reminder_and_what_the_lanes_wait_for(
     assert final["state"] == "exhausted" and final["next_reminder_at"] is None
     assert {r["status"] for r in final["reminders"]} == {"sent"}
     assert (final["emails_sent"], final["sms_sent"], final["credits_spent"]) == (3, 3, 3)
+
+
+async def test_a_woken_case_is_not_shown_paused_while_its_send_runs(scripted_case: Any) -> None:
+    """Once `credits_added` wakes the lane the case is no longer paused, even before the retried
+    send answers (it may wait its turn behind the SMS rate limit)."""
+    case: ScriptedCase = scripted_case(offsets=[0], grace=60)
+    retrying, release = asyncio.Event(), asyncio.Event()
+
+    async def sms(req: MessageRequest, attempt: int) -> MessageResult:
+        if attempt == 1:
+            return MessageResult("no_credits", "needs 1 credits, balance is 0", 1)
+        retrying.set()
+        await release.wait()
+        return MessageResult("sent", "", 1)
+
+    case.sms = sms
+    await case.start()
+
+    async def paused() -> bool:
+        return bool((await case.status())["sms_paused"])
+
+    await case.wait_until(paused, "SMS paused")
+    await case.signal(SIGNAL_CREDITS_ADDED)
+    await asyncio.wait_for(retrying.wait(), 20)
+    status = await case.status()
+    release.set()
+    await case.wait_until(
+        lambda: _lane_is(case, "sms", [("sent", "")]), "SMS step 1 recorded as sent")
+    await case.signal(SIGNAL_PAYMENT_RECOVERED)
+    result = await case.result()
+
+    assert not status["sms_paused"]
+    assert "sms: sending step 1" in status["waiting_for"]
+    assert lane(status, "sms") == [("pending", "")]
+    assert result["sms_sent"] == 1
+
+
+async def test_a_send_running_when_the_case_ends_finishes_and_counts(scripted_case: Any) -> None:
+    """The case ends while SMS step 1 is with the provider: the send is not cut off, its own
+    result is recorded (nothing to settle), and the later step is skipped."""
+    case: ScriptedCase = scripted_case(offsets=[0, 30], grace=1)
+    in_send, release = asyncio.Event(), asyncio.Event()
+
+    async def sms(req: MessageRequest, attempt: int) -> MessageResult:
+        in_send.set()
+        await release.wait()
+        return MessageResult("sent", "", 1)
+
+    case.sms = sms
+    await case.start()
+    await asyncio.wait_for(in_send.wait(), 20)
+    await case.signal(SIGNAL_PAYMENT_RECOVERED)
+
+    async def recovered() -> bool:
+        return bool((await case.status())["state"] == "recovered")
+
+    await case.wait_until(recovered, "the case took the signal in")
+    release.set()
+    result = await case.result()
+    status = await case.status()
+
+    assert case.requests(ACT_SETTLE_MESSAGE) == []
+    assert lane(status, "sms") == [("sent", ""), ("skipped", "case recovered")]
+    assert result["outcome"] == "recovered"
+    assert (result["sms_sent"], result["credits_spent"]) == (1, 1)
+    assert len(case.sends("sms")) == 1
