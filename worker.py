@@ -28,6 +28,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities import DunningActivities
 from dunning.credits import refill, wake
 from dunning.domain.contract import sms_task_queue
+from dunning.messages.links import signer_for
 from dunning.messages.pacing import pacer_for
 from dunning.platform import logs, metrics
 from dunning.platform.db import Database
@@ -47,6 +48,7 @@ def build_activities(settings: Settings, db: Database) -> DunningActivities:
         public_url=settings.public_url,
         default_email_from=settings.email_from,
         pacer=pacer_for(db, settings.sms_rate_limit),
+        links=signer_for(settings),
     )
 
 

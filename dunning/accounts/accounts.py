@@ -22,6 +22,7 @@ from dunning.domain.contract import (
     parse_quiet_hours,
     parse_schedule,
 )
+from dunning.domain.locales import DEFAULT_LOCALE, normalize_locale
 from dunning.platform.db.models import Account, SmsTemplate
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -40,6 +41,23 @@ class AccountOptions:
     quiet_hours: str | None = None
     timezone: str | None = None
     support_contact: str | None = None
+    locale: str | None = None
+    track_links: str | None = None  # on | off
+
+
+QUIET_HOURS_OFF_WARNING = (
+    "quiet hours are off: SMS go out at any hour, even where state law (e.g. Florida, "
+    "Connecticut) or the TCPA limit calling hours; set --quiet-hours 08:00-21:00 to restore them"
+)
+
+
+def parse_switch(value: str, flag: str) -> bool:
+    text = value.strip().lower()
+    if text in ("on", "true", "yes", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    raise InputError(flag, f"{value!r} is not on or off")
 
 
 def normalize_sender(value: str) -> str:
@@ -92,6 +110,10 @@ def _apply_options(account: Account, opts: AccountOptions) -> None:
         if len(opts.support_contact) > 200:
             raise InputError("support-contact", "must be at most 200 characters")
         account.support_contact = opts.support_contact or None
+    if opts.locale is not None:
+        account.locale = normalize_locale(opts.locale)
+    if opts.track_links is not None:
+        account.track_links = parse_switch(opts.track_links, "track-links")
 
 
 def create_account(session: Session, account_id: str, opts: AccountOptions) -> Account:
@@ -110,6 +132,8 @@ def create_account(session: Session, account_id: str, opts: AccountOptions) -> A
         sms_enabled=False,
         sms_steps={},
         credit_balance=0,
+        locale=DEFAULT_LOCALE,
+        track_links=True,
     )
     _apply_options(account, opts)
     session.add(account)
@@ -135,7 +159,9 @@ def account_json(session: Session, account: Account) -> dict[str, Any]:
     offsets = parse_schedule(account.schedule)
     templates = {
         (t.plan or ""): t.body
-        for t in session.scalars(select(SmsTemplate).where(SmsTemplate.account_id == account.id))
+        for t in session.scalars(select(SmsTemplate).where(
+            SmsTemplate.account_id == account.id, SmsTemplate.step == 0, SmsTemplate.locale == ""
+        ))
     }
     return {
         "account_id": account.id,
@@ -152,7 +178,11 @@ def account_json(session: Session, account: Account) -> dict[str, Any]:
         ],
         "grace": format_duration(account.grace_seconds),
         "quiet_hours": account.quiet_hours,
+        "warnings": [QUIET_HOURS_OFF_WARNING] if account.quiet_hours == "off" else [],
         "timezone": account.timezone,
+        "locale": account.locale,
+        "track_links": bool(account.track_links),
+        "sms_holdout_percent": account.sms_holdout_percent,
         "sms_enabled": account.sms_enabled,
         "credit_balance": account.credit_balance,
         "auto_refill": (

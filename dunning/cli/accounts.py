@@ -12,7 +12,7 @@ from dunning.accounts.accounts import (
     get_account,
     update_account,
 )
-from dunning.cli.common import JsonOpt, console, print_json, session
+from dunning.cli.common import JsonOpt, console, err_console, print_json, session
 
 app = typer.Typer(help="Accounts: the businesses whose customers are reminded.",
                   no_args_is_help=True)
@@ -28,6 +28,13 @@ QuietOpt = typer.Option(
 )
 TzOpt = typer.Option(None, "--timezone", help="Fallback IANA zone when a number's is unknown.")
 SupportOpt = typer.Option(None, "--support-contact", help="Named in HELP replies and templates.")
+LocaleOpt = typer.Option(
+    None, "--locale", help="Default BCP 47 locale of customers without one (e.g. en, es, pt-BR)."
+)
+TrackOpt = typer.Option(
+    None, "--track-links", metavar="on|off",
+    help="Send {billing_link} as a tracked short link on DUNNING_PUBLIC_URL (default on).",
+)
 
 
 def _show(account_id: str, as_json: bool) -> None:
@@ -38,9 +45,14 @@ def _show(account_id: str, as_json: bool) -> None:
         return
     table = Table(title=f"account {data['account_id']}", show_header=False)
     for key in ("company_name", "sms_sender", "email_from", "support_contact", "schedule",
-                "grace", "quiet_hours", "timezone", "sms_enabled", "credit_balance"):
+                "grace", "quiet_hours", "timezone", "locale", "track_links", "sms_enabled",
+                "credit_balance"):
         table.add_row(key, str(data[key]))
+    if data["sms_holdout_percent"] is not None:
+        table.add_row("sms_holdout", f"{data['sms_holdout_percent']}% of new cases email only")
     console.print(table)
+    for warning in data["warnings"]:
+        err_console.print(f"warning: {warning}", markup=False, highlight=False)
 
 
 @app.command()
@@ -55,11 +67,13 @@ def create(
     quiet_hours: str | None = QuietOpt,
     timezone: str | None = TzOpt,
     support_contact: str | None = SupportOpt,
+    locale: str | None = LocaleOpt,
+    track_links: str | None = TrackOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Create an account."""
     opts = AccountOptions(company_name, sms_sender, email_from, contact_email, schedule, grace,
-                          quiet_hours, timezone, support_contact)
+                          quiet_hours, timezone, support_contact, locale, track_links)
     with session() as s:
         create_account(s, account_id, opts)
     _show(account_id, as_json)
@@ -77,11 +91,13 @@ def update(
     quiet_hours: str | None = QuietOpt,
     timezone: str | None = TzOpt,
     support_contact: str | None = SupportOpt,
+    locale: str | None = LocaleOpt,
+    track_links: str | None = TrackOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Change an account's settings; running cases use them from their next reminder on."""
     opts = AccountOptions(company_name, sms_sender, email_from, contact_email, schedule, grace,
-                          quiet_hours, timezone, support_contact)
+                          quiet_hours, timezone, support_contact, locale, track_links)
     with session() as s:
         update_account(s, account_id, opts)
     _show(account_id, as_json)

@@ -45,6 +45,7 @@ from dunning.accounts.messaging import set_sms_switch, set_sms_template
 from dunning.cases.client import CaseRequest, DunningClient
 from dunning.credits import ledger
 from dunning.customers.importer import import_file
+from dunning.messages.links import signer_for
 from dunning.messages.pacing import pacer_for
 from dunning.platform.db import Database
 from dunning.platform.db.models import CreditEntry, Customer, Message
@@ -250,7 +251,8 @@ class Demo:
         import_report = self.setup_account()
         sms, email = ConsoleSmsProvider(echo=False), ConsoleEmailProvider(echo=False)
         acts = DunningActivities(self.db, sms, email, public_url=self.settings.public_url,
-                                 pacer=pacer_for(self.db, self.settings.sms_rate_limit))
+                                 pacer=pacer_for(self.db, self.settings.sms_rate_limit),
+                                 links=signer_for(self.settings))
         client = await DunningClient.connect(self.settings, self.db)
         from dunning.webhooks import create_app
         from dunning.webhooks.server import make_server

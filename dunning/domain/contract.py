@@ -258,6 +258,7 @@ class CasePlan:
     offsets: list[int]
     grace_seconds: int
     error: str | None = None  # e.g. unknown account: fails the workflow without retries
+    arm: str | None = None  # SMS holdout experiment: "sms" | "holdout"; None: no experiment
 
 
 @dataclass

@@ -35,15 +35,17 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTasks
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from dunning.cases.client import DunningClient
 from dunning.customers.consent import normalize_number
 from dunning.domain.contract import InputError, check_id
+from dunning.messages import links
 from dunning.messages.delivery import DeliveryReport, process_delivery_report
 from dunning.messages.inbound import InboundMessage, InboundOutcome, PlannedReply, process_inbound
 from dunning.messages.inbox import remember_nonce, request_fingerprint
+from dunning.messages.links import LinkSigner
 from dunning.platform.db import Database
 from dunning.platform.db.models import Account, Message
 from dunning.platform.providers import AmbiguousProviderError, ProviderError, mask_phone
@@ -68,6 +70,7 @@ INBOUND_PATH = "/webhooks/plivo/inbound"
 STATUS_PATH = "/webhooks/plivo/status"
 STRIPE_PATH = "/webhooks/stripe/{account_id}"
 HEALTH_PATH = "/healthz"
+SHORT_LINK_PATH = "/l/{token}"
 MAX_BODY_BYTES = 64 * 1024
 MAX_STRIPE_BODY_BYTES = 1024 * 1024
 MAX_FIELDS = 200
@@ -191,9 +194,11 @@ class WebhookApp:
     Temporal client used for billing events."""
 
     def __init__(
-        self, settings: Settings, db: Database, sms: SmsProvider, temporal: LazyTemporal
+        self, settings: Settings, db: Database, sms: SmsProvider, temporal: LazyTemporal,
+        links: LinkSigner | None = None,
     ) -> None:
         self.settings = settings
+        self.links = links
         self.db = db
         self.sms = sms
         self.temporal = temporal
@@ -349,6 +354,29 @@ class WebhookApp:
                               .where(Account.id == account_id))
         return secret or None
 
+    async def short_link(self, request: Request) -> Response:
+        """`GET /l/<token>`: a tracked billing link. The token's signature is checked before
+        the database is read; a good one records the click and redirects (303)."""
+        token = str(request.path_params.get("token", ""))
+        if self.links is None or not self.links.is_valid(token):
+            return PlainTextResponse("link not found", status_code=404)
+
+        def click() -> str | None:
+            assert self.links is not None
+            with self.db.session() as s:
+                target = links.follow(s, self.links, token)
+                return target.target if target is not None else None
+
+        try:
+            target = await run_in_threadpool(click)
+        except DBAPIError as exc:
+            return self._db_down(exc)
+        if target is None:
+            return PlainTextResponse("link not found", status_code=404)
+        return RedirectResponse(target, status_code=303,
+                                headers={"Cache-Control": "no-store", "Referrer-Policy":
+                                         "no-referrer"})
+
     async def healthz(self, request: Request) -> Response:
         if await run_in_threadpool(self.db.ping):
             return JSONResponse({"status": "ok", "database": "ok"})
@@ -413,13 +441,15 @@ def create_app(
         sms_provider = build_sms_provider(settings)
     if not settings.plivo_auth_token:
         log.warning("PLIVO_AUTH_TOKEN is not set: Plivo webhooks will refuse every request")
-    handlers = WebhookApp(settings, db, sms_provider, LazyTemporal(temporal))
+    handlers = WebhookApp(settings, db, sms_provider, LazyTemporal(temporal),
+                          links=links.signer_for(settings))
     app = Starlette(
         routes=[
             Route(INBOUND_PATH, handlers.inbound, methods=["POST"]),
             Route(STATUS_PATH, handlers.status, methods=["POST"]),
             Route(STRIPE_PATH, handlers.stripe, methods=["POST"]),
             Route(HEALTH_PATH, handlers.healthz, methods=["GET"]),
+            Route(SHORT_LINK_PATH, handlers.short_link, methods=["GET"]),
         ]
     )
     app.state.webhooks = handlers
