@@ -178,3 +178,18 @@ def test_account_locale_and_track_links_cli(cli: Run, db: Database, uid: str) ->
     code, _, err = cli("sms", "template", "set", "--account", uid, "--locale", "zz",
                        "x {billing_link}")
     assert code == 1 and "locale" in err
+
+
+def test_email_preview_writes_the_html_part(cli: Run, db: Database, uid: str, tmp_path) -> None:
+    make_account(db, uid)
+    target = tmp_path / "step2.html"
+    code, out, err = cli("email", "preview", "--account", uid, "--step", "2", "--locale", "de",
+                         "--currency", "EUR", "--html", str(target))
+    assert (code, err) == (0, "")
+    assert out.startswith("Subject: Erinnerung: Ihre Zahlung über 49,00 € an Acme Cloud ")
+    html = target.read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>") and 'lang="de"' in html
+    assert "Zahlungsdaten aktualisieren" in html and "49,00 €" in html
+    code, _, err = cli("email", "preview", "--account", uid, "--html",
+                       str(tmp_path / "missing" / "x.html"))
+    assert code == 1 and "--html" in err and "Traceback" not in err
