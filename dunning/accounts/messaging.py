@@ -53,6 +53,12 @@ from dunning.domain.templates import (
 from dunning.platform.db.models import Account, EmailTemplate, SmsTemplate
 
 SHORT_TOKEN_LENGTH = 22  # dunning.messages.links.TOKEN_LENGTH
+# What billing links usually look like (a Stripe hosted-invoice URL, 125 characters): the
+# preview compares the short link with this to show what tracking saves.
+TYPICAL_BILLING_LINK = (
+    "https://invoice.stripe.com/i/acct_1Nv0FGQ9RKHgCVdK/"
+    "live_YWNjdF8xTnYwRkdROVJLSGdDVmRLLF9QcTNUbGJCZkJ0aGRVR0RqN0F5cWNE?s=ap"
+)
 
 DEFAULT_PREVIEW_COUNTRY = "US"
 MAX_PLAN_LENGTH = 100
@@ -459,7 +465,8 @@ def preview_sms(
     {days_overdue} is that step's offset in days and the step's template is used.
 
     With tracked links on (and `public_url` given), {billing_link} is the short link the engine
-    sends, and `"untracked"` gives the same message with the full link, to show the saving."""
+    sends, and `"untracked"` gives the same message with a typical full billing link
+    (`TYPICAL_BILLING_LINK`, a Stripe hosted-invoice URL), to show the saving."""
     account = _account(session, account_id)
     plan_key = _check_plan(plan)
     region = _check_country(country)
@@ -499,7 +506,8 @@ def preview_sms(
     )
     if tracked:
         plain_ctx = account_sample_context(account, currency=currency, days_overdue=days,
-                                           locale=customer_locale)
+                                           locale=customer_locale,
+                                           billing_link=TYPICAL_BILLING_LINK)
         plain = quote_sms(session, account_id, region,
                           render_sms(chosen.body, plain_ctx, chosen.chain))
         result["untracked"] = {

@@ -8,6 +8,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from dunning.cases.experiments import experiment_report
+from dunning.cases.funnel import build_funnel, funnel_lines
 from dunning.cases.report import (
     CHANNELS,
     LABELS,
@@ -38,6 +40,8 @@ def report(
     start = parse_since(since) if since else None
     with session() as s:
         data = build_report(s, account, since=start)
+        data["funnel"] = build_funnel(s, account, since=start)
+        data["experiment"] = experiment_report(s, account, since=start)
     if html is not None:
         try:
             html.write_text(render_html(data), encoding="utf-8")
@@ -92,6 +96,23 @@ def print_summary(data: dict[str, Any]) -> None:
     for ch, row in msgs.items():
         messages.add_row(LABELS.get(ch, ch), *(str(row.get(s, 0)) for s in statuses))
     console.print(messages)
+    if data.get("funnel"):
+        console.print("Funnel (cases): sent -> delivered -> clicked -> recovered", style="bold",
+                      highlight=False)
+        for line in funnel_lines(data["funnel"]):
+            console.print(f"  {line}", highlight=False, markup=False)
+    experiment = data.get("experiment")
+    if experiment:
+        arms = experiment["arms"]
+        console.print("SMS holdout experiment", style="bold", highlight=False)
+        for arm in ("sms", "holdout"):
+            row = arms[arm]
+            rate = percent(row["recovery_rate"])
+            console.print(f"  {arm}: {row['cases']} cases, {row['ended']} ended, "
+                          f"{row['recovered']} recovered ({rate}), "
+                          f"{amounts_text(row['recovered_amount'])}", highlight=False,
+                          markup=False)
+        console.print(f"  {experiment['verdict']}", highlight=False, markup=False)
     replies = data["messages"]["compliance_replies"]
     if replies:
         console.print(f"plus {replies} HELP/STOP {'reply' if replies == 1 else 'replies'} "

@@ -79,7 +79,7 @@ def _print_preview(data: dict[str, Any]) -> None:
         saving = data["saving"]
         _echo(f"Tracked short link: {saving['characters']} characters, "
               f"{saving['segments']} segment(s), {saving['credits']} credit(s) saved against "
-              f"the full link ({data['untracked']['segments']} segment(s))")
+              f"a typical hosted-invoice link ({data['untracked']['segments']} segment(s))")
     if data["non_gsm7_chars"]:
         shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in data["non_gsm7_chars"])
         _echo(f"UCS-2 because of: {shown}")

@@ -3,17 +3,29 @@ loopback Plivo, a real SMTP server (aiosmtpd) whose mail is read back with email
 
 from __future__ import annotations
 
+import re
 from email import policy
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from html.parser import HTMLParser
 
 from sqlalchemy import select
+from starlette.testclient import TestClient
 from temporalio.testing import WorkflowEnvironment
 
+from activities import DunningActivities
+from dunning.cases.experiments import experiment_report, set_sms_holdout
+from dunning.cases.funnel import build_funnel
+from dunning.domain.experiments import assign_arm
+from dunning.messages.links import TOKEN_LENGTH, signer_for
 from dunning.platform.db import Database
 from dunning.platform.db.models import Account, Customer
 from dunning.platform.db.models import Message as MessageRow
+from dunning.platform.providers.email import SmtpEmailProvider
+from dunning.platform.providers.sms import ConsoleSmsProvider, PlivoSmsProvider
+from dunning.platform.settings import Settings
+from dunning.webhooks import create_app
+from starter import DunningClient
 from tests.fakes.plivo import FakePlivo
 from tests.fakes.smtp import SmtpSink
 from tests.helpers import (
@@ -23,6 +35,7 @@ from tests.helpers import (
     query_status,
     real_activities,
     running_worker,
+    wait_for,
 )
 
 
@@ -141,3 +154,119 @@ async def test_smtp_permanent_failure_is_recorded_and_sms_goes_on(
     assert [r.status for r in rows] == ["failed", "failed"]
     assert all(r.reason and r.reason.startswith("recipient refused: 550") for r in rows)
     assert all(email not in (r.reason or "") for r in rows)  # no address in the record
+
+
+PUBLIC = "https://dunning.example.net"
+KEYS = "k1:" + "ab" * 32
+
+
+def _tracking_activities(db: Database, plivo: FakePlivo, smtp: SmtpSink,
+                         settings: Settings) -> DunningActivities:
+    return DunningActivities(
+        db, PlivoSmsProvider(plivo.auth_id, plivo.auth_token, plivo.url, timeout=5),
+        SmtpEmailProvider("127.0.0.1", smtp.port), public_url=PUBLIC,
+        links=signer_for(settings),
+    )
+
+
+async def _no_temporal() -> DunningClient:
+    raise AssertionError("short links need no Temporal client")
+
+
+async def test_a_click_on_a_short_link_is_counted_in_the_funnel(
+    temporal_env: WorkflowEnvironment, db: Database, plivo_server: FakePlivo,
+    smtp_server: SmtpSink, uid: str,
+) -> None:
+    account, queue = f"lnk-{uid}", f"q-{uid}"
+    phone = _phone(uid, 11)
+    settings = Settings(database_url=db.url, public_url=PUBLIC, codec_keys=KEYS,
+                        task_queue=queue)
+    make_account(db, account, schedule="0s,30s", grace="1s", balance=10)
+    add_customer(db, account, "c1", phone=phone, email=f"lnk-{uid}@example.com")
+    acts = _tracking_activities(db, plivo_server, smtp_server, settings)
+    client = temporal_env.client
+    app = create_app(settings, db, sms_provider=ConsoleSmsProvider(echo=False),
+                     temporal=_no_temporal)
+    async with running_worker(client, queue, acts):
+        handle = await client.start_workflow(
+            "DunningWorkflow", case_input(account, "inv1", "c1"),
+            id=f"dunning:{account}:inv1", task_queue=queue,
+        )
+
+        async def sms_sent() -> bool:
+            return len(plivo_server.accepted(phone.lstrip("+"))) == 1 and bool(
+                smtp_server.to(f"lnk-{uid}@example.com"))
+
+        await wait_for(sms_sent, timeout=20)
+        text = plivo_server.accepted(phone.lstrip("+"))[0].text
+        found = re.search(re.escape(PUBLIC) + r"/l/([A-Za-z0-9_-]+)", text)
+        assert found is not None, text
+        token = found.group(1)
+        assert len(token) == TOKEN_LENGTH
+        assert "pay.example.com" not in text and "inv1" not in token and uid not in token
+        mail = _parsed(smtp_server.to(f"lnk-{uid}@example.com")[0])
+        html_part = mail.get_body(("html",))
+        assert html_part is not None
+        email_token = re.search(re.escape(PUBLIC) + r"/l/([A-Za-z0-9_-]+)",
+                                html_part.get_content())
+        assert email_token is not None and email_token.group(1) != token  # per channel
+        with TestClient(app) as web:
+            forged = token[:-1] + ("A" if token[-1] != "A" else "B")
+            assert web.get(f"/l/{forged}", follow_redirects=False).status_code == 404
+            assert web.get("/l/short", follow_redirects=False).status_code == 404
+            r = web.get(f"/l/{token}", follow_redirects=False)
+            assert r.status_code == 303
+            assert r.headers["location"] == "https://pay.example.com/inv1"
+        await handle.signal("payment_recovered")
+        assert (await handle.result())["outcome"] == "recovered"
+    with db.session() as s:
+        funnel = {(r["step"], r["channel"]): r for r in build_funnel(s, account)}
+    sms = funnel[(1, "sms")]
+    assert (sms["sent"], sms["clicked"], sms["recovered"], sms["recovered_after_click"]) == (
+        1, 1, 1, 1)
+    assert sms["median_hours_to_recover"] is not None
+    assert funnel[(1, "email")]["clicked"] == 0
+    assert (2, "sms") not in funnel  # never sent: the case was recovered first
+
+
+async def test_holdout_cases_get_email_only_and_show_their_arm(
+    temporal_env: WorkflowEnvironment, db: Database, plivo_server: FakePlivo,
+    smtp_server: SmtpSink, uid: str,
+) -> None:
+    account, queue = f"hld-{uid}", f"q-{uid}"
+    make_account(db, account, schedule="0s", grace="1s", balance=10)
+    with db.session() as s:
+        set_sms_holdout(s, account, 50)
+    invoices: dict[str, str] = {}
+    n = 0
+    while len(invoices) < 2:  # one case of each arm (the assignment is a pure hash)
+        arm = assign_arm(f"dunning:{account}:inv{n}", 50)
+        assert arm is not None
+        invoices.setdefault(arm, f"inv{n}")
+        n += 1
+    phones = {arm: _phone(uid, 20 + i) for i, arm in enumerate(sorted(invoices))}
+    for arm in invoices:
+        add_customer(db, account, f"c-{arm}", phone=phones[arm],
+                     email=f"{arm}-{uid}@example.com")
+    acts = real_activities(db, plivo_server, smtp_server)
+    client = temporal_env.client
+    async with running_worker(client, queue, acts):
+        statuses = {}
+        for arm, inv in invoices.items():
+            handle = await client.start_workflow(
+                "DunningWorkflow", case_input(account, inv, f"c-{arm}"),
+                id=f"dunning:{account}:{inv}", task_queue=queue,
+            )
+            await handle.result()
+            statuses[arm] = await query_status(handle)
+    assert statuses["holdout"]["experiment"] == {"sms_holdout": "holdout"}
+    assert statuses["sms"]["experiment"] == {"sms_holdout": "sms"}
+    held = [r for r in statuses["holdout"]["reminders"] if r["channel"] == "sms"]
+    assert held[0]["status"] == "skipped" and "holdout" in held[0]["reason"]
+    assert plivo_server.accepted(phones["holdout"].lstrip("+")) == []
+    assert len(plivo_server.accepted(phones["sms"].lstrip("+"))) == 1
+    assert len(smtp_server.to(f"holdout-{uid}@example.com")) == 1  # email still goes
+    with db.session() as s:
+        report = experiment_report(s, account)
+    assert report is not None
+    assert report["arms"]["holdout"]["cases"] == 1 and report["arms"]["sms"]["cases"] == 1

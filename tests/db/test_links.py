@@ -1,0 +1,99 @@
+"""Tracked links (signing, one per reminder, clicks) and the CLI around links and experiments."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from dunning.accounts import messaging
+from dunning.messages import links
+from dunning.messages.links import TOKEN_LENGTH, LinkSigner
+from dunning.platform.db import Database
+from dunning.platform.db.models import LinkClick, ShortLink
+from tests.helpers import make_account
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+def test_tokens_are_signed_and_unguessable() -> None:
+    signer = LinkSigner([b"k" * 32])
+    tokens = {signer.new_token() for _ in range(200)}
+    assert len(tokens) == 200
+    assert all(len(t) == TOKEN_LENGTH and signer.is_valid(t) for t in tokens)
+    token = next(iter(tokens))
+    assert not LinkSigner([b"other" * 8]).is_valid(token)  # another key
+    assert LinkSigner([b"new" * 11, b"k" * 32]).is_valid(token)  # a rotated-in key
+    for bad in ("", "x" * TOKEN_LENGTH, token[:-1], token + "A", token.replace(token[3], "!")):
+        assert not signer.is_valid(bad)
+
+
+def test_one_link_per_reminder_and_clicks_recorded(db: Database, uid: str) -> None:
+    make_account(db, uid)
+    signer = LinkSigner([b"k" * 32])
+
+    def link(s: Session, channel: str) -> str:
+        return links.short_link_for(
+            s, signer, "https://d.example", account_id=uid, workflow_id=f"dunning:{uid}:inv1",
+            step=1, channel=channel, target="https://pay.example.com/inv1",
+        )
+
+    with db.session() as s:
+        sms, again, email = link(s, "sms"), link(s, "sms"), link(s, "email")
+    assert sms == again and sms != email
+    assert sms.startswith("https://d.example/l/")
+    token = sms.rsplit("/", 1)[1]
+    with db.session() as s:
+        target = links.follow(s, signer, token)
+        assert target is not None and target.target == "https://pay.example.com/inv1"
+        assert (target.step, target.channel) == (1, "sms")
+        assert links.follow(s, signer, LinkSigner([b"k" * 32]).new_token()) is None  # unknown
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(LinkClick)
+                        .where(LinkClick.account_id == uid)) == 1
+        row = s.get_one(ShortLink, token)
+        assert uid not in token and "inv1" not in token and row.workflow_id.endswith("inv1")
+
+
+def test_sms_preview_shows_the_short_link_saving(cli: Run, db: Database, uid: str) -> None:
+    make_account(db, uid)
+    template = "{company_name}: please pay {amount} at {billing_link}"
+    assert cli("sms", "template", "set", "--account", uid, template)[0] == 0
+    code, out, err = cli("sms", "preview", "--account", uid, "--json")
+    assert (code, err) == (0, "")
+    data = json.loads(out)
+    assert data["tracked_link"] is True
+    assert "/l/" + "x" * TOKEN_LENGTH in data["text"]
+    assert data["saving"]["characters"] == len(data["untracked"]["text"]) - len(data["text"])
+    assert data["saving"]["characters"] == len(messaging.TYPICAL_BILLING_LINK) - len(
+        "http://127.0.0.1:8000/l/") - TOKEN_LENGTH
+    assert data["untracked"]["segments"] == 2 and data["segments"] == 1
+    assert data["saving"] == {"characters": data["saving"]["characters"], "segments": 1,
+                              "credits": 1}
+    code, out, err = cli("sms", "preview", "--account", uid)
+    assert code == 0 and "Tracked short link:" in out
+    assert cli("account", "update", uid, "--track-links", "off")[0] == 0
+    data = json.loads(cli("sms", "preview", "--account", uid, "--json")[1])
+    assert data["tracked_link"] is False and "saving" not in data
+
+
+def test_experiment_cli_and_report_sections(cli: Run, db: Database, uid: str) -> None:
+    make_account(db, uid)
+    code, out, err = cli("experiment", "sms-holdout", "--account", uid, "--percent", "20",
+                         "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {"account_id": uid, "sms_holdout_percent": 20}
+    code, out, _ = cli("account", "show", uid, "--json")
+    assert json.loads(out)["sms_holdout_percent"] == 20
+    code, _, err = cli("experiment", "sms-holdout", "--account", uid)
+    assert code == 1 and "--percent" in err
+    code, _, err = cli("experiment", "sms-holdout", "--account", uid, "--percent", "80")
+    assert code == 2
+    code, _, err = cli("experiment", "sms-holdout", "--account", "nobody", "--off")
+    assert code == 1 and "unknown account" in err
+    assert cli("experiment", "sms-holdout", "--account", uid, "--off")[0] == 0
+    code, out, _ = cli("report", "--account", uid, "--json")
+    data = json.loads(out)
+    assert data["funnel"] == [] and data["experiment"] is None
