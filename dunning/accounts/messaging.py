@@ -40,10 +40,9 @@ from dunning.domain.segments import count_segments, non_gsm7_chars
 from dunning.domain.templates import (
     DEFAULT_EMAIL_BODY,
     DEFAULT_EMAIL_SUBJECT,
-    DEFAULT_SMS_TEMPLATE,
-    OPT_OUT_LINE,
     TemplateContext,
     has_opt_out,
+    opt_out_line,
     render,
     render_sms,
     sample_context,
@@ -554,13 +553,15 @@ def sms_settings_json(session: Session, account_id: str) -> dict[str, Any]:
             }
             for n, offset in enumerate(offsets, start=1)
         ],
-        "template": default if default is not None else DEFAULT_SMS_TEMPLATE,
+        "template": default if default is not None else sms_template_choice(
+            session, account_id, None, account_locale=account.locale
+        ).body,
         "template_source": "account" if default is not None else "built-in",
         "plan_templates": plans,
         "templates": localized,
         "locale": account.locale,
         "shipped_locales": list(SHIPPED_LOCALES),
-        "opt_out_line": OPT_OUT_LINE,
+        "opt_out_line": opt_out_line(locale_chain(None, account.locale)),
         "credit_balance": account.credit_balance,
     }
 
