@@ -196,6 +196,8 @@ class DunningWorkflow:
                 continue
             if result.status == "quiet_hours":
                 assert result.retry_at is not None
+                # State only (no command): the status query shows why, and the window used.
+                self._reminders[(step, channel)].reason = result.reason
                 await self._sleep_until(
                     min(result.retry_at, self._next_due(step)), channel,
                     f"step {step} held for the recipient's quiet hours until "

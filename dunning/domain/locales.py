@@ -31,7 +31,7 @@ from babel.numbers import format_currency, get_currency_precision
 from dunning.domain.contract import InputError
 
 DEFAULT_LOCALE = "en"
-SHIPPED_LOCALES = ("en", "es", "fr", "de", "pt")
+SHIPPED_LOCALES = ("en", "es", "fr", "de", "pt", "ja")
 MAX_LOCALE_LENGTH = 35
 
 Stage = Literal["first", "reminder", "final"]

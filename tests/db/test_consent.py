@@ -121,7 +121,8 @@ def test_texts_in_the_customers_language() -> None:
     de = consent.stop_confirmation_text(["Acme"], ["de"])
     assert "abgemeldet" in de and "START" in de
     # A language without shipped texts answers in English.
-    assert consent.help_text(acct, ["ja", "en"]).endswith(OPT_OUT_LINE)
+    assert consent.help_text(acct, ["ko", "en"]).endswith(OPT_OUT_LINE)
+    assert consent.help_text(acct, ["ja", "en"]).endswith("配信停止はSTOPと返信してください。")
 
 
 def _account(db: Database, account_id: str, sender: str | None) -> None:

@@ -69,12 +69,13 @@ def test_stripe_preferred_locales() -> None:
 def test_template_fallback_chain(db: Database, uid: str) -> None:
     make_account(db, uid)
     with db.session() as s:
-        # Built-in: pt-BR falls back to the shipped Portuguese; ja to the account's English.
+        # Built-in: pt-BR falls back to the shipped Portuguese; ko (none shipped) to the
+        # account's English.
         pt = messaging.sms_template_choice(s, uid, None, step=1, step_count=3, locale="pt-BR")
         assert (pt.locale, pt.source) == ("pt", "built-in")
         assert "forma de pagamento" in pt.body
-        ja = messaging.sms_template_choice(s, uid, None, step=1, step_count=3, locale="ja")
-        assert (ja.locale, ja.source) == ("en", "built-in")
+        ko = messaging.sms_template_choice(s, uid, None, step=1, step_count=3, locale="ko")
+        assert (ko.locale, ko.source) == ("en", "built-in")
         # The final step has its own tone.
         last = messaging.sms_template_choice(s, uid, None, step=3, step_count=3, locale="es")
         assert "aviso final" in last.body
@@ -91,7 +92,7 @@ def test_template_fallback_chain(db: Database, uid: str) -> None:
         assert body("pt-BR", "pro") == "Brasil {billing_link}"
         assert body("pt-BR") == "Conta {billing_link}"  # pt-BR -> pt
         assert body("pt") == "Conta {billing_link}"
-        assert body("ja") == "Default {billing_link}"  # -> the account's default locale
+        assert body("ko") == "Default {billing_link}"  # -> the account's default locale
         assert body(None) == "Default {billing_link}"
         assert body(None, step=2) == "Step two {billing_link}"
         assert body("es").startswith("{company_name}: no pudimos cobrar")  # shipped Spanish

@@ -70,7 +70,8 @@ CASES = [
     # (customer, locale, currency, amount, amount as written, words of the SMS, opt-out line)
     ("es1", "es", "EUR", 4900, "49,00 €", "no pudimos cobrar", "Responde STOP para darte de baja."),
     ("pt1", "pt-BR", "BRL", 4900, "R$ 49,00", "forma de pagamento", "Responda STOP para cancelar."),
-    ("ja1", "ja", "JPY", 4900, "￥4,900", "didn't go through", "Reply STOP to unsubscribe."),
+    ("ja1", "ja", "JPY", 4900, "￥4,900", "お支払いが完了しませんでした",
+     "配信停止はSTOPと返信してください。"),
     ("en1", None, "USD", 4900, "$49.00", "didn't go through", "Reply STOP to unsubscribe."),
 ]
 
@@ -121,7 +122,7 @@ async def test_customers_get_their_language_and_amounts(
         links.feed(html)
         assert link in links.hrefs  # the button
         assert "img" not in links.tags and "script" not in links.tags
-        assert links.lang == {"es": "es", "pt-BR": "pt", "ja": "en", None: "en"}[locale]
+        assert links.lang == {"es": "es", "pt-BR": "pt", "ja": "ja", None: "en"}[locale]
 
 
 async def test_smtp_permanent_failure_is_recorded_and_sms_goes_on(
@@ -270,3 +271,45 @@ async def test_holdout_cases_get_email_only_and_show_their_arm(
         report = experiment_report(s, account)
     assert report is not None
     assert report["arms"]["holdout"]["cases"] == 1 and report["arms"]["sms"]["cases"] == 1
+
+
+def _zone_where_it_is_20h() -> str:
+    """An Etc/GMT zone whose wall clock reads 20:xx right now."""
+    from datetime import UTC, datetime
+
+    off = (20 - datetime.now(UTC).hour) % 24
+    if off > 14:
+        off -= 24
+    return "Etc/UTC" if off == 0 else (f"Etc/GMT-{off}" if off > 0 else f"Etc/GMT+{-off}")
+
+
+async def test_a_florida_number_at_20h_waits_and_status_shows_the_window(
+    temporal_env: WorkflowEnvironment, db: Database, plivo_server: FakePlivo,
+    smtp_server: SmtpSink, uid: str,
+) -> None:
+    account, queue = f"fl-{uid}", f"q-{uid}"
+    phone = "+1305555" + str(int(uid, 16) % 10000).zfill(4)  # a Miami number
+    make_account(db, account, schedule="0s", grace="1h", balance=10, quiet_hours="08:00-21:00")
+    add_customer(db, account, "c1", phone=phone, time_zones=_zone_where_it_is_20h())
+    acts = real_activities(db, plivo_server, smtp_server)
+    client = temporal_env.client
+    async with running_worker(client, queue, acts):
+        handle = await client.start_workflow(
+            "DunningWorkflow", case_input(account, "inv1", "c1"),
+            id=f"dunning:{account}:inv1", task_queue=queue,
+        )
+
+        async def held() -> bool:
+            st = await query_status(handle)
+            return any(r["channel"] == "sms" and "Florida law" in r["reason"]
+                       for r in st["reminders"])
+
+        await wait_for(held, timeout=20)
+        status = await query_status(handle)
+        sms = next(r for r in status["reminders"] if r["channel"] == "sms")
+        assert sms["status"] == "pending"
+        assert "window 08:00-20:00, Florida law allows 08:00-20:00" in sms["reason"]
+        assert "held for the recipient's quiet hours" in status["waiting_for"]
+        assert plivo_server.accepted(phone.lstrip("+")) == []
+        await handle.signal("cancel")
+        assert (await handle.result())["sms_sent"] == 0

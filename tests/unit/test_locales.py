@@ -35,7 +35,8 @@ from dunning.domain.templates import (
 
 STAGES: tuple[Stage, ...] = ("first", "reminder", "final")
 # A typical invoice currency per shipped language, for the sample amount.
-CURRENCY = {"en": "USD", "es": "EUR", "fr": "EUR", "de": "EUR", "pt": "BRL"}
+CURRENCY = {"en": "USD", "es": "EUR", "fr": "EUR", "de": "EUR", "pt": "BRL", "ja": "JPY"}
+LATIN = ("en", "es", "fr", "de", "pt")
 
 
 @pytest.mark.parametrize(
@@ -92,9 +93,10 @@ def test_every_shipped_language_is_complete_and_valid(language: str) -> None:
     for stage in STAGES:
         sms = shipped_sms(language, stage)
         info = validate_sms_template(sms, ctx, chain)
-        # Short and cheap: GSM-7 in every shipped language, at most two segments.
-        assert info.encoding == "GSM-7", (language, stage, render_sms(sms, ctx, chain))
-        assert info.segments <= 2, (language, stage)
+        # Short and cheap: GSM-7 in every Latin-script language, at most two segments.
+        if language in LATIN:
+            assert info.encoding == "GSM-7", (language, stage, render_sms(sms, ctx, chain))
+        assert info.segments <= 2, (language, stage, info)
         text = render_sms(sms, ctx, chain)
         assert ctx.amount in text and ctx.billing_link in text
         assert text.endswith(opt_out_line(chain))
@@ -112,7 +114,8 @@ def test_the_reply_texts_fit_in_one_or_two_gsm7_segments(language: str) -> None:
     for text in (f"{help_text} {data['opt_out']}",
                  data["stop_confirmation"].format(company_names="Acme Cloud")):
         info = count_segments(text)
-        assert info.encoding == "GSM-7" and info.segments <= 2, (language, text)
+        assert info.segments <= 2, (language, text)
+        assert info.encoding == "GSM-7" or language not in LATIN, (language, text)
 
 
 def test_localized_opt_out_line_is_not_added_twice() -> None:
