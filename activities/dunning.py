@@ -32,6 +32,7 @@ of sends piles up behind it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -83,7 +84,8 @@ from dunning.domain.contract import (
     SettleRequest,
     parse_schedule,
 )
-from dunning.domain.experiments import assign_arm
+from dunning.domain.experiments import assign_arm, assign_variant
+from dunning.domain.locales import locale_chain
 from dunning.domain.quiet_hours import next_allowed, recipient_window, zones_for
 from dunning.domain.templates import TemplateContext, render_sms
 from dunning.messages.links import LinkSigner, short_link_for
@@ -150,11 +152,14 @@ _RECIPIENT = (
     .where(_A.c.id == bindparam("r_account"))
 )
 
-_ACCOUNT_PLAN = select(_A.c.schedule, _A.c.grace_seconds, _A.c.sms_holdout_percent).where(
-    _A.c.id == bindparam("p_account")
-)
+_ACCOUNT_PLAN = select(
+    _A.c.schedule, _A.c.grace_seconds, _A.c.sms_holdout_percent, _A.c.sms_ab_percent,
+).where(_A.c.id == bindparam("p_account"))
 
-_CASE_ARM = select(_CASES.c.arm).where(_CASES.c.workflow_id == bindparam("a_workflow"))
+_CASE_ARM = select(_CASES.c.arm, _CASES.c.sms_variant).where(
+    _CASES.c.workflow_id == bindparam("a_workflow")
+)
+_AB_TEMPLATE = select(_A.c.sms_ab_template).where(_A.c.id == bindparam("b_account"))
 
 _INSERT_MESSAGE = insert(_M)
 
@@ -383,6 +388,7 @@ class DunningActivities:
                 return CasePlan([], 0, error=f"account_id: unknown account {req.account_id!r}")
             now = utcnow()
             arm = assign_arm(req.workflow_id, account.sms_holdout_percent)
+            variant = assign_variant(req.workflow_id, account.sms_ab_percent)
             s.execute(customer_upsert, {
                 "c_account": req.account_id, "c_customer": req.customer_id,
                 "c_email": req.customer_email or None, "c_name": req.customer_name or None,
@@ -393,11 +399,13 @@ class DunningActivities:
                 "customer_id": req.customer_id, "invoice_id": req.invoice_id,
                 "amount_due": req.amount_due, "currency": req.currency,
                 "failed_at": req.failed_at, "state": "active", "started_at": now, "arm": arm,
+                "sms_variant": variant,
             })
             # A retry after a commit keeps the arm first recorded (insert-if-missing).
-            arm = s.execute(_CASE_ARM, {"a_workflow": req.workflow_id}).scalar()
+            recorded = s.execute(_CASE_ARM, {"a_workflow": req.workflow_id}).first()
             return CasePlan(parse_schedule(account.schedule), int(account.grace_seconds),
-                            arm=arm)
+                            arm=recorded.arm if recorded else arm,
+                            sms_variant=recorded.sms_variant if recorded else variant)
 
     @activity.defn(name=ACT_FINISH_CASE)
     def finish_case(self, req: FinishCaseRequest) -> None:
@@ -551,7 +559,8 @@ class DunningActivities:
             return MessageResult("skipped", "no valid phone number for this customer")
         if who.opted_out:
             return MessageResult("skipped", "the number opted out (STOP)")
-        if s.execute(_CASE_ARM, {"a_workflow": req.workflow_id}).scalar() == "holdout":
+        experiment = s.execute(_CASE_ARM, {"a_workflow": req.workflow_id}).first()
+        if experiment is not None and experiment.arm == "holdout":
             return MessageResult("skipped", "SMS holdout: this case gets email only (experiment)")
         zones = zones_for(who.phone_time_zones, who.timezone)
         window = recipient_window(who.quiet_hours, who.phone_e164)
@@ -566,6 +575,12 @@ class DunningActivities:
             s, req.account_id, req.plan or who.plan, step=req.step, step_count=req.step_count,
             locale=who.customer_locale, account_locale=who.account_locale,
         )
+        if experiment is not None and experiment.sms_variant == "B":
+            template_b = s.execute(_AB_TEMPLATE, {"b_account": req.account_id}).scalar()
+            if template_b:  # the A/B test's template B, in the account's own language
+                chosen = dataclasses.replace(
+                    chosen, body=template_b, chain=locale_chain(None, who.account_locale)
+                )
         link = self._link(s, req, "sms", who)
         text = render_sms(chosen.body, _context(who, req, link), chosen.chain)
         quote = quote_sms(s, req.account_id, who.phone_region, text)

@@ -108,6 +108,7 @@ class DunningWorkflow:
         self._failed_at = datetime.min
         self._counters: dict[str, Any] = {}
         self._arm: str | None = None
+        self._sms_variant: str | None = None
 
     # --- the case, top to bottom -----------------------------------------------------------
 
@@ -135,6 +136,7 @@ class DunningWorkflow:
         if plan.error:
             raise ApplicationError(plan.error, type="InvalidInput", non_retryable=True)
         self._arm = plan.arm  # state only (no command): shown by the status query
+        self._sms_variant = plan.sms_variant
         self._count(metrics.CASES_STARTED)
         workflow.logger.info("case started: %s steps, failed at %s", len(plan.offsets),
                              failed_at.isoformat())
@@ -345,7 +347,10 @@ class DunningWorkflow:
             "emails_sent": self._emails_sent,
             "sms_sent": self._sms_sent,
             "credits_spent": self._credits_spent,
-            "experiment": {"sms_holdout": self._arm} if self._arm else None,
+            "experiment": (
+                {"sms_holdout": self._arm, "sms_template": self._sms_variant}
+                if self._arm or self._sms_variant else None
+            ),
         }
 
     # --- helpers ----------------------------------------------------------------------------

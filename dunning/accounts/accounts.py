@@ -183,6 +183,10 @@ def account_json(session: Session, account: Account) -> dict[str, Any]:
         "locale": account.locale,
         "track_links": bool(account.track_links),
         "sms_holdout_percent": account.sms_holdout_percent,
+        "sms_ab_test": (
+            {"percent": account.sms_ab_percent, "template_b": account.sms_ab_template}
+            if account.sms_ab_percent is not None else None
+        ),
         "sms_enabled": account.sms_enabled,
         "credit_balance": account.credit_balance,
         "auto_refill": (

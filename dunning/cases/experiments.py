@@ -1,9 +1,12 @@
-"""The SMS holdout experiment: its setting on the account and its figures per arm.
+"""Experiments: the SMS holdout and the SMS template A/B test, their settings and figures.
 
 `set_sms_holdout` switches the holdout on (a share of NEW cases gets email only; running cases
 keep the arm they were given) or off. `experiment_report` compares the arms over the cases that
 have ended: recovery rate, recovered amount, and the lift with its 95% confidence interval
 (`dunning.domain.experiments.lift`), in numbers and in a sentence.
+
+`set_sms_ab_test` sends template B to a share of new cases (template A: whatever they would get
+otherwise); the report compares the variants the same way (`"sms_template"`).
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dunning.accounts.messaging import account_sample_context
 from dunning.domain.contract import InputError
 from dunning.domain.experiments import ARM_HOLDOUT, ARM_SMS, ArmFigures, check_percent, lift
-from dunning.domain.locales import format_amount
+from dunning.domain.locales import format_amount, locale_chain
+from dunning.domain.templates import validate_sms_template
 from dunning.platform.db.models import Account, Case
 
 ENDED = ("recovered", "exhausted", "canceled")
@@ -31,6 +36,71 @@ def set_sms_holdout(session: Session, account_id: str, percent: int | None) -> d
     account.sms_holdout_percent = None if percent is None else check_percent(percent)
     session.flush()
     return {"account_id": account_id, "sms_holdout_percent": account.sms_holdout_percent}
+
+
+def set_sms_ab_test(
+    session: Session, account_id: str, template_b: str | None, percent: int | None
+) -> dict[str, Any]:
+    """Send template B to `percent` of new cases' SMS (the others keep their usual template,
+    A), or stop (None). Template B is validated like any SMS template, in the account's locale."""
+    account = session.get(Account, account_id, with_for_update=True)
+    if account is None:
+        raise InputError("account", f"unknown account {account_id!r}")
+    if percent is None:
+        account.sms_ab_percent = None
+        account.sms_ab_template = None
+    else:
+        if not 1 <= percent <= 99:
+            raise InputError("percent", f"{percent} is not a share from 1 to 99 (percent)")
+        if template_b is None:
+            raise InputError("template", "template B is required to start an A/B test")
+        chain = locale_chain(None, account.locale)
+        validate_sms_template(template_b, account_sample_context(account, locale=chain[0]),
+                              chain)
+        account.sms_ab_percent = percent
+        account.sms_ab_template = template_b
+    session.flush()
+    return {"account_id": account_id, "sms_ab_percent": account.sms_ab_percent,
+            "template_b": account.sms_ab_template}
+
+
+def _ab_report(session: Session, account_id: str, since: datetime | None) -> dict[str, Any] | None:
+    q = select(Case.sms_variant, Case.state).where(
+        Case.account_id == account_id, Case.sms_variant.is_not(None)
+    )
+    if since is not None:
+        q = q.where(Case.failed_at >= since)
+    counts = {v: {"cases": 0, "ended": 0, "recovered": 0} for v in ("A", "B")}
+    seen = False
+    for variant, state in session.execute(q):
+        if variant not in counts:
+            continue
+        seen = True
+        counts[variant]["cases"] += 1
+        counts[variant]["ended"] += state in ENDED
+        counts[variant]["recovered"] += state == "recovered"
+    if not seen:
+        return None
+    a = ArmFigures("A", counts["A"]["ended"], counts["A"]["recovered"], 0)
+    b = ArmFigures("B", counts["B"]["ended"], counts["B"]["recovered"], 0)
+    result = lift(b, a)
+    verdict = "Not enough ended cases with both templates to compare yet."
+    if result is not None:
+        verdict = (result.verdict.replace("SMS lifts recovery", "Template B lifts recovery")
+                   .replace("Cases with SMS recover", "Cases with template B recover")
+                   .replace("; check the SMS templates", ""))
+    return {
+        "variants": {
+            v: {**counts[v], "recovery_rate": round(f.rate, 4) if counts[v]["ended"] else None}
+            for v, f in (("A", a), ("B", b))
+        },
+        "lift": None if result is None else {
+            "difference": round(result.difference, 4),
+            "ci95": [round(result.low, 4), round(result.high, 4)],
+            "significant": result.significant,
+        },
+        "verdict": verdict,
+    }
 
 
 def experiment_report(
@@ -58,8 +128,9 @@ def experiment_report(
         if state == "recovered":
             row["recovered"] += 1
             amounts[arm][currency] += int(recovered_amount or 0)
+    ab = _ab_report(session, account_id, since)
     if not seen:
-        return None
+        return {"sms_template": ab} if ab is not None else None
     figures = {
         arm: ArmFigures(arm, counts[arm]["ended"], counts[arm]["recovered"],
                         sum(amounts[arm].values()))
@@ -87,7 +158,8 @@ def experiment_report(
         },
         "verdict": (result.verdict if result is not None
                     else "Not enough ended cases in both arms to compare yet."),
+        "sms_template": ab,
     }
 
 
-__all__ = ["experiment_report", "set_sms_holdout"]
+__all__ = ["experiment_report", "set_sms_ab_test", "set_sms_holdout"]

@@ -101,8 +101,8 @@ def print_summary(data: dict[str, Any]) -> None:
                       highlight=False)
         for line in funnel_lines(data["funnel"]):
             console.print(f"  {line}", highlight=False, markup=False)
-    experiment = data.get("experiment")
-    if experiment:
+    experiment = data.get("experiment") or {}
+    if experiment.get("arms"):
         arms = experiment["arms"]
         console.print("SMS holdout experiment", style="bold", highlight=False)
         for arm in ("sms", "holdout"):
@@ -113,6 +113,15 @@ def print_summary(data: dict[str, Any]) -> None:
                           f"{amounts_text(row['recovered_amount'])}", highlight=False,
                           markup=False)
         console.print(f"  {experiment['verdict']}", highlight=False, markup=False)
+    ab = experiment.get("sms_template")
+    if ab:
+        console.print("SMS template A/B test", style="bold", highlight=False)
+        for variant in ("A", "B"):
+            row = ab["variants"][variant]
+            console.print(f"  template {variant}: {row['cases']} cases, {row['ended']} ended, "
+                          f"{row['recovered']} recovered ({percent(row['recovery_rate'])})",
+                          highlight=False, markup=False)
+        console.print(f"  {ab['verdict']}", highlight=False, markup=False)
     replies = data["messages"]["compliance_replies"]
     if replies:
         console.print(f"plus {replies} HELP/STOP {'reply' if replies == 1 else 'replies'} "

@@ -35,6 +35,15 @@ def assign_arm(workflow_id: str, holdout_percent: int | None) -> str | None:
     return ARM_HOLDOUT if bucket(workflow_id) < holdout_percent else ARM_SMS
 
 
+def assign_variant(workflow_id: str, b_percent: int | None) -> str | None:
+    """The SMS template A/B test: `B` for the case's share of `b_percent`, else `A`; None
+    without a test. Hashed apart from the holdout, so the two experiments are independent."""
+    if b_percent is None:
+        return None
+    digest = hashlib.sha256(b"sms-ab:" + workflow_id.encode("utf-8")).digest()
+    return "B" if int.from_bytes(digest[:8], "big") / 2**64 * 100 < b_percent else "A"
+
+
 def check_percent(percent: int) -> int:
     from dunning.domain.contract import InputError
 
@@ -105,6 +114,7 @@ __all__ = [
     "ArmFigures",
     "Lift",
     "assign_arm",
+    "assign_variant",
     "bucket",
     "check_percent",
     "lift",

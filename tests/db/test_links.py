@@ -97,3 +97,58 @@ def test_experiment_cli_and_report_sections(cli: Run, db: Database, uid: str) ->
     code, out, _ = cli("report", "--account", uid, "--json")
     data = json.loads(out)
     assert data["funnel"] == [] and data["experiment"] is None
+
+
+def test_sms_template_ab_test(cli: Run, db: Database, uid: str) -> None:
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from temporalio.testing import ActivityEnvironment
+
+    from activities import DunningActivities
+    from dunning.cases.experiments import experiment_report
+    from dunning.domain.contract import MessageRequest, RegisterCaseRequest
+    from dunning.domain.experiments import assign_variant
+    from dunning.platform.providers.email import ConsoleEmailProvider
+    from dunning.platform.providers.sms import ConsoleSmsProvider
+    from tests.helpers import add_customer
+
+    make_account(db, uid, schedule="0s")
+    code, _, err = cli("experiment", "sms-template", "--account", uid, "--percent", "50",
+                       "--template", "no link here")
+    assert code == 1 and "billing_link" in err
+    code, out, err = cli("experiment", "sms-template", "--account", uid, "--percent", "50",
+                         "--template", "B: {company_name}, {amount} at {billing_link}", "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out)["sms_ab_percent"] == 50
+    # One case of each variant (the assignment is a hash of the workflow id).
+    wids: dict[str, str] = {}
+    n = 0
+    while len(wids) < 2:
+        wid = f"dunning:{uid}:inv{n}"
+        wids.setdefault(str(assign_variant(wid, 50)), wid)
+        n += 1
+    sms = ConsoleSmsProvider(echo=False)
+    acts = DunningActivities(db, sms, ConsoleEmailProvider(echo=False))
+    now = datetime.now(UTC)
+    texts: dict[str, str] = {}
+    for variant, wid in sorted(wids.items()):
+        add_customer(db, uid, f"c{variant}", phone=f"+1415555{len(texts) + 1:04d}")
+        plan = acts.register_case(RegisterCaseRequest(
+            wid, uid, f"c{variant}", wid.rsplit(":", 1)[1], 4900, "USD", now))
+        assert plan.sms_variant == variant
+        env = ActivityEnvironment()
+        env.info = dataclasses.replace(env.info, workflow_run_id=f"r-{variant}", workflow_id=wid)
+        result = env.run(acts.send_sms, MessageRequest(
+            wid, uid, f"c{variant}", "inv", 1, 1, 4900, "USD", "https://pay.example.com/x",
+            now, now))
+        assert result.status == "sent"
+        texts[variant] = sms.sent[-1].text
+    assert texts["B"].startswith("B: Acme Cloud, $49.00 at ")
+    assert not texts["A"].startswith("B:") and "$49.00" in texts["A"]
+    with db.session() as s:
+        report = experiment_report(s, uid)
+    assert report is not None and report["sms_template"]["variants"]["B"]["cases"] == 1
+    assert cli("experiment", "sms-template", "--account", uid, "--off")[0] == 0
+    code, out, _ = cli("account", "show", uid, "--json")
+    assert json.loads(out)["sms_ab_test"] is None

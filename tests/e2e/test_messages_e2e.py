@@ -260,8 +260,8 @@ async def test_holdout_cases_get_email_only_and_show_their_arm(
             )
             await handle.result()
             statuses[arm] = await query_status(handle)
-    assert statuses["holdout"]["experiment"] == {"sms_holdout": "holdout"}
-    assert statuses["sms"]["experiment"] == {"sms_holdout": "sms"}
+    assert statuses["holdout"]["experiment"] == {"sms_holdout": "holdout", "sms_template": None}
+    assert statuses["sms"]["experiment"] == {"sms_holdout": "sms", "sms_template": None}
     held = [r for r in statuses["holdout"]["reminders"] if r["channel"] == "sms"]
     assert held[0]["status"] == "skipped" and "holdout" in held[0]["reason"]
     assert plivo_server.accepted(phones["holdout"].lstrip("+")) == []

@@ -7,7 +7,14 @@ import random
 import pytest
 
 from dunning.domain.contract import InputError
-from dunning.domain.experiments import ArmFigures, assign_arm, bucket, check_percent, lift
+from dunning.domain.experiments import (
+    ArmFigures,
+    assign_arm,
+    assign_variant,
+    bucket,
+    check_percent,
+    lift,
+)
 
 
 def test_assignment_is_deterministic_and_off_without_a_percent() -> None:
@@ -61,3 +68,14 @@ def test_the_interval_covers_the_true_lift_about_95_percent_of_the_time() -> Non
         assert result is not None
         covered += result.low <= 0.08 <= result.high
     assert 0.91 <= covered / trials <= 0.98
+
+
+def test_ab_variants_are_deterministic_and_independent_of_the_holdout() -> None:
+    ids = [f"dunning:acct:inv{n}" for n in range(2000)]
+    variants = [assign_variant(i, 50) for i in ids]
+    assert variants == [assign_variant(i, 50) for i in ids]
+    assert 0.46 <= variants.count("B") / len(ids) <= 0.54
+    assert assign_variant(ids[0], None) is None
+    held = [i for i in ids if assign_arm(i, 20) == "holdout"]
+    share_b_in_holdout = sum(assign_variant(i, 50) == "B" for i in held) / len(held)
+    assert 0.42 <= share_b_in_holdout <= 0.58  # a different hash: no correlation

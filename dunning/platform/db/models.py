@@ -71,6 +71,9 @@ class Account(Base):
     track_links: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
     # SMS holdout experiment: this share (percent) of new cases gets email only; None: off.
     sms_holdout_percent: Mapped[int | None] = mapped_column(Integer)
+    # SMS A/B test: this share (percent) of new cases gets template B instead; None: off.
+    sms_ab_template: Mapped[str | None] = mapped_column(Text)
+    sms_ab_percent: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -269,6 +272,8 @@ class Case(Base):
     last_channel: Mapped[str | None] = mapped_column(String(8))
     # SMS holdout experiment arm: "sms" or "holdout" (email only); None: no experiment ran.
     arm: Mapped[str | None] = mapped_column(String(16))
+    # SMS A/B test variant: "A" (the usual template) or "B"; None: no test ran.
+    sms_variant: Mapped[str | None] = mapped_column(String(8))
 
 
 class ShortLink(Base):

@@ -4,8 +4,9 @@ Revision ID: 0007_locales
 Revises: 0003
 Create Date: 2026-11-29 08:30:00
 
-Accounts gain a default locale, a tracked-links switch and an SMS holdout share; customers a
-locale (BCP 47); cases the experiment arm they were assigned. SMS templates become per step and
+Accounts gain a default locale, a tracked-links switch, an SMS holdout share and an SMS A/B test
+(template B and its share); customers a locale (BCP 47); cases the experiment arm and SMS
+variant they were assigned. SMS templates become per step and
 locale, email templates per locale with an optional HTML body (both keep their rows: step 0 and
 locale '' are "every step" and "the account's default locale"). `short_links` and `link_clicks`
 hold tracked billing links and their clicks.
@@ -25,10 +26,13 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('locale', sa.String(length=35), nullable=False, server_default='en'))
         batch_op.add_column(sa.Column('track_links', sa.Boolean(), nullable=False, server_default=sa.true()))
         batch_op.add_column(sa.Column('sms_holdout_percent', sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column('sms_ab_template', sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column('sms_ab_percent', sa.Integer(), nullable=True))
     with op.batch_alter_table('customers', schema=None) as batch_op:
         batch_op.add_column(sa.Column('locale', sa.String(length=35), nullable=True))
     with op.batch_alter_table('cases', schema=None) as batch_op:
         batch_op.add_column(sa.Column('arm', sa.String(length=16), nullable=True))
+        batch_op.add_column(sa.Column('sms_variant', sa.String(length=8), nullable=True))
 
     op.create_table('sms_templates_l10n',
     sa.Column('account_id', sa.String(length=128), nullable=False),
@@ -127,10 +131,13 @@ def downgrade() -> None:
     op.drop_table('sms_templates')
     op.rename_table('sms_templates_old', 'sms_templates')
     with op.batch_alter_table('cases', schema=None) as batch_op:
+        batch_op.drop_column('sms_variant')
         batch_op.drop_column('arm')
     with op.batch_alter_table('customers', schema=None) as batch_op:
         batch_op.drop_column('locale')
     with op.batch_alter_table('accounts', schema=None) as batch_op:
+        batch_op.drop_column('sms_ab_percent')
+        batch_op.drop_column('sms_ab_template')
         batch_op.drop_column('sms_holdout_percent')
         batch_op.drop_column('track_links')
         batch_op.drop_column('locale')
