@@ -12,6 +12,7 @@ exactly as a send does, so a preview shows what a send charges.
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -360,10 +361,20 @@ class ComposedEmail:
     locale: str
 
 
+def _without_contact_lines(body: str) -> str:
+    """A shipped text for an account with no support contact: its "Questions? Contact ..."
+    line (the shipped texts keep {support_contact} on a line of its own) is left out."""
+    kept = [line for line in body.split("\n") if "{support_contact}" not in line]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept))
+
+
 def compose_email(chosen: ChosenTemplate, ctx: TemplateContext) -> ComposedEmail:
     """Subject, plain text and HTML of an email from its template."""
+    body = chosen.body
+    if chosen.source == "built-in" and not ctx.support_contact.strip():
+        body = _without_contact_lines(body)
     subject = render(chosen.subject, ctx)
-    text = render(chosen.body, ctx)
+    text = render(body, ctx)
     if chosen.html:
         body_html = chosen.html.format(
             **{k: html.escape(v) for k, v in ctx.values().items()}

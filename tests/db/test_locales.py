@@ -194,3 +194,21 @@ def test_email_preview_writes_the_html_part(cli: Run, db: Database, uid: str, tm
     code, _, err = cli("email", "preview", "--account", uid, "--html",
                        str(tmp_path / "missing" / "x.html"))
     assert code == 1 and "--html" in err and "Traceback" not in err
+
+
+def test_shipped_email_leaves_out_the_contact_line_without_a_contact(
+    db: Database, uid: str
+) -> None:
+    make_account(db, uid, support_contact=None)
+    with db.session() as s:
+        s.get_one(Account, uid).email_from = None
+        for locale in ("en", "es", "fr", "de", "pt", "ja"):
+            for step in (2, 3):  # a reminder in between, the last one
+                data = messaging.preview_email(s, uid, step=step, locale=locale)
+                assert "{support_contact}" not in data["body"]
+                assert "\n\n\n" not in data["body"]
+                for dangling in ("Contact .", "a .", "com .", "Contactez .", "an .", "は までお"):
+                    assert dangling not in data["body"], (locale, step, data["body"])
+        s.get_one(Account, uid).support_contact = "help@acme.test"
+        data = messaging.preview_email(s, uid, step=2, locale="es")
+        assert "¿Dudas? Escríbenos a help@acme.test." in data["body"]
