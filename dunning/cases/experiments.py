@@ -11,6 +11,7 @@ otherwise); the report compares the variants the same way (`"sms_template"`).
 
 from __future__ import annotations
 
+import html
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
@@ -162,4 +163,46 @@ def experiment_report(
     }
 
 
-__all__ = ["experiment_report", "set_sms_ab_test", "set_sms_holdout"]
+def experiment_html(report: dict[str, Any] | None) -> str:
+    """The experiments as panels of the HTML report."""
+    if not report:
+        return ""
+    out = []
+    if report.get("arms"):
+        rows = "".join(
+            f"<tr><td>{arm}</td><td>{row['cases']:,}</td><td>{row['ended']:,}</td>"
+            f"<td>{row['recovered']:,}</td><td>{_rate(row['recovery_rate'])}</td>"
+            f"<td>{html.escape(_amounts(row['recovered_amount']))}</td></tr>"
+            for arm, row in report["arms"].items()
+        )
+        out.append(
+            '<section class="panel"><h2>SMS holdout</h2>'
+            f'<p class="sub">{html.escape(report["verdict"])}</p><table><thead><tr><th>Arm</th>'
+            "<th>Cases</th><th>Ended</th><th>Recovered</th><th>Rate</th><th>Amount</th></tr>"
+            f"</thead><tbody>{rows}</tbody></table></section>\n"
+        )
+    ab = report.get("sms_template")
+    if ab:
+        rows = "".join(
+            f"<tr><td>{v}</td><td>{row['cases']:,}</td><td>{row['ended']:,}</td>"
+            f"<td>{row['recovered']:,}</td><td>{_rate(row['recovery_rate'])}</td></tr>"
+            for v, row in ab["variants"].items()
+        )
+        out.append(
+            '<section class="panel"><h2>SMS template A/B test</h2>'
+            f'<p class="sub">{html.escape(ab["verdict"])}</p><table><thead><tr><th>Template'
+            "</th><th>Cases</th><th>Ended</th><th>Recovered</th><th>Rate</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></section>\n"
+        )
+    return "".join(out)
+
+
+def _amounts(amounts: dict[str, dict[str, Any]]) -> str:
+    return " + ".join(a["formatted"] for a in amounts.values()) or "0"
+
+
+def _rate(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate * 100:.1f}%"
+
+
+__all__ = ["experiment_html", "experiment_report", "set_sms_ab_test", "set_sms_holdout"]

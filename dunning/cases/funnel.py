@@ -13,6 +13,7 @@ Per (step, channel), counted in cases (a case gets at most one message per step 
 
 from __future__ import annotations
 
+import html
 import statistics
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -95,4 +96,24 @@ def funnel_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-__all__ = ["build_funnel", "funnel_lines"]
+def funnel_html(rows: list[dict[str, Any]]) -> str:
+    """The funnel as a panel of the HTML report (same classes as its other tables)."""
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><td>{r['step']}</td><td>{html.escape(r['channel'])}</td><td>{r['sent']:,}</td>"
+        f"<td>{r['delivered']:,}</td><td>{r['clicked']:,}</td><td>{r['recovered']:,}</td>"
+        f"<td>{'' if r['median_hours_to_recover'] is None else r['median_hours_to_recover']}"
+        "</td></tr>"
+        for r in rows
+    )
+    return (
+        '<section class="panel"><h2>Funnel</h2><p class="sub">Cases per reminder: sent, '
+        "delivered, clicked (tracked links), recovered afterwards; median hours from the "
+        "reminder to the recovery</p><table><thead><tr><th>Step</th><th>Channel</th>"
+        "<th>Sent</th><th>Delivered</th><th>Clicked</th><th>Recovered</th><th>Median h</th>"
+        f"</tr></thead><tbody>{body}</tbody></table></section>\n"
+    )
+
+
+__all__ = ["build_funnel", "funnel_html", "funnel_lines"]

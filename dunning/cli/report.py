@@ -8,8 +8,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from dunning.cases.experiments import experiment_report
-from dunning.cases.funnel import build_funnel, funnel_lines
+from dunning.cases.experiments import experiment_html, experiment_report
+from dunning.cases.funnel import build_funnel, funnel_html, funnel_lines
 from dunning.cases.report import (
     CHANNELS,
     LABELS,
@@ -44,7 +44,12 @@ def report(
         data["experiment"] = experiment_report(s, account, since=start)
     if html is not None:
         try:
-            html.write_text(render_html(data), encoding="utf-8")
+            page = render_html(data).replace(
+                "<footer>",
+                funnel_html(data["funnel"]) + experiment_html(data["experiment"]) + "<footer>",
+                1,
+            )
+            html.write_text(page, encoding="utf-8")
         except OSError as exc:
             fail(f"cannot write {html}: {exc.strerror or exc}")
     if as_json:

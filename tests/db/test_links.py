@@ -152,3 +152,46 @@ def test_sms_template_ab_test(cli: Run, db: Database, uid: str) -> None:
     assert cli("experiment", "sms-template", "--account", uid, "--off")[0] == 0
     code, out, _ = cli("account", "show", uid, "--json")
     assert json.loads(out)["sms_ab_test"] is None
+
+
+def test_report_shows_funnel_and_holdout(cli: Run, db: Database, uid: str, tmp_path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from dunning.platform.db.models import Case, Message
+
+    make_account(db, uid)
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    with db.session() as s:
+        for n, (arm, state) in enumerate([("sms", "recovered"), ("sms", "exhausted"),
+                                          ("holdout", "exhausted")]):
+            wid = f"dunning:{uid}:inv{n}"
+            s.add(Case(workflow_id=wid, account_id=uid, customer_id=f"c{n}",
+                       invoice_id=f"inv{n}", amount_due=4900, currency="USD", state=state,
+                       failed_at=now, started_at=now, arm=arm,
+                       ended_at=now + timedelta(hours=5),
+                       recovered_amount=4900 if state == "recovered" else 0))
+            if arm == "sms":
+                s.add(Message(workflow_id=wid, run_id="r", step=1, channel="sms",
+                              account_id=uid, customer_id=f"c{n}", status="sent",
+                              delivery_status="delivered", created_at=now + timedelta(hours=1)))
+        s.flush()
+        s.add(LinkClick(token="t" * 22, account_id=uid, workflow_id=f"dunning:{uid}:inv0",
+                        step=1, channel="sms", clicked_at=now + timedelta(hours=2)))
+    code, out, err = cli("report", "--account", uid, "--json")
+    assert (code, err) == (0, "")
+    data = json.loads(out)
+    assert data["funnel"] == [{"step": 1, "channel": "sms", "sent": 2, "delivered": 2,
+                               "clicked": 1, "recovered": 1, "recovered_after_click": 1,
+                               "median_hours_to_recover": 4.0}]
+    arms = data["experiment"]["arms"]
+    assert (arms["sms"]["ended"], arms["sms"]["recovered"]) == (2, 1)
+    assert (arms["holdout"]["ended"], arms["holdout"]["recovered"]) == (1, 0)
+    assert arms["sms"]["recovered_amount"]["USD"]["formatted"] == "$49.00"
+    assert "Not significant yet" in data["experiment"]["verdict"]
+    code, out, _ = cli("report", "--account", uid)
+    assert "step 1 sms: 2 sent -> 2 delivered -> 1 clicked -> 1 recovered" in out
+    assert "holdout: 1 cases" in out
+    page = tmp_path / "r.html"
+    assert cli("report", "--account", uid, "--html", str(page))[0] == 0
+    text = page.read_text(encoding="utf-8")
+    assert "<h2>Funnel</h2>" in text and "<h2>SMS holdout</h2>" in text
