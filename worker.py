@@ -30,6 +30,7 @@ from dunning.credits.followups import BalanceFollowups
 from dunning.credits.gateways import Gateways
 from dunning.credits.wake import LoopWaker
 from dunning.domain.contract import sms_task_queue
+from dunning.messages.links import signer_for
 from dunning.messages.pacing import pacer_for
 from dunning.platform import logs, metrics
 from dunning.platform.db import Database
@@ -74,6 +75,7 @@ def build_activities(
         default_email_from=settings.email_from,
         pacer=pacer_for(db, settings.sms_rate_limit),
         followups=followups,
+        links=signer_for(settings),
     )
 
 

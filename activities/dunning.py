@@ -32,6 +32,7 @@ of sends piles up behind it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -59,7 +60,13 @@ from sqlalchemy.orm import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dunning.accounts.messaging import email_template_for, quote_sms, sms_template_for
+from dunning.accounts.messaging import (
+    case_context,
+    compose_email,
+    email_template_choice,
+    quote_sms,
+    sms_template_choice,
+)
 from dunning.credits import ledger
 from dunning.credits.followups import BalanceFollowups
 from dunning.domain.contract import (
@@ -81,13 +88,11 @@ from dunning.domain.contract import (
     parse_link_hosts,
     parse_schedule,
 )
-from dunning.domain.quiet_hours import next_allowed, zones_for
-from dunning.domain.templates import (
-    TemplateContext,
-    format_amount,
-    render,
-    render_sms,
-)
+from dunning.domain.experiments import assign_arm, assign_variant
+from dunning.domain.locales import locale_chain
+from dunning.domain.quiet_hours import next_allowed, recipient_window, zones_for
+from dunning.domain.templates import TemplateContext, render_sms
+from dunning.messages.links import LinkSigner, short_link_for
 from dunning.messages.pacing import SendPacer
 from dunning.platform import metrics
 from dunning.platform.db import Database
@@ -136,8 +141,10 @@ _RECIPIENT = (
     select(
         _A.c.company_name, _A.c.support_contact, _A.c.email_from, _A.c.sms_enabled,
         _A.c.sms_steps, _A.c.sms_sender, _A.c.quiet_hours, _A.c.timezone,
+        _A.c.locale.label("account_locale"), _A.c.track_links,
         _C.c.customer_id, _C.c.name, _C.c.email, _C.c.plan, _C.c.phone_e164,
-        _C.c.phone_region, _C.c.phone_time_zones, _O.c.opted_out,
+        _C.c.phone_region, _C.c.phone_time_zones, _C.c.locale.label("customer_locale"),
+        _O.c.opted_out,
     )
     .select_from(
         _A.outerjoin(
@@ -149,9 +156,15 @@ _RECIPIENT = (
     .where(_A.c.id == bindparam("r_account"))
 )
 
-_ACCOUNT_PLAN = select(_A.c.schedule, _A.c.grace_seconds, _A.c.billing_link_hosts).where(
-    _A.c.id == bindparam("p_account")
+_ACCOUNT_PLAN = select(
+    _A.c.schedule, _A.c.grace_seconds, _A.c.billing_link_hosts, _A.c.sms_holdout_percent,
+    _A.c.sms_ab_percent,
+).where(_A.c.id == bindparam("p_account"))
+
+_CASE_ARM = select(_CASES.c.arm, _CASES.c.sms_variant).where(
+    _CASES.c.workflow_id == bindparam("a_workflow")
 )
+_AB_TEMPLATE = select(_A.c.sms_ab_template).where(_A.c.id == bindparam("b_account"))
 
 _INSERT_MESSAGE = insert(_M)
 
@@ -298,17 +311,14 @@ def _sms_step_on(sms_enabled: bool | None, sms_steps: dict[str, Any] | None, ste
     return bool((sms_steps or {}).get(str(step), True))
 
 
-def _context(recipient: Any, req: MessageRequest) -> TemplateContext:
-    """The template variables, from a `_RECIPIENT` row."""
-    overdue = max(0, (req.now - req.failed_at).days)
-    return TemplateContext(
+def _context(recipient: Any, req: MessageRequest, link: str) -> TemplateContext:
+    """The template variables, from a `_RECIPIENT` row, in the customer's locale."""
+    return case_context(
         company_name=recipient.company_name,
-        billing_link=req.billing_link,
-        customer_name=recipient.name or "there",
-        amount=format_amount(req.amount_due, req.currency),
-        invoice_id=req.invoice_id,
-        days_overdue=overdue,
         support_contact=recipient.support_contact or recipient.email_from or "",
+        customer_name=recipient.name, amount_due=req.amount_due, currency=req.currency,
+        invoice_id=req.invoice_id, billing_link=link, failed_at=req.failed_at, now=req.now,
+        locale=recipient.customer_locale or recipient.account_locale,
     )
 
 
@@ -340,8 +350,10 @@ class DunningActivities:
         default_email_from: str = "billing@localhost",
         pacer: SendPacer | None = None,
         followups: BalanceFollowups | None = None,
+        links: LinkSigner | None = None,
     ) -> None:
         self.db = db
+        self.links = links  # None: billing links go out as given (no tracking)
         self.pacer = pacer
         self.sms = sms
         self.email = email
@@ -392,6 +404,8 @@ class DunningActivities:
                 log.warning("case refused: %s", reason, extra={"case": req.workflow_id})
                 return CasePlan([], 0, error=reason)
             now = utcnow()
+            arm = assign_arm(req.workflow_id, account.sms_holdout_percent)
+            variant = assign_variant(req.workflow_id, account.sms_ab_percent)
             s.execute(customer_upsert, {
                 "c_account": req.account_id, "c_customer": req.customer_id,
                 "c_email": req.customer_email or None, "c_name": req.customer_name or None,
@@ -401,9 +415,14 @@ class DunningActivities:
                 "workflow_id": req.workflow_id, "account_id": req.account_id,
                 "customer_id": req.customer_id, "invoice_id": req.invoice_id,
                 "amount_due": req.amount_due, "currency": req.currency,
-                "failed_at": req.failed_at, "state": "active", "started_at": now,
+                "failed_at": req.failed_at, "state": "active", "started_at": now, "arm": arm,
+                "sms_variant": variant,
             })
-            return CasePlan(parse_schedule(account.schedule), int(account.grace_seconds))
+            # A retry after a commit keeps the arm first recorded (insert-if-missing).
+            recorded = s.execute(_CASE_ARM, {"a_workflow": req.workflow_id}).first()
+            return CasePlan(parse_schedule(account.schedule), int(account.grace_seconds),
+                            arm=recorded.arm if recorded else arm,
+                            sms_variant=recorded.sms_variant if recorded else variant)
 
     @activity.defn(name=ACT_FINISH_CASE)
     def finish_case(self, req: FinishCaseRequest) -> None:
@@ -448,15 +467,17 @@ class DunningActivities:
                 return self._skip(s, key, req, "account no longer exists")
             if who.customer_id is None or not who.email:
                 return self._skip(s, key, req, "no email address for this customer")
-            subject_t, body_t = email_template_for(
-                s, req.account_id, req.step, req.plan or who.plan
+            chosen = email_template_choice(
+                s, req.account_id, req.step, req.plan or who.plan, step_count=req.step_count,
+                locale=who.customer_locale, account_locale=who.account_locale,
             )
-            ctx = _context(who, req)
+            email = compose_email(chosen, _context(who, req, self._link(s, req, "email", who)))
             outgoing = OutgoingEmail(
                 sender=who.email_from or self.default_email_from,
                 to=who.email,
-                subject=render(subject_t, ctx),
-                body=render(body_t, ctx),
+                subject=email.subject,
+                body=email.text,
+                html=email.html,
                 message_id=(  # `:` is not allowed in a Message-ID's left part
                     f"<{key.workflow_id.replace(':', '.')}.{key.run_id[:8]}.{key.step}@dunning>"
                 ),
@@ -555,18 +576,43 @@ class DunningActivities:
             return MessageResult("skipped", "no valid phone number for this customer")
         if who.opted_out:
             return MessageResult("skipped", "the number opted out (STOP)")
+        experiment = s.execute(_CASE_ARM, {"a_workflow": req.workflow_id}).first()
+        if experiment is not None and experiment.arm == "holdout":
+            return MessageResult("skipped", "SMS holdout: this case gets email only (experiment)")
         zones = zones_for(who.phone_time_zones, who.timezone)
-        opens = next_allowed(req.now, who.quiet_hours, zones)
+        window = recipient_window(who.quiet_hours, who.phone_e164)
+        opens = next_allowed(req.now, window.window, zones)
         if opens > req.now:
             return MessageResult(
-                "quiet_hours", f"quiet hours for the recipient until {opens.isoformat()}",
+                "quiet_hours",
+                f"quiet hours for the recipient ({window.describe()}) until {opens.isoformat()}",
                 retry_at=opens,
             )
-        template = sms_template_for(s, req.account_id, req.plan or who.plan)
-        text = render_sms(template, _context(who, req))
+        chosen = sms_template_choice(
+            s, req.account_id, req.plan or who.plan, step=req.step, step_count=req.step_count,
+            locale=who.customer_locale, account_locale=who.account_locale,
+        )
+        if experiment is not None and experiment.sms_variant == "B":
+            template_b = s.execute(_AB_TEMPLATE, {"b_account": req.account_id}).scalar()
+            if template_b:  # the A/B test's template B, in the account's own language
+                chosen = dataclasses.replace(
+                    chosen, body=template_b, chain=locale_chain(None, who.account_locale)
+                )
+        link = self._link(s, req, "sms", who)
+        text = render_sms(chosen.body, _context(who, req, link), chosen.chain)
         quote = quote_sms(s, req.account_id, who.phone_region, text)
         sms = OutgoingSms(who.sms_sender, who.phone_e164, text)
         return sms, quote.credits, quote.segments, quote.encoding
+
+    def _link(self, s: Session, req: MessageRequest, channel: str, who: Any) -> str:
+        """The billing link as sent: a tracked short link when the account wants one."""
+        if self.links is None or not who.track_links:
+            return req.billing_link
+        return short_link_for(
+            s, self.links, self.public_url, account_id=req.account_id,
+            workflow_id=req.workflow_id, step=req.step, channel=channel,
+            target=req.billing_link,
+        )
 
     @activity.defn(name=ACT_RELEASE_SMS)
     def release_sms(self, req: ReleaseRequest) -> None:

@@ -112,6 +112,8 @@ class DunningWorkflow:
         self._currency = ""
         self._failed_at = datetime.min
         self._counters: dict[str, Any] = {}
+        self._arm: str | None = None
+        self._sms_variant: str | None = None
 
     # --- the case, top to bottom -----------------------------------------------------------
 
@@ -138,6 +140,8 @@ class DunningWorkflow:
         )
         if plan.error:
             raise ApplicationError(plan.error, type="InvalidInput", non_retryable=True)
+        self._arm = plan.arm  # state only (no command): shown by the status query
+        self._sms_variant = plan.sms_variant
         self._count(metrics.CASES_STARTED)
         workflow.logger.info("case started: %s steps, failed at %s", len(plan.offsets),
                              failed_at.isoformat())
@@ -199,6 +203,8 @@ class DunningWorkflow:
                 continue
             if result.status == "quiet_hours":
                 assert result.retry_at is not None
+                # State only (no command): the status query shows why, and the window used.
+                self._reminders[(step, channel)].reason = result.reason
                 await self._sleep_until(
                     min(result.retry_at, self._next_due(step)), channel,
                     f"step {step} held for the recipient's quiet hours until "
@@ -366,6 +372,10 @@ class DunningWorkflow:
             "emails_sent": self._emails_sent,
             "sms_sent": self._sms_sent,
             "credits_spent": self._credits_spent,
+            "experiment": (
+                {"sms_holdout": self._arm, "sms_template": self._sms_variant}
+                if self._arm or self._sms_variant else None
+            ),
         }
 
     # --- helpers ----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from dunning.domain.contract import (
     parse_quiet_hours,
     parse_schedule,
 )
+from dunning.domain.locales import DEFAULT_LOCALE, normalize_locale
 from dunning.platform.db.models import Account, SmsTemplate
 
 
@@ -40,6 +41,23 @@ class AccountOptions:
     timezone: str | None = None
     support_contact: str | None = None
     billing_link_hosts: str | None = None  # `host,*.domain`; '' or `any`: no restriction
+    locale: str | None = None
+    track_links: str | None = None  # on | off
+
+
+QUIET_HOURS_OFF_WARNING = (
+    "quiet hours are off: SMS go out at any hour, even where state law (e.g. Florida, "
+    "Connecticut) or the TCPA limit calling hours; set --quiet-hours 08:00-21:00 to restore them"
+)
+
+
+def parse_switch(value: str, flag: str) -> bool:
+    text = value.strip().lower()
+    if text in ("on", "true", "yes", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    raise InputError(flag, f"{value!r} is not on or off")
 
 
 def normalize_sender(value: str) -> str:
@@ -95,6 +113,10 @@ def _apply_options(account: Account, opts: AccountOptions) -> None:
     if opts.billing_link_hosts is not None:
         hosts = parse_link_hosts(opts.billing_link_hosts)
         account.billing_link_hosts = ",".join(hosts) or None
+    if opts.locale is not None:
+        account.locale = normalize_locale(opts.locale)
+    if opts.track_links is not None:
+        account.track_links = parse_switch(opts.track_links, "track-links")
 
 
 def create_account(session: Session, account_id: str, opts: AccountOptions) -> Account:
@@ -113,6 +135,8 @@ def create_account(session: Session, account_id: str, opts: AccountOptions) -> A
         sms_enabled=False,
         sms_steps={},
         credit_balance=0,
+        locale=DEFAULT_LOCALE,
+        track_links=True,
     )
     _apply_options(account, opts)
     session.add(account)
@@ -156,7 +180,9 @@ def account_json(session: Session, account: Account) -> dict[str, Any]:
     offsets = parse_schedule(account.schedule)
     templates = {
         (t.plan or ""): t.body
-        for t in session.scalars(select(SmsTemplate).where(SmsTemplate.account_id == account.id))
+        for t in session.scalars(select(SmsTemplate).where(
+            SmsTemplate.account_id == account.id, SmsTemplate.step == 0, SmsTemplate.locale == ""
+        ))
     }
     return {
         "account_id": account.id,
@@ -173,9 +199,17 @@ def account_json(session: Session, account: Account) -> dict[str, Any]:
         ],
         "grace": format_duration(account.grace_seconds),
         "quiet_hours": account.quiet_hours,
+        "warnings": [QUIET_HOURS_OFF_WARNING] if account.quiet_hours == "off" else [],
         "timezone": account.timezone,
         "billing_link_hosts": (account.billing_link_hosts or "").split(",")
         if account.billing_link_hosts else [],
+        "locale": account.locale,
+        "track_links": bool(account.track_links),
+        "sms_holdout_percent": account.sms_holdout_percent,
+        "sms_ab_test": (
+            {"percent": account.sms_ab_percent, "template_b": account.sms_ab_template}
+            if account.sms_ab_percent is not None else None
+        ),
         "sms_enabled": account.sms_enabled,
         "credit_balance": account.credit_balance,
         "auto_refill": (

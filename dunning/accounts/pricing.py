@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 from dunning.accounts.accounts import get_account
 from dunning.domain import money
 from dunning.domain.contract import InputError
-from dunning.domain.money import currency_decimals, format_amount
+from dunning.domain.locales import format_amount
+from dunning.domain.money import currency_decimals
 from dunning.domain.phones import PhoneError, normalize_region
 from dunning.platform.db.models import Account, SmsRate
 

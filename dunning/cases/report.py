@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from dunning.accounts.accounts import get_account
 from dunning.domain.contract import InputError
-from dunning.domain.money import format_amount
+from dunning.domain.locales import format_amount
 from dunning.platform.db.models import Case, CreditEntry, Message
 
 STATES = ("active", "recovered", "exhausted", "canceled")

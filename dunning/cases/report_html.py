@@ -11,7 +11,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from dunning.cases.report import CHANNELS, MESSAGE_STATUSES, amounts_text, money, percent
-from dunning.domain.money import format_amount
+from dunning.domain.locales import format_amount
 
 COLORS = {
     "recovered": "#10b981", "exhausted": "#f59e0b", "canceled": "#94a3b8", "active": "#3b82f6",

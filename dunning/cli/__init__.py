@@ -9,7 +9,18 @@ import typer
 from rich.markup import escape
 from typer._click import exceptions as typer_click  # typer vendors its own click
 
-from dunning.cli import accounts, cases, credits, doctor, email, phones, server, sms, stripe
+from dunning.cli import (
+    accounts,
+    cases,
+    credits,
+    doctor,
+    email,
+    experiment,
+    phones,
+    server,
+    sms,
+    stripe,
+)
 from dunning.cli import report as report_cli
 from dunning.cli.common import Invocation, UserError, err_console
 from dunning.errors import InputError, SettingsError
@@ -27,6 +38,7 @@ app.add_typer(sms.app, name="sms")
 app.add_typer(email.app, name="email")
 app.add_typer(credits.app, name="credits")
 app.add_typer(stripe.app, name="stripe")
+app.add_typer(experiment.app, name="experiment")
 cases.register(app)
 app.command("report")(report_cli.report)
 server.register(app)

@@ -12,7 +12,7 @@ from dunning.accounts.accounts import (
     get_account,
     update_account,
 )
-from dunning.cli.common import JsonOpt, console, print_json, session
+from dunning.cli.common import JsonOpt, console, err_console, print_json, session
 
 app = typer.Typer(help="Accounts: the businesses whose customers are reminded.",
                   no_args_is_help=True)
@@ -32,6 +32,13 @@ LinkHostsOpt = typer.Option(
     None, "--billing-link-hosts",
     help="Hosts billing links may point at, e.g. pay.acme.com,*.acme.com ('any': no limit).",
 )
+LocaleOpt = typer.Option(
+    None, "--locale", help="Default BCP 47 locale of customers without one (e.g. en, es, pt-BR)."
+)
+TrackOpt = typer.Option(
+    None, "--track-links", metavar="on|off",
+    help="Send {billing_link} as a tracked short link on DUNNING_PUBLIC_URL (default on).",
+)
 
 
 def _show(account_id: str, as_json: bool) -> None:
@@ -42,10 +49,15 @@ def _show(account_id: str, as_json: bool) -> None:
         return
     table = Table(title=f"account {data['account_id']}", show_header=False)
     for key in ("company_name", "sms_sender", "email_from", "support_contact", "schedule",
-                "grace", "quiet_hours", "timezone", "sms_enabled", "credit_balance"):
+                "grace", "quiet_hours", "timezone", "locale", "track_links", "sms_enabled",
+                "credit_balance"):
         table.add_row(key, str(data[key]))
     table.add_row("billing_link_hosts", ",".join(data["billing_link_hosts"]) or "any")
+    if data["sms_holdout_percent"] is not None:
+        table.add_row("sms_holdout", f"{data['sms_holdout_percent']}% of new cases email only")
     console.print(table)
+    for warning in data["warnings"]:
+        err_console.print(f"warning: {warning}", markup=False, highlight=False)
 
 
 @app.command()
@@ -61,11 +73,14 @@ def create(
     timezone: str | None = TzOpt,
     support_contact: str | None = SupportOpt,
     billing_link_hosts: str | None = LinkHostsOpt,
+    locale: str | None = LocaleOpt,
+    track_links: str | None = TrackOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Create an account."""
     opts = AccountOptions(company_name, sms_sender, email_from, contact_email, schedule, grace,
-                          quiet_hours, timezone, support_contact, billing_link_hosts)
+                          quiet_hours, timezone, support_contact, billing_link_hosts,
+                          locale, track_links)
     with session() as s:
         create_account(s, account_id, opts)
     _show(account_id, as_json)
@@ -84,11 +99,14 @@ def update(
     timezone: str | None = TzOpt,
     support_contact: str | None = SupportOpt,
     billing_link_hosts: str | None = LinkHostsOpt,
+    locale: str | None = LocaleOpt,
+    track_links: str | None = TrackOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Change an account's settings; running cases use them from their next reminder on."""
     opts = AccountOptions(company_name, sms_sender, email_from, contact_email, schedule, grace,
-                          quiet_hours, timezone, support_contact, billing_link_hosts)
+                          quiet_hours, timezone, support_contact, billing_link_hosts,
+                          locale, track_links)
     with session() as s:
         update_account(s, account_id, opts)
     _show(account_id, as_json)

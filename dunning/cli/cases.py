@@ -131,6 +131,11 @@ def status(account: str = AccountOpt, invoice: str = InvoiceOpt, as_json: bool =
     console.print(f"[bold]{data['workflow_id']}[/bold]  state: {data['state']}  "
                   f"sms paused: {data['sms_paused']}  next: {data['next_reminder_at'] or '-'}")
     console.print(f"now: {data.get('waiting_for', '')}")
+    experiment = data.get("experiment") or {}
+    if experiment.get("sms_holdout"):
+        arm = experiment["sms_holdout"]
+        console.print(f"SMS holdout experiment: {arm} arm"
+                      + (" (email only)" if arm == "holdout" else ""), highlight=False)
     table = Table("step", "channel", "status", "delivery", "reason", "due")
     for r in data["reminders"]:
         table.add_row(str(r["step"]), r["channel"], r["status"], r.get("delivery") or "",

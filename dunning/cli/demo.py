@@ -48,6 +48,7 @@ from dunning.credits import ledger
 from dunning.credits.followups import BalanceFollowups
 from dunning.credits.wake import LoopWaker
 from dunning.customers.importer import import_file
+from dunning.messages.links import signer_for
 from dunning.messages.pacing import pacer_for
 from dunning.platform.db import Database
 from dunning.platform.db.models import CreditEntry, Customer, Message
@@ -291,7 +292,7 @@ class Demo:
                                      default_sender=self.settings.email_from)
         acts = DunningActivities(self.db, sms, email, public_url=self.settings.public_url,
                                  pacer=pacer_for(self.db, self.settings.sms_rate_limit),
-                                 followups=followups)
+                                 followups=followups, links=signer_for(self.settings))
         client = DunningClient(temporal, self.settings, self.db, followups)
         from dunning.webhooks import create_app
         from dunning.webhooks.server import make_server

@@ -90,7 +90,7 @@ def _print_report(report: ImportReport, path: Path, account: str) -> None:
 def import_(
     file: Path = typer.Argument(
         ..., metavar="FILE", help="CSV with a header: customer_id, phone [, email, name, plan, "
-        "country]; comma, semicolon or tab separated, UTF-8."
+        "country, locale]; comma, semicolon or tab separated, UTF-8."
     ),
     account: str = typer.Option(..., "--account", help="The account the customers belong to."),
     default_region: str | None = typer.Option(

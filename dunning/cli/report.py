@@ -8,6 +8,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from dunning.cases.experiments import experiment_html, experiment_report
+from dunning.cases.funnel import build_funnel, funnel_html, funnel_lines
 from dunning.cases.report import (
     CHANNELS,
     MESSAGE_STATUSES,
@@ -37,9 +39,16 @@ def report(
     start = parse_since(since) if since else None
     with session() as s:
         data = build_report(s, account, since=start)
+        data["funnel"] = build_funnel(s, account, since=start)
+        data["experiment"] = experiment_report(s, account, since=start)
     if html is not None:
         try:
-            html.write_text(render_html(data), encoding="utf-8")
+            page = render_html(data).replace(
+                "<footer>",
+                funnel_html(data["funnel"]) + experiment_html(data["experiment"]) + "<footer>",
+                1,
+            )
+            html.write_text(page, encoding="utf-8")
         except OSError as exc:
             fail(f"cannot write {html}: {exc.strerror or exc}")
     if as_json:
@@ -91,6 +100,32 @@ def print_summary(data: dict[str, Any]) -> None:
     for ch, row in msgs.items():
         messages.add_row(LABELS.get(ch, ch), *(str(row.get(s, 0)) for s in statuses))
     console.print(messages)
+    if data.get("funnel"):
+        console.print("Funnel (cases): sent -> delivered -> clicked -> recovered", style="bold",
+                      highlight=False)
+        for line in funnel_lines(data["funnel"]):
+            console.print(f"  {line}", highlight=False, markup=False)
+    experiment = data.get("experiment") or {}
+    if experiment.get("arms"):
+        arms = experiment["arms"]
+        console.print("SMS holdout experiment", style="bold", highlight=False)
+        for arm in ("sms", "holdout"):
+            row = arms[arm]
+            rate = percent(row["recovery_rate"])
+            console.print(f"  {arm}: {row['cases']} cases, {row['ended']} ended, "
+                          f"{row['recovered']} recovered ({rate}), "
+                          f"{amounts_text(row['recovered_amount'])}", highlight=False,
+                          markup=False)
+        console.print(f"  {experiment['verdict']}", highlight=False, markup=False)
+    ab = experiment.get("sms_template")
+    if ab:
+        console.print("SMS template A/B test", style="bold", highlight=False)
+        for variant in ("A", "B"):
+            row = ab["variants"][variant]
+            console.print(f"  template {variant}: {row['cases']} cases, {row['ended']} ended, "
+                          f"{row['recovered']} recovered ({percent(row['recovery_rate'])})",
+                          highlight=False, markup=False)
+        console.print(f"  {ab['verdict']}", highlight=False, markup=False)
     replies = data["messages"]["compliance_replies"]
     if replies:
         console.print(f"plus {replies} HELP/STOP {'reply' if replies == 1 else 'replies'} "

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from dunning.accounts import messaging
-from dunning.cli.common import JsonOpt, console, err_console, print_json, session
+from dunning.cli.common import JsonOpt, console, err_console, print_json, session, settings
 
 app = typer.Typer(help="SMS settings: switches per step, templates, preview.", no_args_is_help=True)
 template_app = typer.Typer(help="SMS templates (per account and per plan).", no_args_is_help=True)
@@ -19,6 +19,10 @@ StepsOpt = typer.Option(
     None, "--step", help="A reminder step, 1-based in schedule order (repeatable)."
 )
 PlanOpt = typer.Option(None, "--plan", help="A customer plan; without it, the account default.")
+LocaleOpt = typer.Option(
+    None, "--locale",
+    help="A BCP 47 locale (e.g. es, pt-BR); without it, the account's default locale.",
+)
 CountryOpt = typer.Option(
     messaging.DEFAULT_PREVIEW_COUNTRY, "--country",
     help="The sample customer's country (ISO 3166 alpha-2), for the credit rate.",
@@ -50,7 +54,16 @@ def _print_settings(data: dict[str, Any]) -> None:
     for plan, body in data["plan_templates"].items():
         _echo(f"Template for plan {plan!r}:")
         _echo(f"  {body}")
-    _echo(f"Opt-out line, added unless the message ends with one: {data['opt_out_line']}")
+    for t in data.get("templates", []):
+        where = ", ".join(
+            f"{k} {t[k]}" for k in ("locale", "step", "plan") if t[k] is not None
+        )
+        _echo(f"Template for {where}:")
+        _echo(f"  {t['body']}")
+    _echo(f"Default locale: {data['locale']} (shipped texts: "
+          f"{', '.join(data['shipped_locales'])})")
+    _echo(f"Opt-out line, added unless the message ends with one: {data['opt_out_line']}"
+          " (in the message's language)")
 
 
 def _print_preview(data: dict[str, Any]) -> None:
@@ -60,8 +73,13 @@ def _print_preview(data: dict[str, Any]) -> None:
     unit = "septets" if data["encoding"] == "GSM-7" else "UTF-16 units"
     _echo(f"{data['encoding']}, {data['segments']} {parts} ({data['units']} {unit}), "
           f"{data['credits']} credit{'s' if data['credits'] != 1 else ''} to {data['country']}"
-          f"; template: {data['template_source']}"
+          f"; template: {data['template_source']} ({data['template_locale']})"
           + (f" (plan {data['plan']!r})" if data["plan"] else ""))
+    if data.get("tracked_link"):
+        saving = data["saving"]
+        _echo(f"Tracked short link: {saving['characters']} characters, "
+              f"{saving['segments']} segment(s), {saving['credits']} credit(s) saved against "
+              f"a typical hosted-invoice link ({data['untracked']['segments']} segment(s))")
     if data["non_gsm7_chars"]:
         shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in data["non_gsm7_chars"])
         _echo(f"UCS-2 because of: {shown}")
@@ -119,11 +137,13 @@ def preview(
         None, "--step", help="Fill {days_overdue} as on this step (default: 3 days)."
     ),
     currency: str = typer.Option("USD", "--currency", help="The sample invoice's currency."),
+    locale: str | None = LocaleOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """The SMS exactly as it would be sent to a sample customer, with segments and credits."""
     with session() as s:
-        data = messaging.preview_sms(s, account, plan, country, step=step, currency=currency)
+        data = messaging.preview_sms(s, account, plan, country, step=step, currency=currency,
+                                     locale=locale, public_url=settings().public_url)
     if as_json:
         print_json(data)
     else:
@@ -136,15 +156,20 @@ def template_set(
                                "'{company_name}: please pay {amount} at {billing_link}'."),
     account: str = AccountOpt,
     plan: str | None = PlanOpt,
+    locale: str | None = LocaleOpt,
+    step: int = typer.Option(0, "--step", help="Reminder step, 1-based; 0 (default) = every step."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Set the SMS template of the account or of one plan (refused if invalid)."""
+    """Set the SMS template of the account or of one plan, step or locale (refused if invalid)."""
     with session() as s:
-        data = messaging.set_sms_template(s, account, text, plan)
+        data = messaging.set_sms_template(s, account, text, plan, locale=locale, step=step,
+                                          public_url=settings().public_url)
     if as_json:
         print_json(data)
         return
-    _echo("Template saved" + (f" for plan {plan!r}" if plan else "") + ". Preview:")
+    _echo("Template saved" + (f" for plan {plan!r}" if plan else "")
+          + (f" in {data['template_locale']}" if locale else "")
+          + (f" for step {step}" if step else "") + ". Preview:")
     _print_preview(data)
 
 
@@ -152,11 +177,13 @@ def template_set(
 def template_clear(
     account: str = AccountOpt,
     plan: str | None = PlanOpt,
+    locale: str | None = LocaleOpt,
+    step: int = typer.Option(0, "--step", help="Reminder step, 1-based; 0 (default) = every step."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Remove the SMS template of the account or of one plan (the fallback applies again)."""
     with session() as s:
-        messaging.clear_sms_template(s, account, plan)
+        messaging.clear_sms_template(s, account, plan, locale=locale, step=step)
         data = messaging.sms_settings_json(s, account)
     if as_json:
         print_json(data)

@@ -4,14 +4,21 @@
 every SMS); `ConsentEvent` is the append-only history: every opt-out, opt-in and other reply,
 with its time, source and the provider's message id.
 
-Keywords (CTIA, FCC 2024 rules, common platform defaults) are matched against the whole message,
-trimmed, in any case, with inner whitespace collapsed and surrounding punctuation ignored
-("Stop.", " stop all "). Anything longer is not a keyword: it is kept as a reply for the operator.
+Keywords (CTIA, FCC 2024 rules, common platform defaults, and the FCC's "any reasonable means"
+of revoking consent, in the shipped languages; sources in docs/COMPLIANCE.md) are matched against
+the whole message, in any case, with accents, punctuation and extra whitespace ignored ("Stop.",
+" stop all ", "Opt-out!", "NO MÁS", "s.t.o.p") and polite words around them dropped ("stop
+please", "por favor baja"). A message that says more than a keyword ("Stop by later", "can you
+stop by at 5") is no keyword: it is kept as a reply for the operator.
+
+The HELP answer and the STOP confirmation are written in the customer's language (the
+customer's locale, else the account's default; English where none is shipped).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Literal
@@ -21,50 +28,91 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dunning.accounts.accounts import support_contact_of as support_contact_of  # one rule
+from dunning.domain.locales import DEFAULT_LOCALE, join_names, locale_chain, text_for
 from dunning.domain.pii import redact_numbers as redact_numbers  # re-exported (old home)
-from dunning.domain.templates import OPT_OUT_LINE
-from dunning.platform.db.models import Account, ConsentEvent, OptOut, utcnow
+from dunning.platform.db.models import Account, ConsentEvent, Customer, OptOut, utcnow
 
 STOP_KEYWORDS = frozenset(
     {
+        # CTIA / carrier defaults and the FCC's list
         "STOP", "STOPALL", "STOP ALL", "UNSUBSCRIBE", "UNSUB", "CANCEL", "END", "QUIT",
-        "OPTOUT", "OPT-OUT", "OPT OUT", "REVOKE",
+        "OPTOUT", "OPT OUT", "REVOKE",
+        # "any reasonable means": plain-English revocations
+        "UNSUBSCRIBE ME", "OPT ME OUT", "I WANT TO OPT OUT", "REVOKE CONSENT",
+        "STOP TEXTING", "STOP TEXTING ME", "STOP MESSAGING ME", "STOP SENDING ME TEXTS",
+        "STOP SENDING ME MESSAGES", "STOP MESSAGES", "STOP TEXTS", "STOP SMS", "STOP IT",
+        "REMOVE ME", "REMOVE", "TAKE ME OFF", "TAKE ME OFF YOUR LIST", "DO NOT TEXT",
+        "DO NOT TEXT ME", "DONT TEXT ME", "DON T TEXT ME", "NO MORE TEXTS", "NO MORE MESSAGES",
+        "LEAVE ME ALONE",
+        # Spanish
+        "PARAR", "PARA", "ALTO", "BAJA", "DAR DE BAJA", "DARME DE BAJA", "DARSE DE BAJA",
+        "CANCELAR", "DETENER", "NO MAS", "NO MAS MENSAJES", "NO ME ESCRIBAN",
+        "DESUSCRIBIR", "DESUSCRIBIRME", "ELIMINAR", "FIN",
+        # French, German, Portuguese
+        "ARRET", "ARRETER", "DESABONNER", "DESINSCRIRE", "STOPP", "ABMELDEN",
+        "ABBESTELLEN", "PARE", "SAIR", "DESCADASTRAR",
     }
 )
 START_KEYWORDS = frozenset({"START", "UNSTOP", "YES"})
-HELP_KEYWORDS = frozenset({"HELP", "INFO"})
+HELP_KEYWORDS = frozenset({"HELP", "INFO", "AYUDA", "AIDE", "HILFE", "AJUDA"})
+# Polite words around a keyword ("stop please", "por favor baja") do not make it a sentence.
+_FILLERS = frozenset({"PLEASE", "PLS", "PLZ", "THANKS", "THANK YOU", "THX", "POR FAVOR",
+                      "GRACIAS", "NOW", "YA", "MERCI", "BITTE", "OBRIGADO", "OBRIGADA"})
 
 # Plivo's MessageIntent (long codes and toll-free numbers).
 INTENTS = {"optout": "opt_out", "optin": "opt_in", "help": "help"}
 
 InboundKind = Literal["opt_out", "opt_in", "help", "other"]
 
-_EDGE_PUNCT = " \t\r\n.,!?;:'\"()[]"
 _DIGITS_RE = re.compile(r"^\d{6,15}$")
 
 
 def normalize_keyword(text: str | None) -> str:
-    """' stop  all! ' -> 'STOP ALL'."""
-    return " ".join((text or "").split()).strip(_EDGE_PUNCT).upper()
+    """' stop  all! ' -> 'STOP ALL'; 'Opt-out.' -> 'OPT OUT'; 'No más' -> 'NO MAS';
+    's.t.o.p' -> 'STOP'."""
+    folded = unicodedata.normalize("NFKD", text or "")
+    folded = "".join(c for c in folded if not unicodedata.combining(c))
+    folded = folded.replace("'", "").replace("\u2019", "")
+    words = re.sub(r"[^0-9A-Za-z]+", " ", folded).upper().split()
+    if len(words) > 1 and all(len(w) == 1 for w in words):
+        words = ["".join(words)]  # S.T.O.P
+    return " ".join(words)
+
+
+def _strip_fillers(keyword: str) -> str:
+    words = keyword.split()
+    changed = True
+    while changed and len(words) > 1:
+        changed = False
+        for size in (2, 1):
+            if len(words) > size and " ".join(words[:size]) in _FILLERS:
+                words, changed = words[size:], True
+                break
+            if len(words) > size and " ".join(words[-size:]) in _FILLERS:
+                words, changed = words[:-size], True
+                break
+    return " ".join(words)
 
 
 def classify_inbound(text: str | None, intent: str | None = None) -> tuple[InboundKind, str | None]:
     """The kind of an inbound message and the keyword that decided it.
 
-    Plivo's MessageIntent wins when present; otherwise the whole message is the keyword.
+    Plivo's MessageIntent wins when present; otherwise the whole message (without polite words
+    around it) is the keyword.
     """
     kind = INTENTS.get((intent or "").strip().lower())
-    keyword = normalize_keyword(text)
+    exact = normalize_keyword(text)
+    keyword = _strip_fillers(exact)  # opt-outs and HELP only: an opt-in must be exact
     if kind == "opt_out":
         return "opt_out", keyword if keyword in STOP_KEYWORDS else "intent:optout"
     if kind == "opt_in":
-        return "opt_in", keyword if keyword in START_KEYWORDS else "intent:optin"
+        return "opt_in", exact if exact in START_KEYWORDS else "intent:optin"
     if kind == "help":
         return "help", keyword if keyword in HELP_KEYWORDS else "intent:help"
     if keyword in STOP_KEYWORDS:
         return "opt_out", keyword
-    if keyword in START_KEYWORDS:
-        return "opt_in", keyword
+    if exact in START_KEYWORDS:
+        return "opt_in", exact
     if keyword in HELP_KEYWORDS:
         return "help", keyword
     return "other", None
@@ -190,28 +238,35 @@ def record_reply(
     )
 
 
-def help_text(account: Account) -> str:
-    """The HELP reply: program, support contact, how to opt out."""
-    contact = support_contact_of(account).rstrip(".")
-    text = f"{account.company_name} payment reminders."
-    if contact:
-        text += f" For help, contact {contact}."
-    return f"{text} {OPT_OUT_LINE}"
-
-
-def _join_names(names: Iterable[str]) -> str:
-    unique = list(dict.fromkeys(n for n in names if n))
-    if len(unique) <= 1:
-        return unique[0] if unique else "these"
-    return ", ".join(unique[:-1]) + " and " + unique[-1]
-
-
-def stop_confirmation_text(company_names: Iterable[str]) -> str:
-    """The one confirmation text an opt-out may get."""
-    return (
-        f"You are unsubscribed from {_join_names(company_names)} payment reminders. "
-        "No more messages will be sent. Reply START to resubscribe."
+def reply_chain(session: Session, account: Account, phone_e164: str) -> list[str]:
+    """The locale chain of replies to `phone_e164`: the customer's locale (the first customer
+    of the account with that number), else the account's default."""
+    locale = session.scalar(
+        select(Customer.locale)
+        .where(Customer.account_id == account.id, Customer.phone_e164 == phone_e164,
+               Customer.locale.is_not(None))
+        .order_by(Customer.customer_id)
+        .limit(1)
     )
+    return locale_chain(locale, account.locale)
+
+
+def help_text(account: Account, chain: list[str] | None = None) -> str:
+    """The HELP reply: program, support contact, how to opt out, in the chain's language."""
+    chain = chain or locale_chain(None, account.locale)
+    contact = support_contact_of(account).rstrip(".")
+    key = "help" if contact else "help_no_contact"
+    text, language = text_for(chain, key)
+    text = text.format(company_name=account.company_name, support_contact=contact)
+    return f"{text} {text_for([language], 'opt_out')[0]}"
+
+
+def stop_confirmation_text(
+    company_names: Iterable[str], chain: list[str] | None = None
+) -> str:
+    """The one confirmation text an opt-out may get, in the chain's language."""
+    text, language = text_for(chain or [DEFAULT_LOCALE], "stop_confirmation")
+    return text.format(company_names=join_names(company_names, language) or "these")
 
 
 __all__ = [
@@ -229,6 +284,7 @@ __all__ = [
     "record_opt_out",
     "record_reply",
     "redact_numbers",
+    "reply_chain",
     "stop_confirmation_text",
     "support_contact_of",
 ]

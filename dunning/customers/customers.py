@@ -52,6 +52,7 @@ _FIELDS: Final = (
     "phone_type",
     "phone_time_zones",
     "plan",
+    "locale",
 )
 _SELECT_CHUNK: Final = 500  # ids per SELECT ... IN (...)
 
@@ -67,6 +68,7 @@ class CustomerData:
     email: str | None = None
     name: str | None = None
     plan: str | None = None
+    locale: str | None = None  # canonical BCP 47 (dunning.domain.locales.normalize_locale)
 
 
 def check_customer_fields(
@@ -96,7 +98,7 @@ def zones_column(zones: Sequence[str]) -> str:
 def _given(item: CustomerData) -> Values:
     phone = item.phone
     if phone is None:
-        return (item.name, item.email, None, None, None, None, item.plan)
+        return (item.name, item.email, None, None, None, None, item.plan, item.locale)
     return (
         item.name,
         item.email,
@@ -105,6 +107,7 @@ def _given(item: CustomerData) -> Values:
         phone.number_type,
         zones_column(phone.time_zones),
         item.plan,
+        item.locale,
     )
 
 
@@ -230,7 +233,7 @@ def upsert_customers(
 # primary key, whereas the planner, with statistics that lag behind a big import in progress,
 # answers `customer_id IN (...)` by scanning all of the account's rows (quadratic time).
 _KEEP_UNLESS_GIVEN = ", ".join(
-    f"{f} = COALESCE(EXCLUDED.{f}, c.{f})" for f in ("name", "email", "plan")
+    f"{f} = COALESCE(EXCLUDED.{f}, c.{f})" for f in ("name", "email", "plan", "locale")
 )
 _PHONE_FIELDS = ("phone_e164", "phone_region", "phone_type", "phone_time_zones")
 _PHONE_TOGETHER = ", ".join(
@@ -298,11 +301,12 @@ def upsert_customer(
     name: str | None = None,
     plan: str | None = None,
     source: str = "stripe",
+    locale: str | None = None,
 ) -> Outcome:
     """Create or update one customer (checks id, email, name and plan; None keeps a value)."""
     check_id("customer_id", customer_id)
     check_customer_fields(email, name, plan)
-    item = CustomerData(customer_id, phone, email, name, plan)
+    item = CustomerData(customer_id, phone, email, name, plan, locale)
     return upsert_customers(session, account_id, [item], source)[0]
 
 

@@ -4,7 +4,8 @@ The file: UTF-8 (with or without BOM), a header row, comma, semicolon or tab del
 from the header line), quoted fields, `\\n` or `\\r\\n` line ends. Columns, matched
 case-insensitively after trimming (spaces and dashes count as underscores): `customer_id` and
 `phone` (required), `email`, `name`, `plan`, `country` (optional, ISO 3166 alpha-2: the region of
-a number written without `+`); other columns are ignored.
+a number written without `+`), `locale` (optional, BCP 47 such as `es` or `pt-BR`: the language
+of the customer's reminders); other columns are ignored.
 
 Rows:
 - Every cell is trimmed; a row whose cells are all empty is skipped.
@@ -59,11 +60,12 @@ from dunning.customers.customers import (
     upsert_customers,
 )
 from dunning.domain.contract import InputError, check_id, personal_data_in_id
+from dunning.domain.locales import normalize_locale
 from dunning.domain.phones import PhoneError, PhoneInfo, normalize_region, validate_many
 from dunning.domain.pii import redact
 
 REQUIRED: Final = ("customer_id", "phone")
-OPTIONAL: Final = ("email", "name", "plan", "country")
+OPTIONAL: Final = ("email", "name", "plan", "country", "locale")
 DELIMITERS: Final = (",", ";", "\t")
 BATCH_SIZE: Final = 1000
 PARALLEL_MIN_BYTES: Final = 1 << 20  # smaller files are checked in-process
@@ -266,8 +268,8 @@ class _Lines:
             yield decode(data)
 
 
-# (line, customer_id, phone, email, name, plan, country); optional cells None when empty.
-Row = tuple[int, str, str, str | None, str | None, str | None, str | None]
+# (line, customer_id, phone, email, name, plan, country, locale); optional cells None when empty.
+Row = tuple[int, str, str, str | None, str | None, str | None, str | None, str | None]
 
 
 def _rows(lines: _Lines, header: _Header, where: str) -> Iterator[Row]:
@@ -292,12 +294,13 @@ def _rows(lines: _Lines, header: _Header, where: str) -> Iterator[Row]:
         if len(cells) < width:
             cells += pad[len(cells) :]
         cells.append("")
-        cid, phone, email, name, plan, country = (c.strip() for c in pick(cells))
-        if not (cid or phone or email or name or plan or country) and not any(
+        cid, phone, email, name, plan, country, locale = (c.strip() for c in pick(cells))
+        if not (cid or phone or email or name or plan or country or locale) and not any(
             c.strip() for c in cells
         ):
             continue
-        yield (line, cid, phone, email or None, name or None, plan or None, country or None)
+        yield (line, cid, phone, email or None, name or None, plan or None, country or None,
+               locale or None)
 
 
 # --- duplicates across batches -------------------------------------------------------------
@@ -498,7 +501,7 @@ class _Importer:
         errors = batch.errors
         good: list[CustomerData] = []
         for row, phone in zip(batch.candidates, batch.results(), strict=True):
-            line, cid, raw, email, name, plan, country = row
+            line, cid, raw, email, name, plan, country, locale = row
             if isinstance(phone, PhoneError):
                 reason = phone.reason
                 if phone.code == "no_region":
@@ -513,7 +516,13 @@ class _Importer:
                 except InputError as exc:
                     errors.append(RowError(line, cid, raw, f"bad {exc.field}: {exc.message}"))
                     continue
-            good.append(CustomerData(cid, phone, email, name, plan))
+            if locale is not None:
+                try:
+                    locale = normalize_locale(locale)
+                except InputError as exc:
+                    errors.append(RowError(line, cid, raw, f"bad locale: {exc.message}"))
+                    continue
+            good.append(CustomerData(cid, phone, email, name, plan, locale))
         report = self.report
         for outcome in upsert_customers(self.session, self.account_id, good, self.source):
             if outcome == "imported":

@@ -398,6 +398,8 @@ class CasePlan:
     offsets: list[int]
     grace_seconds: int
     error: str | None = None  # e.g. unknown account: fails the workflow without retries
+    arm: str | None = None  # SMS holdout experiment: "sms" | "holdout"; None: no experiment
+    sms_variant: str | None = None  # SMS template A/B test: "A" | "B"; None: no test
 
 
 @dataclass

@@ -11,7 +11,6 @@ ISO 4217 exponent: 2 for USD, 0 for JPY, 3 for KWD).
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Final
 
 from dunning.errors import InputError
@@ -67,70 +66,12 @@ def currency_decimals(currency: str) -> int:
     return MINOR_UNITS.get((currency or "").strip().upper(), 2)
 
 
-# --- amounts for people ---------------------------------------------------------------------
-
-# code -> (symbol, style). Styles:
-#   "pre"    $1,234.56      (symbol first, English separators)
-#   "pre_sp" CHF 1,234.56   (symbol first with a space)
-#   "pre_eu" R$ 1.234,56    (symbol first with a space, continental separators)
-#   "post"   1.234,56 €     (continental: amount, space, symbol)
-#   "post_sp" 1 234,56 kr   (Nordic / Central European: space-grouped)
-# Plain spaces only (no U+00A0 / U+202F): a no-break space would turn an SMS into UCS-2.
-# Other currencies: the code first, with a space (`KWD 1.500`).
-_SYMBOLS: Final[dict[str, tuple[str, str]]] = {
-    "USD": ("$", "pre"),
-    "CAD": ("CA$", "pre"),
-    "AUD": ("A$", "pre"),
-    "NZD": ("NZ$", "pre"),
-    "MXN": ("MX$", "pre"),
-    "HKD": ("HK$", "pre"),
-    "SGD": ("S$", "pre"),
-    "GBP": ("£", "pre"),
-    "JPY": ("¥", "pre"),
-    "CNY": ("CN¥", "pre"),
-    "INR": ("₹", "pre"),
-    "KRW": ("₩", "pre"),
-    "ILS": ("₪", "pre"),
-    "ZAR": ("R", "pre"),
-    "CHF": ("CHF", "pre_sp"),
-    "BRL": ("R$", "pre_eu"),
-    "EUR": ("€", "post"),
-    "SEK": ("kr", "post_sp"),
-    "NOK": ("kr", "post_sp"),
-    "DKK": ("kr.", "post"),
-    "PLN": ("zł", "post_sp"),
-    "CZK": ("Kč", "post_sp"),
-}
-
-
-def _number(value: Decimal, decimals: int, thousands: str, point: str) -> str:
-    text = f"{value:,.{decimals}f}"  # 1,234.56
-    return text.replace(",", "\x00").replace(".", point).replace("\x00", thousands)
-
-
-def format_amount(minor: int, currency: str) -> str:
-    """An amount in minor units, for people: 4900 USD -> `$49.00`, 4900 EUR -> `49,00 €`,
-    4900 JPY -> `¥4,900`, 4900 of an unknown code XYZ -> `XYZ 49.00`."""
-    code = (currency or "").upper()
-    symbol, style = _SYMBOLS.get(code, (code, "pre_sp"))
-    decimals = currency_decimals(code)
-    sign = "-" if minor < 0 else ""
-    value = Decimal(abs(minor)).scaleb(-decimals)
-    if style == "pre":
-        return f"{sign}{symbol}{_number(value, decimals, ',', '.')}"
-    if style == "pre_sp":
-        return f"{sign}{symbol} {_number(value, decimals, ',', '.')}"
-    if style == "pre_eu":
-        return f"{sign}{symbol} {_number(value, decimals, '.', ',')}"
-    if style == "post":
-        return f"{sign}{_number(value, decimals, '.', ',')} {symbol}"
-    return f"{sign}{_number(value, decimals, ' ', ',')} {symbol}"  # post_sp
+# Amounts for people are formatted with Babel (CLDR) for a locale: dunning.domain.locales.
 
 
 __all__ = [
     "MINOR_UNITS",
     "check_currency",
     "currency_decimals",
-    "format_amount",
     "is_currency",
 ]

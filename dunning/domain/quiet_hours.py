@@ -18,10 +18,33 @@ in a fall-back fold the first occurrence counts.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 UNKNOWN_ZONE = "Etc/Unknown"
+
+# US states whose law narrows the hours for texts beyond the federal 08:00-21:00 (state
+# "mini-TCPA" laws, see docs/COMPLIANCE.md), by the area codes (NPA) they hold.
+STATE_WINDOWS: dict[str, tuple[str, str]] = {
+    "FL": ("Florida", "08:00-20:00"),
+    "OK": ("Oklahoma", "08:00-20:00"),
+    "MD": ("Maryland", "08:00-20:00"),
+    "MS": ("Mississippi", "08:00-20:00"),
+    "NJ": ("New Jersey", "08:00-20:00"),
+    "CT": ("Connecticut", "09:00-20:00"),
+}
+AREA_CODE_STATES: dict[str, str] = {
+    **dict.fromkeys(
+        ("239", "305", "321", "324", "352", "386", "407", "448", "561", "645", "656", "689",
+         "727", "728", "754", "772", "786", "813", "850", "863", "904", "941", "954"), "FL"),
+    **dict.fromkeys(("405", "539", "572", "580", "918"), "OK"),
+    **dict.fromkeys(("227", "240", "301", "410", "443", "667"), "MD"),
+    **dict.fromkeys(("228", "601", "662", "769"), "MS"),
+    **dict.fromkeys(("201", "551", "609", "640", "732", "848", "856", "862", "908", "973"),
+                    "NJ"),
+    **dict.fromkeys(("203", "475", "860", "959"), "CT"),
+}
 _DAYS_AHEAD = 3  # openings on the recipient's local today, tomorrow and the day after
 
 
@@ -33,6 +56,79 @@ def parse_window(window: str) -> tuple[time, time] | None:
     h1, m1 = start.split(":")
     h2, m2 = end.split(":")
     return time(int(h1), int(m1)), time(int(h2), int(m2))
+
+
+def state_of(e164: str | None) -> str | None:
+    """The US state of a number's area code, for the states in STATE_WINDOWS (else None)."""
+    if not e164 or not e164.startswith("+1") or len(e164) != 12:
+        return None
+    return AREA_CODE_STATES.get(e164[2:5])
+
+
+def _minutes(window: str) -> set[int]:
+    parsed = parse_window(window)
+    if parsed is None:
+        return set(range(1440))
+    start, end = (t.hour * 60 + t.minute for t in parsed)
+    if start < end:
+        return set(range(start, end))
+    return set(range(start, 1440)) | set(range(end))
+
+
+def _as_window(minutes: set[int]) -> str | None:
+    """The longest contiguous run (circular) of `minutes` as HH:MM-HH:MM; None when empty."""
+    if not minutes:
+        return None
+    if len(minutes) == 1440:
+        return "00:00-23:59"
+    starts = [m for m in sorted(minutes) if (m - 1) % 1440 not in minutes]
+    best_start, best_len = starts[0], 0
+    for start in starts:
+        length = 0
+        while (start + length) % 1440 in minutes:
+            length += 1
+        if length > best_len:
+            best_start, best_len = start, length
+    end = (best_start + best_len) % 1440
+    return f"{best_start // 60:02d}:{best_start % 60:02d}-{end // 60:02d}:{end % 60:02d}"
+
+
+def stricter_window(account_window: str, legal_window: str) -> str:
+    """The hours allowed by both windows: an account can narrow the law's, never widen it.
+    `off` for the account means off (only an explicit off turns quiet hours off). Windows that
+    do not overlap at all leave the legal one."""
+    if parse_window(account_window) is None:
+        return "off"
+    both = _minutes(account_window) & _minutes(legal_window)
+    return _as_window(both) or legal_window
+
+
+@dataclass(frozen=True)
+class RecipientWindow:
+    """The sending window for one number and why."""
+
+    window: str
+    account_window: str
+    state: str | None = None  # two-letter code when a state's law applies
+
+    def describe(self) -> str:
+        if self.window == "off":
+            return "quiet hours off for this account"
+        if self.state is None:
+            return f"window {self.window}"
+        name, law = STATE_WINDOWS[self.state]
+        return f"window {self.window}, {name} law allows {law}"
+
+
+def recipient_window(account_window: str, e164: str | None) -> RecipientWindow:
+    """The account's window, narrowed to the state's where the number's state has a stricter
+    law (Florida, Connecticut, ...)."""
+    state = state_of(e164)
+    if state is None or parse_window(account_window) is None:
+        return RecipientWindow(account_window or "off", account_window)
+    return RecipientWindow(
+        stricter_window(account_window, STATE_WINDOWS[state][1]), account_window, state
+    )
 
 
 def _in_window(local: time, start: time, end: time) -> bool:
@@ -140,10 +236,16 @@ def next_allowed(now: datetime, window: str, zones: list[ZoneInfo]) -> datetime:
 
 
 __all__ = [
+    "AREA_CODE_STATES",
+    "STATE_WINDOWS",
     "UNKNOWN_ZONE",
+    "RecipientWindow",
     "allowed",
     "next_allowed",
     "open_zones",
     "parse_window",
+    "recipient_window",
+    "state_of",
+    "stricter_window",
     "zones_for",
 ]

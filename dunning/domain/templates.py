@@ -10,10 +10,19 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
+from datetime import date
 
 from dunning.domain.contract import InputError
-from dunning.domain.money import currency_decimals as currency_decimals  # re-exported
-from dunning.domain.money import format_amount as format_amount  # re-exported
+from dunning.domain.locales import (
+    DEFAULT_LOCALE,
+    currency_decimals,
+    format_amount,
+    format_day,
+    opt_out_lines,
+    shipped_email,
+    shipped_sms,
+    text_for,
+)
 from dunning.domain.segments import (
     GSM7_MULTI,
     UCS2_MULTI,
@@ -21,7 +30,7 @@ from dunning.domain.segments import (
     count_segments,
 )
 
-OPT_OUT_LINE = "Reply STOP to unsubscribe."
+OPT_OUT_LINE = text_for([DEFAULT_LOCALE], "opt_out")[0]  # "Reply STOP to unsubscribe."
 MAX_SMS_SEGMENTS = 10
 MAX_SUBJECT_LENGTH = 200
 
@@ -34,20 +43,16 @@ VARIABLES = (
     "invoice_id",
     "days_overdue",
     "support_contact",
+    "failed_on",
 )
 
-DEFAULT_SMS_TEMPLATE = (
-    "{company_name}: your payment of {amount} did not go through. "
-    "Update your card here: {billing_link}"
-)
-DEFAULT_EMAIL_SUBJECT = "{company_name}: your payment of {amount} did not go through"
-DEFAULT_EMAIL_BODY = (
-    "Hello {customer_name},\n\n"
-    "We could not collect your payment of {amount} for invoice {invoice_id}. "
-    "It is now {days_overdue} days overdue.\n\n"
-    "Please update your payment details here: {billing_link}\n\n"
-    "Thank you,\n{company_name}\n"
-)
+# The shipped English texts of the first reminder (other steps and locales: dunning.domain.locales).
+DEFAULT_SMS_TEMPLATE = shipped_sms(DEFAULT_LOCALE, "first")
+DEFAULT_EMAIL_SUBJECT, DEFAULT_EMAIL_BODY = shipped_email(DEFAULT_LOCALE, "first")
+
+# --- amounts -------------------------------------------------------------------------------
+# Formatted with Babel (CLDR) for a locale: see dunning.domain.locales.format_amount.
+
 
 # --- context -------------------------------------------------------------------------------
 
@@ -61,6 +66,7 @@ class TemplateContext:
     invoice_id: str
     days_overdue: int
     support_contact: str
+    failed_on: str = ""  # the day the payment failed, formatted for the customer's locale
 
     def values(self) -> dict[str, str]:
         first = self.customer_name.split()[0] if self.customer_name.strip() else ""
@@ -73,6 +79,7 @@ class TemplateContext:
             "invoice_id": self.invoice_id,
             "days_overdue": str(self.days_overdue),
             "support_contact": self.support_contact,
+            "failed_on": self.failed_on,
         }
 
 
@@ -84,8 +91,10 @@ SAMPLE_CONTEXT = TemplateContext(
     invoice_id="inv_123",
     days_overdue=3,
     support_contact="support@example.com",
+    failed_on="November 26, 2026",
 )
 SAMPLE_AMOUNT = 4900
+SAMPLE_FAILED_ON = date(2026, 11, 26)
 
 
 def sample_context(
@@ -94,17 +103,20 @@ def sample_context(
     *,
     currency: str = "USD",
     days_overdue: int = SAMPLE_CONTEXT.days_overdue,
+    locale: str | None = DEFAULT_LOCALE,
+    billing_link: str | None = None,
 ) -> TemplateContext:
     """The sample customer of previews and validation, with an account's own name and contact."""
     return TemplateContext(
         company_name=company_name or SAMPLE_CONTEXT.company_name,
-        billing_link=SAMPLE_CONTEXT.billing_link,
+        billing_link=billing_link or SAMPLE_CONTEXT.billing_link,
         customer_name=SAMPLE_CONTEXT.customer_name,
-        amount=format_amount(SAMPLE_AMOUNT, currency),
+        amount=format_amount(SAMPLE_AMOUNT, currency, locale),
         invoice_id=SAMPLE_CONTEXT.invoice_id,
         days_overdue=days_overdue,
         support_contact=support_contact if support_contact is not None
         else SAMPLE_CONTEXT.support_contact,
+        failed_on=format_day(SAMPLE_FAILED_ON, locale),
     )
 
 
@@ -197,10 +209,14 @@ _STOP_SENTENCE = re.compile(
 
 def has_opt_out(text: str) -> bool:
     """True when the text's last sentence is a STOP instruction such as `Reply STOP to
-    unsubscribe.`, `Text STOP to opt out` or `To opt out, reply STOP.`"""
+    unsubscribe.`, `Text STOP to opt out` or `To opt out, reply STOP.`, or ends with one of the
+    shipped opt-out lines of any locale (`Responde STOP para darte de baja.`)."""
     stripped = text.strip()
     if not stripped:
         return False
+    folded = stripped.casefold()
+    if any(folded.endswith(line.casefold()) for line in opt_out_lines()):
+        return True
     last = re.split(r"(?<=[.!?])\s+|\n+", stripped)[-1].strip()
     return bool(_STOP_SENTENCE.match(last))
 
@@ -212,18 +228,26 @@ def render(text: str, ctx: TemplateContext) -> str:
     return text.format(**ctx.values())
 
 
-def render_sms(template: str, ctx: TemplateContext) -> str:
-    """The message exactly as sent: the template, then the opt-out line unless it has one."""
+def opt_out_line(chain: list[str] | None = None) -> str:
+    """The opt-out line in the first language of `chain` that has one (English otherwise)."""
+    return text_for(chain or [DEFAULT_LOCALE], "opt_out")[0]
+
+
+def render_sms(template: str, ctx: TemplateContext, chain: list[str] | None = None) -> str:
+    """The message exactly as sent: the template, then the opt-out line (in the text's
+    language, see `opt_out_line`) unless it has one."""
     body = render(template, ctx).strip()
     if has_opt_out(body):
         return body
-    return f"{body} {OPT_OUT_LINE}"
+    return f"{body} {opt_out_line(chain)}"
 
 
 # --- validation ----------------------------------------------------------------------------
 
 
-def validate_sms_template(text: str, ctx: TemplateContext = SAMPLE_CONTEXT) -> SegmentInfo:
+def validate_sms_template(
+    text: str, ctx: TemplateContext = SAMPLE_CONTEXT, chain: list[str] | None = None
+) -> SegmentInfo:
     """Refuse (InputError) an SMS template that is empty, has unbalanced braces or unknown
     variables, lacks {billing_link}, or is over MAX_SMS_SEGMENTS segments once rendered for the
     sample customer `ctx` with the opt-out line. Returns the sample's segment info."""
@@ -235,7 +259,7 @@ def validate_sms_template(text: str, ctx: TemplateContext = SAMPLE_CONTEXT) -> S
             "template",
             "must contain {billing_link}: the reminder has to tell the customer where to pay",
         )
-    info = count_segments(render_sms(text, ctx))
+    info = count_segments(render_sms(text, ctx, chain))
     if info.segments > MAX_SMS_SEGMENTS:
         per = GSM7_MULTI if info.encoding == "GSM-7" else UCS2_MULTI
         unit = "septets" if info.encoding == "GSM-7" else "UTF-16 units"
@@ -264,3 +288,25 @@ def validate_email_template(subject: str, body: str) -> None:
             "body",
             "must contain {billing_link}: the reminder has to tell the customer where to pay",
         )
+
+
+__all__ = [
+    "DEFAULT_EMAIL_BODY",
+    "DEFAULT_EMAIL_SUBJECT",
+    "DEFAULT_SMS_TEMPLATE",
+    "MAX_SMS_SEGMENTS",
+    "OPT_OUT_LINE",
+    "SAMPLE_CONTEXT",
+    "VARIABLES",
+    "TemplateContext",
+    "currency_decimals",
+    "format_amount",
+    "has_opt_out",
+    "opt_out_line",
+    "render",
+    "render_sms",
+    "sample_context",
+    "template_fields",
+    "validate_email_template",
+    "validate_sms_template",
+]

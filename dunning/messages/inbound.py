@@ -117,7 +117,10 @@ def process_inbound(session: Session, msg: InboundMessage) -> InboundOutcome:
         ]
         outcome.changed = [a.id for a in changed]
         if changed and (msg.intent or "").lower() != "optout":
-            text = consent.stop_confirmation_text(a.company_name for a in changed)
+            text = consent.stop_confirmation_text(
+                (a.company_name for a in changed),
+                consent.reply_chain(session, changed[0], msg.from_number),
+            )
             outcome.replies.append(_plan_reply(session, "stop", changed[0], msg, text))
     elif kind == "opt_in":
         outcome.changed = [
@@ -128,7 +131,9 @@ def process_inbound(session: Session, msg: InboundMessage) -> InboundOutcome:
     elif kind == "help":
         account = _help_account(session, accounts, msg.from_number)
         outcome.replies.append(
-            _plan_reply(session, "help", account, msg, consent.help_text(account))
+            _plan_reply(session, "help", account, msg, consent.help_text(
+                account, consent.reply_chain(session, account, msg.from_number)
+            ))
         )
     else:
         for a in accounts:

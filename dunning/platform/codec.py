@@ -310,8 +310,13 @@ def load_keys(keys_text: str, data_dir: Path) -> list[CodecKey]:
     return [load_or_create_key_file(key_file_path(data_dir))]
 
 
+def keys_for(source: KeySource) -> list[CodecKey]:
+    """The configured keys of `source` (settings): DUNNING_CODEC_KEYS, else the key file."""
+    return load_keys(_keys_text(source.codec_keys), source.data_dir)
+
+
 def codec_for(source: KeySource) -> EncryptionCodec:
-    return EncryptionCodec(load_keys(_keys_text(source.codec_keys), source.data_dir))
+    return EncryptionCodec(keys_for(source))
 
 
 def converter_for(source: KeySource) -> DataConverter:
@@ -336,6 +341,7 @@ __all__ = [
     "codec_for",
     "converter_for",
     "key_file_path",
+    "keys_for",
     "load_keys",
     "load_or_create_key_file",
     "parse_keys",

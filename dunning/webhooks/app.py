@@ -38,15 +38,17 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTasks
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from dunning.cases.client import DunningClient
 from dunning.customers.consent import normalize_number
 from dunning.domain.contract import InputError, check_id
+from dunning.messages import links
 from dunning.messages.delivery import DeliveryReport, process_delivery_report
 from dunning.messages.inbound import InboundMessage, InboundOutcome, PlannedReply, process_inbound
 from dunning.messages.inbox import remember_nonce, request_fingerprint
+from dunning.messages.links import LinkSigner
 from dunning.platform.db import Database
 from dunning.platform.db.models import Account, Message
 from dunning.platform.providers import AmbiguousProviderError, ProviderError, mask_phone
@@ -77,6 +79,7 @@ INBOUND_PATH = "/webhooks/plivo/inbound"
 STATUS_PATH = "/webhooks/plivo/status"
 STRIPE_PATH = "/webhooks/stripe/{account_id}"
 HEALTH_PATH = "/healthz"
+SHORT_LINK_PATH = "/l/{token}"
 MAX_BODY_BYTES = 64 * 1024
 MAX_STRIPE_BODY_BYTES = 1024 * 1024
 MAX_FIELDS = 200
@@ -229,10 +232,12 @@ class WebhookApp:
     def __init__(
         self, settings: Settings, db: Database, sms: SmsProvider, temporal: LazyTemporal,
         secret_box: SecretBox | None = None,
+        links: LinkSigner | None = None,
     ) -> None:
         self.settings = settings
         self.secret_box = secret_box or secret_box_for(settings)
         self.refusal_log = LogRateLimit(per_minute=settings.http_refusal_logs_per_minute)
+        self.links = links
         self.db = db
         self.sms = sms
         self.temporal = temporal
@@ -399,6 +404,29 @@ class WebhookApp:
             log.error("stripe event for %r refused: %s", account_id[:128], exc)
             return None
 
+    async def short_link(self, request: Request) -> Response:
+        """`GET /l/<token>`: a tracked billing link. The token's signature is checked before
+        the database is read; a good one records the click and redirects (303)."""
+        token = str(request.path_params.get("token", ""))
+        if self.links is None or not self.links.is_valid(token):
+            return PlainTextResponse("link not found", status_code=404)
+
+        def click() -> str | None:
+            assert self.links is not None
+            with self.db.session() as s:
+                target = links.follow(s, self.links, token)
+                return target.target if target is not None else None
+
+        try:
+            target = await run_in_threadpool(click)
+        except DBAPIError as exc:
+            return self._db_down(exc)
+        if target is None:
+            return PlainTextResponse("link not found", status_code=404)
+        return RedirectResponse(target, status_code=303,
+                                headers={"Cache-Control": "no-store", "Referrer-Policy":
+                                         "no-referrer"})
+
     async def healthz(self, request: Request) -> Response:
         if await run_in_threadpool(self.db.ping):
             return JSONResponse({"status": "ok", "database": "ok"})
@@ -468,13 +496,14 @@ def create_app(
     if not settings.plivo_auth_token.get_secret_value():
         log.warning("PLIVO_AUTH_TOKEN is not set: Plivo webhooks will refuse every request")
     handlers = WebhookApp(settings, db, sms_provider, LazyTemporal(temporal),
-                          secret_box_for(settings))
+                          secret_box_for(settings), links=links.signer_for(settings))
     app = Starlette(
         routes=[
             Route(INBOUND_PATH, handlers.inbound, methods=["POST"]),
             Route(STATUS_PATH, handlers.status, methods=["POST"]),
             Route(STRIPE_PATH, handlers.stripe, methods=["POST"]),
             Route(HEALTH_PATH, handlers.healthz, methods=["GET"]),
+            Route(SHORT_LINK_PATH, handlers.short_link, methods=["GET"]),
         ]
     )
     app.state.webhooks = handlers

@@ -56,6 +56,7 @@ from temporalio.service import RPCError
 from dunning.cases.client import CaseNotFound, CaseRequest, DunningClient
 from dunning.customers.customers import check_customer_fields, upsert_customer
 from dunning.domain.contract import InputError, check_id
+from dunning.domain.locales import locale_or_none
 from dunning.domain.phones import PhoneError, PhoneInfo, validate_phone
 from dunning.messages.inbox import claim_event
 from dunning.platform.db import Database
@@ -458,6 +459,9 @@ class StripeEvents:
                     email = None
                 else:
                     plan = None
+        locale = _preferred_locale(obj.get("preferred_locales"))
+        if locale is None and obj.get("preferred_locales"):
+            warnings.append("preferred_locales not stored: no BCP 47 locale CLDR knows")
         raw_phone = _text(obj.get("phone"))
         address = obj.get("address")
         country = _text(address.get("country")) if isinstance(address, dict) else None
@@ -473,7 +477,7 @@ class StripeEvents:
                 log.warning("stripe customer %s of %s: phone %s rejected: %s", customer_id,
                             account_id, mask_phone(raw_phone), exc.reason)
         outcome = upsert_customer(s, account_id, customer_id, phone=phone, email=email,
-                                  name=name, plan=plan, source="stripe")
+                                  name=name, plan=plan, source="stripe", locale=locale)
         if phone is None and "phone" in event.previous and _clear_phone(s, account_id,
                                                                         customer_id):
             phone_note += ", previous number removed"
@@ -496,6 +500,18 @@ class StripeEvents:
             return False
         row.created_at = created
         return True
+
+
+def _preferred_locale(value: Any) -> str | None:
+    """The first usable tag of a Stripe customer's `preferred_locales` (e.g. ["pt-BR", "en"])."""
+    if not isinstance(value, list):
+        return None
+    for tag in value:
+        if isinstance(tag, str):
+            found = locale_or_none(tag)
+            if found is not None:
+                return found
+    return None
 
 
 def _clear_phone(s: Session, account_id: str, customer_id: str) -> bool:

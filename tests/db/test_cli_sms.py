@@ -204,9 +204,9 @@ def test_template_lookup_matches_the_engine(db: Database, uid: str) -> None:
     cases = [("pro", None), ("basic", None), (None, None)]
     with db.session() as s:
         for plan, _ in cases:
-            assert messaging.sms_template_for(s, uid, plan) == engine.sms_template_for(
+            assert messaging.sms_template_for(s, uid, plan) == engine.sms_template_choice(
                 s, uid, plan
-            )
+            ).body
         messaging.set_sms_template(s, uid, "Default {billing_link}")
         messaging.set_sms_template(s, uid, "Pro {billing_link}", plan="pro")
         messaging.set_email_template(s, uid, "S all", "B all {billing_link}")
@@ -215,13 +215,14 @@ def test_template_lookup_matches_the_engine(db: Database, uid: str) -> None:
         messaging.set_email_template(s, uid, "S 3 pro", "B {billing_link}", step=3, plan="pro")
     with db.session() as s:
         for plan in ("pro", "basic", None):
-            assert messaging.sms_template_for(s, uid, plan) == engine.sms_template_for(
+            assert messaging.sms_template_for(s, uid, plan) == engine.sms_template_choice(
                 s, uid, plan
-            )
+            ).body
             for step in (1, 2, 3, 4):
-                assert messaging.email_template_for(
-                    s, uid, step, plan
-                ) == engine.email_template_for(s, uid, step, plan)
+                chosen = engine.email_template_choice(s, uid, step, plan)
+                assert messaging.email_template_for(s, uid, step, plan) == (
+                    chosen.subject, chosen.body
+                )
         assert messaging.email_template_for(s, uid, 3, "pro")[0] == "S 3 pro"
         assert messaging.email_template_for(s, uid, 2, "pro")[0] == "S 2"
         assert messaging.email_template_for(s, uid, 1, "pro")[0] == "S pro"
@@ -349,8 +350,9 @@ def test_email_templates_set_validate_show_preview(db: Database, uid: str) -> No
         step2 = messaging.preview_email(s, uid, step=2)
         step1 = messaging.preview_email(s, uid, step=1)
     assert count == 1
-    assert shown["templates"] == [{"step": 2, "plan": None, "subject": "{company_name}: "
-                                   "invoice {invoice_id}", "body": "Pay {amount}: {billing_link}"}]
+    assert shown["templates"] == [{"step": 2, "plan": None, "locale": None,
+                                   "subject": "{company_name}: invoice {invoice_id}",
+                                   "body": "Pay {amount}: {billing_link}"}]
     assert step2["subject"] == f"Co {uid}: invoice inv_123"
     assert step2["body"] == f"Pay $49.00: {SAMPLE_CONTEXT.billing_link}"
     assert step1["subject"] == DEFAULT_EMAIL_SUBJECT.format(
@@ -426,6 +428,8 @@ def test_cli_refused_template_exits_1_and_stores_nothing(
 
 def test_cli_template_set_and_preview_json(cli: Run, db: Database, uid: str) -> None:
     make_account(db, uid)
+    code, _, err = cli("account", "update", uid, "--track-links", "off")
+    assert (code, err) == (0, "")  # the full sample link, as this test counts its septets
 
     def expected(pad: int) -> str:
         return (f"[PRO] {'x' * pad} Co {uid}: pay $49.00 at {SAMPLE_CONTEXT.billing_link} "
@@ -467,11 +471,12 @@ def test_cli_template_clear(cli: Run, db: Database, uid: str) -> None:
 
 def test_cli_email_templates(cli: Run, db: Database, uid: str) -> None:
     make_account(db, uid)
+    assert cli("account", "update", uid, "--track-links", "off")[0] == 0
     code, out, err = cli("email", "template", "set", "--account", uid, "--step", "2",
                          "--plan", "pro", "--subject", "Invoice {invoice_id}",
                          "--body", "Pay here: {billing_link}", "--json")
     assert (code, err) == (0, "")
-    assert json.loads(out) == {"account_id": uid, "step": 2, "plan": "pro",
+    assert json.loads(out) == {"account_id": uid, "step": 2, "plan": "pro", "locale": None,
                                "subject": "Invoice {invoice_id}",
                                "body": "Pay here: {billing_link}"}
     code, out, err = cli("email", "template", "set", "--account", uid, "--subject", "Hi",

@@ -23,7 +23,8 @@ def fresh_number() -> str:
 @pytest.mark.parametrize("word", STOP_WORDS)
 def test_stop_family_any_case_trimmed(word: str) -> None:
     for text in (word, word.lower(), f"  {word.title()}  ", f"{word}.", f"\n{word}!\n"):
-        assert consent.classify_inbound(text) == ("opt_out", word), text
+        # The recorded keyword is the normalized one: punctuation inside counts as a space.
+        assert consent.classify_inbound(text) == ("opt_out", word.replace("-", " ")), text
 
 
 def test_stop_all_with_inner_whitespace() -> None:
@@ -41,14 +42,38 @@ def test_help_family(word: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["please stop texting me", "stopped", "I paid", "", "STOP STOP", "yes please"]
+    "text", ["stopped", "I paid", "", "STOP STOP", "yes please", "Stop by later",
+             "Can you stop by at 5?", "stop the car", "Para mañana", "cancel my meeting?",
+             "end of month"]
 )
 def test_other_messages_are_not_keywords(text: str) -> None:
     assert consent.classify_inbound(text) == ("other", None)
 
 
+@pytest.mark.parametrize(
+    ("text", "keyword"),
+    [
+        ("Opt out", "OPT OUT"), ("opt-out!", "OPT OUT"), ("PARAR", "PARAR"),
+        ("parar.", "PARAR"), ("Baja", "BAJA"), ("CANCELAR", "CANCELAR"),
+        ("No más", "NO MAS"), ("unsubscribe me", "UNSUBSCRIBE ME"), ("Revoke", "REVOKE"),
+        ("stop all", "STOP ALL"), ("please stop texting me", "STOP TEXTING ME"),
+        ("Stop please!", "STOP"), ("s.t.o.p", "STOP"), ("por favor, dar de baja", "DAR DE BAJA"),
+        ("Désabonner", "DESABONNER"), ("Abmelden", "ABMELDEN"),
+    ],
+)
+def test_any_reasonable_means_opt_out(text: str, keyword: str) -> None:
+    """FCC 2024: consent may be revoked by any reasonable means (docs/COMPLIANCE.md)."""
+    assert consent.classify_inbound(text) == ("opt_out", keyword)
+
+
+def test_opt_in_must_be_exact() -> None:
+    assert consent.classify_inbound("yes") == ("opt_in", "YES")
+    assert consent.classify_inbound("yes please") == ("other", None)
+
+
 def test_message_intent_wins() -> None:
-    assert consent.classify_inbound("please stop", "optout") == ("opt_out", "intent:optout")
+    assert consent.classify_inbound("stop it now!", "optout") == ("opt_out", "STOP IT")
+    assert consent.classify_inbound("go away", "optout") == ("opt_out", "intent:optout")
     assert consent.classify_inbound("STOP", "OptOut") == ("opt_out", "STOP")
     assert consent.classify_inbound("go on", "optin") == ("opt_in", "intent:optin")
     assert consent.classify_inbound("??", "help") == ("help", "intent:help")
@@ -80,9 +105,24 @@ def test_texts() -> None:
         "You are unsubscribed from Acme payment reminders. No more messages will be sent. "
         "Reply START to resubscribe."
     )
-    assert "Acme, Beta and Gamma payment" in consent.stop_confirmation_text(
+    assert "Acme, Beta, and Gamma payment" in consent.stop_confirmation_text(  # CLDR's list
         ["Acme", "Beta", "Gamma", "Beta"]
     )
+
+
+def test_texts_in_the_customers_language() -> None:
+    acct = Account(id="a", company_name="Acme", support_contact="ayuda@acme.test", locale="en")
+    es = consent.help_text(acct, ["es-MX", "es", "en"])
+    assert es == ("Recordatorios de pago de Acme. Ayuda: ayuda@acme.test. "
+                  "Responde STOP para darte de baja.")
+    assert consent.stop_confirmation_text(["Acme", "Beta"], ["pt-BR", "pt"]).startswith(
+        "Voce cancelou os lembretes de pagamento de Acme e Beta."
+    )
+    de = consent.stop_confirmation_text(["Acme"], ["de"])
+    assert "abgemeldet" in de and "START" in de
+    # A language without shipped texts answers in English.
+    assert consent.help_text(acct, ["ko", "en"]).endswith(OPT_OUT_LINE)
+    assert consent.help_text(acct, ["ja", "en"]).endswith("配信停止はSTOPと返信してください。")
 
 
 def _account(db: Database, account_id: str, sender: str | None) -> None:

@@ -328,7 +328,7 @@ def test_rates_default_account_default_and_country(db: Database, uid: str):
 
 @pytest.mark.parametrize(
     ("price", "currency", "minor", "shown"),
-    [("0.01", "USD", 1, "$12.00"), ("0.5", "eur", 50, "600,00 €"), ("3", "JPY", 3, "¥3,600")],
+    [("0.01", "USD", 1, "$12.00"), ("0.5", "eur", 50, "€600.00"), ("3", "JPY", 3, "¥3,600")],
 )
 def test_display_price(db: Database, uid: str, price: str, currency: str, minor: int,
                        shown: str):

@@ -116,18 +116,18 @@ def test_figures_are_exact(db: Database, seeded: str) -> None:
     assert r["cases"] == {
         "total": 7, "active": 2, "ended": 5,
         "by_state": {"active": 2, "recovered": 3, "exhausted": 1, "canceled": 1},
-        "amount_due": _usd_eur(21800, 1500, "$218.00", "15,00 €"),
-        "outstanding": _usd_eur(9900, 500, "$99.00", "5,00 €"),
+        "amount_due": _usd_eur(21800, 1500, "$218.00", "€15.00"),
+        "outstanding": _usd_eur(9900, 500, "$99.00", "€5.00"),
     }
     assert r["recovered"] == {
-        "count": 3, "amount": _usd_eur(6900, 1000, "$69.00", "10,00 €"),
+        "count": 3, "amount": _usd_eur(6900, 1000, "$69.00", "€10.00"),
         "cases_by_currency": {"EUR": 1, "USD": 2},
     }
     assert r["recovery_rate"] == {"of_ended": 0.6, "of_all": 0.4286}
     assert r["recoveries_by_channel"] == {
         "email": {"count": 1, "amount": {"USD": {"amount_minor": 4900, "formatted": "$49.00"}}},
         "sms": {"count": 1, "amount": {"USD": {"amount_minor": 2000, "formatted": "$20.00"}}},
-        "none": {"count": 1, "amount": {"EUR": {"amount_minor": 1000, "formatted": "10,00 €"}}},
+        "none": {"count": 1, "amount": {"EUR": {"amount_minor": 1000, "formatted": "€10.00"}}},
     }
     # 2 h, 1 d 10 h, and 4 h (failed a day later): the median is 4 h
     assert r["median_time_to_recovery"] == {"seconds": 14400.0, "human": "4h", "cases": 3}
@@ -149,7 +149,7 @@ def test_figures_are_exact(db: Database, seeded: str) -> None:
             {"date": "2026-03-01", "count": 1,
              "amount": {"USD": {"amount_minor": 4900, "formatted": "$49.00"}}},
             {"date": "2026-03-02", "count": 2,
-             "amount": _usd_eur(2000, 1000, "$20.00", "10,00 €")},
+             "amount": _usd_eur(2000, 1000, "$20.00", "€10.00")},
         ],
         "sms_spend": [{"date": "2026-03-01", "credits": 4},
                       {"date": "2026-03-02", "credits": 2}],
@@ -163,7 +163,7 @@ def test_since_limits_cases_messages_and_ledger(db: Database, seeded: str) -> No
     assert r["since"] == "2026-03-01T12:00:00+00:00"
     assert r["cases"]["by_state"] == {"active": 1, "recovered": 1, "exhausted": 0,
                                       "canceled": 0}
-    assert r["recovered"]["amount"] == {"EUR": {"amount_minor": 1000, "formatted": "10,00 €"}}
+    assert r["recovered"]["amount"] == {"EUR": {"amount_minor": 1000, "formatted": "€10.00"}}
     assert r["recovery_rate"] == {"of_ended": 1.0, "of_all": 0.5}
     assert r["median_time_to_recovery"]["seconds"] == 14400.0
     assert r["messages"]["by_channel"]["email"] == {"sent": 0, "failed": 0, "skipped": 1,
@@ -232,7 +232,7 @@ def test_html_has_figures_and_valid_svg(db: Database, seeded: str) -> None:
         page = render_html(build_report(s, seeded))
     assert page.startswith("<!doctype html>")
     assert "Acme &lt;Labs&gt; &amp; Co" in page and "<Labs>" not in page
-    for figure in ("$69.00", "10,00 €", "60.0%", "42.9%", "$0.12", "6 credits", "4h",
+    for figure in ("$69.00", "€10.00", "60.0%", "42.9%", "$0.12", "6 credits", "4h",
                    "2 HELP/STOP replies"):
         assert figure in page, figure
     roots = _check_svgs(page, expected=4)  # outcomes, channels, recoveries, SMS spend
@@ -240,7 +240,7 @@ def test_html_has_figures_and_valid_svg(db: Database, seeded: str) -> None:
     titles = [t.text for r in roots for t in r.iter(f"{ns}title")]
     assert "Recovered: 3" in titles and "Exhausted: 1" in titles and "Active: 2" in titles
     assert "Email: 1" in titles and "SMS: 1" in titles and "No reminder: 1" in titles
-    assert "2026-03-02: 2 recovered (10,00 € + $20.00)" in titles
+    assert "2026-03-02: 2 recovered (€10.00 + $20.00)" in titles
     assert "2026-03-01: 4 credits" in titles and "2026-03-02: 2 credits" in titles
 
 
@@ -266,8 +266,8 @@ def test_cli_table(cli: Run, seeded: str) -> None:
     code, out, err = cli("report", "--account", seeded)
     assert code == 0, err
     flat = " ".join(out.split())
-    for figure in ("7 (2 active, 3 recovered, 1 exhausted, 1 canceled)", "10,00 € + $69.00",
-                   "60.0% of ended cases", "42.9% of all", "5,00 € + $99.00",
+    for figure in ("7 (2 active, 3 recovered, 1 exhausted, 1 canceled)", "€10.00 + $69.00",
+                   "60.0% of ended cases", "42.9% of all", "€5.00 + $99.00",
                    "6 credits ($0.12), 1 refunded",
                    "plus 2 HELP/STOP replies (not reminders)"):
         assert figure in flat, figure

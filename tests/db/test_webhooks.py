@@ -399,10 +399,11 @@ def test_stop_keywords_opt_out_every_account_on_that_number(
     assert r.status_code == 200
     assert opted_out(db, a.id, phone) and opted_out(db, b.id, phone)
     assert not opted_out(db, other.id, phone)
-    assert events(db, a.id, phone) == [("opt_out", word)]
+    assert events(db, a.id, phone) == [("opt_out", word.replace("-", " "))]
     with db.session() as s:
         row = s.get(OptOut, (a.id, phone))
-        assert row is not None and row.source == "plivo-inbound" and row.keyword == word
+        assert row is not None and row.source == "plivo-inbound"
+        assert row.keyword == word.replace("-", " ")
         assert row.changed_at is not None
     # One confirmation, naming both companies, from the number the STOP went to.
     sent = replies_to(sms, phone)
@@ -444,7 +445,7 @@ def test_message_intent_optout_no_second_confirmation(
 ) -> None:
     t = Tenant(db, f"a-{uid}", fresh_number(), "Acme")
     phone = fresh_number()
-    body = inbound(phone, t.sender, "please stop texting me", MessageIntent="optout")
+    body = inbound(phone, t.sender, "go away", MessageIntent="optout")
     assert post(client, INBOUND, body).status_code == 200
     assert opted_out(db, t.id, phone)
     assert events(db, t.id, phone) == [("opt_out", "intent:optout")]
@@ -1131,3 +1132,50 @@ def test_a_refund_wakes_the_accounts_paused_cases(db: Database, uid: str,
         assert post(c, STATUS, failed, query=q).status_code == 200  # no second refund
         assert woken == [t.id]
     assert balance(db, t.id) == 10
+
+
+# --- "any reasonable means" and replies in the customer's language ---------------------------
+
+
+@pytest.mark.parametrize(("text", "stops"), [("Opt out", True), ("PARAR", True),
+                                             ("Baja.", True), ("Stop by later", False)])
+def test_reasonable_opt_outs_stop_sms_and_ordinary_replies_do_not(
+    db: Database, uid: str, client: TestClient, sms: ConsoleSmsProvider, text: str, stops: bool
+) -> None:
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from temporalio.testing import ActivityEnvironment
+
+    from activities import DunningActivities
+    from dunning.domain.contract import MessageRequest
+    from dunning.platform.providers.email import ConsoleEmailProvider
+
+    t = Tenant(db, f"a-{uid}", fresh_number(), "Acme")
+    phone = fresh_number()
+    with db.session() as s:
+        s.add(Customer(account_id=t.id, customer_id="c1", phone_e164=phone, phone_region="US",
+                       phone_time_zones="America/New_York", email="c1@example.com",
+                       locale="es"))
+    assert post(client, INBOUND, inbound(phone, t.sender, text)).status_code == 200
+    assert opted_out(db, t.id, phone) is stops
+    replies = replies_to(sms, phone)
+    if stops:  # one confirmation, in the customer's language
+        assert len(replies) == 1 and replies[0].text.startswith("Te has dado de baja de")
+    else:
+        assert replies == []
+    outbound = ConsoleSmsProvider(echo=False)
+    acts = DunningActivities(db, outbound, ConsoleEmailProvider(echo=False))
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, workflow_run_id=f"r-{uid}", workflow_id="wf")
+    now = datetime(2026, 6, 10, 16, 0, tzinfo=UTC)  # noon in New York
+    result = env.run(acts.send_sms, MessageRequest(
+        f"dunning:{t.id}:inv1", t.id, "c1", "inv1", 1, 1, 4900, "USD",
+        "https://pay.example.com/inv1", now, now,
+    ))
+    if stops:
+        assert (result.status, outbound.sent) == ("skipped", [])
+        assert "opted out" in result.reason
+    else:
+        assert result.status == "sent" and len(outbound.sent) == 1
+        assert outbound.sent[0].text.endswith("Responde STOP para darte de baja.")

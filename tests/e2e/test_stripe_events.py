@@ -15,6 +15,8 @@ import time
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
+from email import policy
+from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
@@ -415,7 +417,10 @@ async def test_invoice_failed_starts_a_case_and_paid_recovers_it(
         assert r.json()["case"] == "started" and r.json()["workflow_id"] == wf_id
         # The first reminder reaches the invoice's customer with the hosted invoice page.
         mails = await wait_for(lambda: smtp_server.to(email))
-        assert "https://invoice.stripe.test/i/in_1" in mails[0].get_payload(decode=True).decode()
+        parsed = BytesParser(policy=policy.default).parsebytes(mails[0].as_bytes())
+        text = parsed.get_body(("plain",))  # multipart: plain text + HTML
+        assert text is not None
+        assert "https://invoice.stripe.test/i/in_1" in text.get_content()
         row = case_row(sqlite_db, wf_id)
         assert row is not None
         assert (row.customer_id, row.invoice_id, row.amount_due, row.currency) == (

@@ -35,8 +35,10 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities import DunningActivities
+from dunning.cases.experiments import set_sms_holdout
 from dunning.credits import ledger
 from dunning.domain.contract import SEARCH_ATTRIBUTES
+from dunning.domain.experiments import assign_arm
 from dunning.platform.db import Database
 from dunning.platform.providers.email import ConsoleEmailProvider
 from dunning.platform.providers.sms import ConsoleSmsProvider
@@ -207,6 +209,22 @@ async def iso_currency(client: Client, db: Database) -> WorkflowHandle[Any, Any]
     return handle
 
 
+async def sms_holdout(client: Client, db: Database) -> WorkflowHandle[Any, Any]:
+    """An account holding 50% of new cases out of SMS; this case lands in the holdout: email on
+    both steps, SMS skipped (the send activity reads the arm), then exhausted."""
+    account = next(
+        f"holdout{n}" for n in range(1000)
+        if assign_arm(f"dunning-holdout{n}-inv1", 50) == "holdout"
+    )
+    make_account(db, account, schedule="0s,1s", grace="1s", balance=10)
+    add_customer(db, account, "c1", phone="+14155550107")
+    with db.session() as s:
+        set_sms_holdout(s, account, 50)
+    handle = await _start(client, account)
+    await handle.result()
+    return handle
+
+
 SCENARIOS: dict[str, Scenario] = {
     "full_schedule": full_schedule,
     "pause_resume": pause_resume,
@@ -216,6 +234,7 @@ SCENARIOS: dict[str, Scenario] = {
     "quiet_hours": quiet_hours,
     "signal_account": signal_account,
     "iso_currency": iso_currency,
+    "sms_holdout": sms_holdout,
 }
 
 

@@ -11,7 +11,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from dunning.accounts import pricing
 from dunning.cases.client import CaseRequest, DunningClient
 from dunning.domain.contract import parse_case_input
-from dunning.domain.money import MINOR_UNITS, check_currency, currency_decimals, format_amount
+from dunning.domain.locales import format_amount
+from dunning.domain.money import MINOR_UNITS, check_currency, currency_decimals
 from dunning.errors import InputError
 from dunning.platform.settings import Settings
 from tests.helpers import case_input

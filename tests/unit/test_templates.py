@@ -29,27 +29,36 @@ from dunning.domain.templates import (
 
 
 @pytest.mark.parametrize(
-    ("minor", "currency", "expected"),
+    ("minor", "currency", "locale", "expected"),
     [
-        (4900, "USD", "$49.00"),
-        (5, "USD", "$0.05"),
-        (123456789, "USD", "$1,234,567.89"),
-        (4900, "usd", "$49.00"),
-        (-4900, "USD", "-$49.00"),
-        (4900, "EUR", "49,00 €"),
-        (123456, "EUR", "1.234,56 €"),
-        (4900, "GBP", "£49.00"),
-        (4900, "JPY", "¥4,900"),
-        (49, "JPY", "¥49"),
-        (4900, "CHF", "CHF 49.00"),
-        (123456, "SEK", "1 234,56 kr"),
-        (4900, "XYZ", "XYZ 49.00"),  # unknown code: ISO code first, 2 decimals
-        (4900, "KWD", "KWD 4.900"),  # 3 decimal places
-        (4900, "CLP", "CLP 4,900"),  # 0 decimal places
+        (4900, "USD", "en", "$49.00"),
+        (5, "USD", "en", "$0.05"),
+        (123456789, "USD", "en", "$1,234,567.89"),
+        (4900, "usd", "en", "$49.00"),
+        (-4900, "USD", "en", "-$49.00"),
+        (4900, "EUR", "de", "49,00 €"),
+        (-4900, "EUR", "de", "-49,00 €"),
+        (123456, "EUR", "fr", "1 234,56 €"),  # CLDR's narrow no-break space, made plain
+        (4900, "EUR", "es", "49,00 €"),
+        (4900, "USD", "es", "49,00 US$"),
+        (4900, "GBP", "en-GB", "£49.00"),
+        (4900, "JPY", "en", "¥4,900"),  # JPY has no minor unit
+        (4900, "JPY", "ja", "￥4,900"),
+        (49, "JPY", "en", "¥49"),
+        (4900, "BRL", "pt-BR", "R$ 49,00"),
+        (4900, "CHF", "en", "CHF 49.00"),  # a letter code gets a space before the digits
+        (123456, "SEK", "sv", "1 234,56 kr"),
+        (4900, "XYZ", "en", "XYZ 49.00"),  # unknown code: the code itself, 2 decimals
+        (4900, "KWD", "en", "KWD 4.900"),  # 3 decimal places
+        (4900, "CLP", "es-CL", "$4.900"),  # 0 decimal places
     ],
 )
-def test_format_amount(minor: int, currency: str, expected: str) -> None:
-    assert format_amount(minor, currency) == expected
+def test_format_amount(minor: int, currency: str, locale: str, expected: str) -> None:
+    assert format_amount(minor, currency, locale) == expected
+
+
+def test_format_amount_defaults_to_english() -> None:
+    assert format_amount(4900, "EUR") == "€49.00"
 
 
 def test_amounts_stay_gsm7_for_common_currencies() -> None:
@@ -74,7 +83,7 @@ def test_every_variable_renders() -> None:
     out = render(text, SAMPLE_CONTEXT)
     assert out == (
         "Acme Cloud https://billing.example.com/pay/inv_123 Jane Doe Jane $49.00 inv_123 3 "
-        "support@example.com"
+        "support@example.com November 26, 2026"
     )
 
 
@@ -202,10 +211,12 @@ def test_opt_out_line_is_added_when_the_template_does_not_end_with_one(template:
 def test_first_name_and_sample_context() -> None:
     ctx = TemplateContext("Co", "https://x.test/p", "  ", "$1.00", "i", 0, "")
     assert ctx.values()["first_name"] == ""
-    sample = sample_context("Globex", "help@globex.test", currency="EUR", days_overdue=7)
+    sample = sample_context("Globex", "help@globex.test", currency="EUR", days_overdue=7,
+                            locale="de")
     assert sample.company_name == "Globex"
     assert sample.support_contact == "help@globex.test"
     assert sample.amount == "49,00 €"
+    assert sample.failed_on == "26. November 2026"
     assert sample.days_overdue == 7
     assert sample_context().company_name == SAMPLE_CONTEXT.company_name
 

@@ -113,7 +113,7 @@ async def test_quiet_hours_hold_the_sms_until_the_window_opens_not_the_email(
 
     await case.wait_until(held, "the SMS lane says it is held")
     status = await case.status()
-    assert lane(status, "sms")[0] == ("pending", "")
+    assert lane(status, "sms")[0] == ("pending", "recipient's quiet hours")  # held, says why
     assert not status["sms_paused"]  # held, not paused for credits
     assert f"until {opens[0].isoformat()}" in status["waiting_for"]
     result = await case.result()

@@ -68,6 +68,15 @@ class Account(Base):
     stripe_webhook_secret: Mapped[str | None] = mapped_column(String(512))
     # Hosts billing links may point at (`pay.acme.com,*.acme.com`); NULL: any https host.
     billing_link_hosts: Mapped[str | None] = mapped_column(String(1000))
+    # BCP 47 locale of customers without one of their own (and of templates set without one).
+    locale: Mapped[str] = mapped_column(String(35), default="en", server_default="en")
+    # {billing_link} becomes a tracked short link on DUNNING_PUBLIC_URL.
+    track_links: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
+    # SMS holdout experiment: this share (percent) of new cases gets email only; None: off.
+    sms_holdout_percent: Mapped[int | None] = mapped_column(Integer)
+    # SMS A/B test: this share (percent) of new cases gets template B instead; None: off.
+    sms_ab_template: Mapped[str | None] = mapped_column(Text)
+    sms_ab_percent: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -78,7 +87,8 @@ class Account(Base):
 
 
 class SmsTemplate(Base):
-    """One SMS template per account and plan; plan '' is the account's default."""
+    """SMS template per account, plan ('' = default), step (0 = every step) and locale
+    ('' = the account's default locale)."""
 
     __tablename__ = "sms_templates"
 
@@ -86,12 +96,15 @@ class SmsTemplate(Base):
         ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
     )
     plan: Mapped[str] = mapped_column(String(100), primary_key=True, default="")
+    step: Mapped[int] = mapped_column(Integer, primary_key=True, default=0)
+    locale: Mapped[str] = mapped_column(String(35), primary_key=True, default="")
     body: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class EmailTemplate(Base):
-    """Email subject and body per account, step (0 = every step) and plan ('' = default)."""
+    """Email subject and body per account, step (0 = every step), plan ('' = default) and
+    locale ('' = the account's default locale); `html` None: built from the text body."""
 
     __tablename__ = "email_templates"
 
@@ -100,8 +113,10 @@ class EmailTemplate(Base):
     )
     step: Mapped[int] = mapped_column(Integer, primary_key=True, default=0)
     plan: Mapped[str] = mapped_column(String(100), primary_key=True, default="")
+    locale: Mapped[str] = mapped_column(String(35), primary_key=True, default="")
     subject: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
+    html: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -119,6 +134,7 @@ class Customer(Base):
     phone_type: Mapped[str | None] = mapped_column(String(32))
     phone_time_zones: Mapped[str | None] = mapped_column(String(400))  # comma-separated IANA
     plan: Mapped[str | None] = mapped_column(String(100))
+    locale: Mapped[str | None] = mapped_column(String(35))  # BCP 47, e.g. pt-BR
     source: Mapped[str | None] = mapped_column(String(32))  # import | stripe | case
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -262,6 +278,42 @@ class Case(Base):
     credits_spent: Mapped[int] = mapped_column(Integer, default=0)
     recovered_amount: Mapped[int] = mapped_column(BigInteger, default=0)
     last_channel: Mapped[str | None] = mapped_column(String(8))
+    # SMS holdout experiment arm: "sms" or "holdout" (email only); None: no experiment ran.
+    arm: Mapped[str | None] = mapped_column(String(16))
+    # SMS A/B test variant: "A" (the usual template) or "B"; None: no test ran.
+    sms_variant: Mapped[str | None] = mapped_column(String(8))
+
+
+class ShortLink(Base):
+    """A tracked billing link: `/l/<token>` redirects to `target`. No PII in the token."""
+
+    __tablename__ = "short_links"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "step", "channel", name="uq_short_links_case_step"),
+    )
+
+    token: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(128))
+    workflow_id: Mapped[str] = mapped_column(String(300))
+    step: Mapped[int] = mapped_column(Integer)
+    channel: Mapped[str] = mapped_column(String(8))
+    target: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LinkClick(Base):
+    """One click on a short link."""
+
+    __tablename__ = "link_clicks"
+    __table_args__ = (Index("ix_link_clicks_account", "account_id", "workflow_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token: Mapped[str] = mapped_column(String(40))
+    account_id: Mapped[str] = mapped_column(String(128))
+    workflow_id: Mapped[str] = mapped_column(String(300))
+    step: Mapped[int] = mapped_column(Integer)
+    channel: Mapped[str] = mapped_column(String(8))
+    clicked_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ProcessedEvent(Base):

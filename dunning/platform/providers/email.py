@@ -21,6 +21,8 @@ from dunning.platform.providers import (
     mask_email,
 )
 
+_ADDRESS = re.compile(r"[^\s<>@\"']+@[^\s<>@\"']+")
+
 
 @dataclass(frozen=True)
 class OutgoingEmail:
@@ -29,6 +31,7 @@ class OutgoingEmail:
     subject: str
     body: str
     message_id: str | None = None  # stable id: the same reminder always carries the same one
+    html: str | None = None  # the HTML alternative (multipart/alternative with `body`)
 
 
 class EmailProvider(Protocol):
@@ -56,7 +59,17 @@ def build_message(email: OutgoingEmail) -> EmailMessage:
     msg["Message-ID"] = email.message_id or make_msgid(domain="dunning.local")
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(email.body)
+    if email.html:
+        msg.add_alternative(email.html, subtype="html")
     return msg
+
+
+def _reply(code: int, text: bytes | str) -> str:
+    """`550 5.1.1 mailbox unavailable`: the server's own words, one line, masked of addresses."""
+    words = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    words = " ".join(words.split())
+    words = _ADDRESS.sub(lambda m: mask_email(m.group(0)), words)
+    return f"{code} {words}"[:300]
 
 
 class ConsoleEmailProvider:
@@ -134,17 +147,22 @@ class SmtpEmailProvider:
             raise PermanentProviderError(f"SMTP authentication failed: {exc.smtp_code}") from None
         except smtplib.SMTPRecipientsRefused as exc:
             codes = {code for code, _ in exc.recipients.values()}
+            said = "; ".join(
+                _reply(code, text) for code, text in exc.recipients.values()
+            )
             if any(400 <= c < 500 for c in codes):
-                raise TransientProviderError(f"recipient deferred ({sorted(codes)})") from None
-            raise PermanentProviderError(f"recipient refused ({sorted(codes)})") from None
+                raise TransientProviderError(f"recipient deferred: {said}") from None
+            raise PermanentProviderError(f"recipient refused: {said}") from None
         except smtplib.SMTPSenderRefused as exc:
+            said = _reply(exc.smtp_code, exc.smtp_error)
             if 400 <= exc.smtp_code < 500:
-                raise TransientProviderError(f"sender deferred ({exc.smtp_code})") from None
-            raise PermanentProviderError(f"sender refused ({exc.smtp_code})") from None
+                raise TransientProviderError(f"sender deferred: {said}") from None
+            raise PermanentProviderError(f"sender refused: {said}") from None
         except smtplib.SMTPDataError as exc:
+            said = _reply(exc.smtp_code, exc.smtp_error)
             if 400 <= exc.smtp_code < 500:
-                raise TransientProviderError(f"message deferred ({exc.smtp_code})") from None
-            raise PermanentProviderError(f"message refused ({exc.smtp_code})") from None
+                raise TransientProviderError(f"message deferred: {said}") from None
+            raise PermanentProviderError(f"message refused: {said}") from None
         except smtplib.SMTPServerDisconnected as exc:
             raise AmbiguousProviderError(f"SMTP server disconnected: {exc}") from None
         except TimeoutError as exc:
