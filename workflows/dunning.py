@@ -66,6 +66,7 @@ with workflow.unsafe.imports_passed_through():
         parse_case_input,
         sms_task_queue,
     )
+    from dunning.domain.outbound import ACT_RECORD_EVENTS, CaseEvent, RecordEventsRequest, scrub
     from dunning.platform import metrics
 
 # Bookkeeping: quick database writes as local activities (no extra round trip through the
@@ -83,6 +84,7 @@ SEND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coeffici
 # Versioning: behaviour changes go behind workflow.patched(...) so running cases replay.
 PATCH_END_CANCELS_SENDS = "end-cancels-queued-sends"
 PATCH_RESUME_CLEARS_PAUSED = "resume-clears-sms-paused"
+PATCH_OUTBOUND_EVENTS = "outbound-events"
 CREDITS_RECHECK = timedelta(hours=1)  # safety net for a lost `credits_added` signal
 
 
@@ -107,6 +109,13 @@ class DunningWorkflow:
         self._currency = ""
         self._failed_at = datetime.min
         self._counters: dict[str, Any] = {}
+        # Outbound events (dunning.events): emitted in order, recorded by one flusher.
+        self._events_on = False
+        self._outbox: list[CaseEvent] = []
+        self._events_closing = False
+        self._flusher: asyncio.Task[None] | None = None
+        self._event_ids: dict[str, str] = {}
+        self._pauses = 0
 
     # --- the case, top to bottom -----------------------------------------------------------
 
@@ -134,6 +143,15 @@ class DunningWorkflow:
         if plan.error:
             raise ApplicationError(plan.error, type="InvalidInput", non_retryable=True)
         self._count(metrics.CASES_STARTED)
+        if workflow.patched(PATCH_OUTBOUND_EVENTS):
+            self._events_on = True
+            self._event_ids = {"customer_id": case.customer_id, "invoice_id": case.invoice_id}
+            self._flusher = asyncio.create_task(self._flush_events(case.account_id))
+            self._emit("case.started", "case.started", {
+                "amount_due": case.amount_due, "currency": case.currency,
+                "plan": case.plan or None, "failed_at": failed_at.isoformat(),
+                "steps": len(plan.offsets),
+            })
         workflow.logger.info("case started: %s steps, failed at %s", len(plan.offsets),
                              failed_at.isoformat())
 
@@ -291,6 +309,15 @@ class DunningWorkflow:
         workflow.upsert_search_attributes([SA_STATE.value_set(outcome)])
         self._lanes = {}
         self._describe("case", outcome)
+        if self._events_on:
+            self._emit(f"case.{outcome}", "case.ended", {
+                "emails_sent": self._emails_sent, "sms_sent": self._sms_sent,
+                "credits_spent": self._credits_spent,
+                "recovered_amount": self._recovered_amount if outcome == "recovered" else 0,
+                "currency": self._currency,
+                **({"reason": scrub(self._outcome_reason)} if self._outcome_reason else {}),
+            })
+            await self._close_events()
         await workflow.execute_local_activity(
             ACT_FINISH_CASE,
             FinishCaseRequest(
@@ -394,6 +421,11 @@ class DunningWorkflow:
             else:
                 self._sms_sent += 1
         self._count(metrics.REMINDERS, channel=channel, outcome=status)
+        if status in ("sent", "failed", "skipped"):
+            self._emit(f"reminder.{status}", f"reminder:{step}:{channel}", {
+                "step": step, "channel": channel,
+                **({"reason": scrub(reason)} if reason and status != "sent" else {}),
+            })
         if channel == "sms" and status in ("sent", "failed") and credits:
             self._credits_spent += credits
             self._count(metrics.CREDITS_SPENT, credits)
@@ -403,8 +435,40 @@ class DunningWorkflow:
             self._sms_paused = paused
             workflow.upsert_search_attributes([SA_SMS_PAUSED.value_set(paused)])
             self._count(metrics.SMS_PAUSES if paused else metrics.SMS_RESUMES)
+            if paused:
+                self._pauses += 1
+            self._emit("sms.paused" if paused else "sms.resumed",
+                       f"sms.{'paused' if paused else 'resumed'}:{self._pauses}", {})
             workflow.logger.info("SMS %s", "paused: waiting for credits" if paused
                                  else "resumed")
+
+    def _emit(self, event_type: str, key: str, data: dict[str, Any]) -> None:
+        """Queue an outbound event (dunning.events) for the flusher; only on the patched path."""
+        if self._events_on and not self._events_closing:
+            self._outbox.append(
+                CaseEvent(key, event_type, workflow.now(), {**self._event_ids, **data})
+            )
+
+    async def _flush_events(self, account_id: str) -> None:
+        """Record queued events, in emission order, batch by batch (one local activity each);
+        keys make a retried batch idempotent."""
+        info = workflow.info()
+        while True:
+            await workflow.wait_condition(lambda: bool(self._outbox) or self._events_closing)
+            if not self._outbox:
+                return
+            batch, self._outbox = self._outbox, []
+            await workflow.execute_local_activity(
+                ACT_RECORD_EVENTS,
+                RecordEventsRequest(info.workflow_id, info.run_id, account_id, batch),
+                start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+                retry_policy=BOOKKEEPING_RETRY,
+            )
+
+    async def _close_events(self) -> None:
+        self._events_closing = True
+        if self._flusher is not None:
+            await self._flusher
 
     def _count(self, name: str, value: int = 1, **attributes: str) -> None:
         """Add to one of the engine's counters (see dunning.platform.metrics); replay-aware."""

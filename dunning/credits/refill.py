@@ -51,6 +51,8 @@ from sqlalchemy.orm import Session
 from dunning.accounts import pricing
 from dunning.credits import ledger
 from dunning.domain.contract import InputError
+from dunning.domain.outbound import scrub
+from dunning.events import outbox
 from dunning.platform.db import Database
 from dunning.platform.db.models import Account, Refill, utcnow
 from dunning.platform.providers.email import EmailProvider, OutgoingEmail
@@ -409,6 +411,11 @@ def plan_followup(session: Session, res: ledger.Reservation) -> Followup | None:
             update(Account).where(Account.id == res.account_id).values(balance_notice=level)
         )
         follow.notice = level
+        outbox.record(  # outbound event (dunning.events), in this transaction
+            session, res.account_id,
+            "credits.empty" if level == ledger.NOTICE_ZERO else "credits.low",
+            {"balance": res.balance, "threshold": res.threshold},
+        )
     if crossed or stale:
         pending = _pending(session, res.account_id)
         if pending is None and crossed:
@@ -602,6 +609,12 @@ def _settle(
             .execution_options(synchronize_session=False)
         )
         balance: int | None = None
+        if getattr(result, "rowcount", 0) == 1 and status == "failed":
+            outbox.record(  # outbound event (dunning.events), in this transaction
+                s, row.account_id, "refill.failed",
+                {"refill_id": row.id, "credits": int(row.amount), "gateway": row.gateway,
+                 "error": scrub(error or "declined")},
+            )
         if getattr(result, "rowcount", 0) == 1 and status == "succeeded":
             balance = ledger.top_up(
                 s, row.account_id, int(row.amount), kind="refill",

@@ -20,8 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from dunning.domain.outbound import scrub
 from dunning.domain.templates import OPT_OUT_LINE
-from dunning.platform.db.models import Account, ConsentEvent, OptOut, utcnow
+from dunning.events import outbox
+from dunning.platform.db.models import Account, ConsentEvent, Customer, OptOut, utcnow
 
 STOP_KEYWORDS = frozenset(
     {
@@ -143,6 +145,15 @@ def _set_state(
             created_at=now,
         )
     )
+    if changed:  # outbound event, in this transaction; ids only, never the number
+        customers = session.scalars(select(Customer.customer_id).where(
+            Customer.account_id == account_id, Customer.phone_e164 == phone_e164
+        ).order_by(Customer.customer_id).limit(100)).all()
+        outbox.record(session, account_id,
+                      "consent.opted_out" if opted_out else "consent.opted_in",
+                      {"customer_ids": list(customers), "source": scrub(source, 64),
+                       "keyword": keyword},
+                      occurred_at=now)
     return changed
 
 

@@ -34,6 +34,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities import DunningActivities
 from dunning.credits import ledger
 from dunning.domain.contract import SEARCH_ATTRIBUTES
+from dunning.events import endpoints
 from dunning.platform.db import Database
 from dunning.platform.providers.email import ConsoleEmailProvider
 from dunning.platform.providers.sms import ConsoleSmsProvider
@@ -165,6 +166,18 @@ async def quiet_hours(client: Client, db: Database) -> WorkflowHandle[Any, Any]:
     return handle
 
 
+async def outbound_events(client: Client, db: Database) -> WorkflowHandle[Any, Any]:
+    """With the `outbound-events` patch: the case records its events (case.started, reminders,
+    sms.paused when credits run out at step 2, sms.resumed and case.exhausted at the end)."""
+    make_account(db, "events", schedule="0s,1s", grace="1s", balance=1)
+    add_customer(db, "events", "c1", phone="+14155550107")
+    with db.session() as s:
+        endpoints.add_endpoint(s, "events", "https://hooks.example/events", [])
+    handle = await _start(client, "events")
+    await handle.result()
+    return handle
+
+
 SCENARIOS: dict[str, Scenario] = {
     "full_schedule": full_schedule,
     "pause_resume": pause_resume,
@@ -172,6 +185,7 @@ SCENARIOS: dict[str, Scenario] = {
     "cancel": cancel,
     "late_start": late_start,
     "quiet_hours": quiet_hours,
+    "outbound_events": outbound_events,
 }
 
 

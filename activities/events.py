@@ -1,0 +1,68 @@
+"""Activities of outbound events: recording a case's events (a local activity of
+DunningWorkflow) and delivering an endpoint's events (EventDeliveryWorkflow). Thin: the logic
+lives in dunning.events."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from dunning.domain.outbound import (
+    ACT_DISABLE_ENDPOINT,
+    ACT_DRAIN_ENDPOINT,
+    ACT_RECORD_EVENTS,
+    DisableRequest,
+    DrainRequest,
+    DrainResult,
+    RecordEventsRequest,
+)
+from dunning.events import endpoints, outbox
+from dunning.events.delivery import Deliverer, DeliveryFailed
+from dunning.platform.db import Database
+
+log = logging.getLogger("dunning.events")
+
+
+class EventActivities:
+    def __init__(self, db: Database, *, timeout: float = 10.0) -> None:
+        self.db = db
+        self.deliverer = Deliverer(db, timeout=timeout)
+
+    def all(self) -> list[Any]:
+        return [self.record_events, self.drain_endpoint, self.disable_endpoint]
+
+    @activity.defn(name=ACT_RECORD_EVENTS)
+    def record_events(self, req: RecordEventsRequest) -> int:
+        """Record a case's events, in order; each once (keyed by case run and event key)."""
+        recorded = 0
+        with self.db.session() as s:
+            for ev in req.events:
+                if outbox.record(
+                    s, req.account_id, ev.type, ev.data, case_id=req.workflow_id,
+                    occurred_at=ev.occurred_at,
+                    dedupe_key=f"{req.workflow_id}:{req.run_id}:{ev.key}",
+                ) is not None:
+                    recorded += 1
+        return recorded
+
+    @activity.defn(name=ACT_DRAIN_ENDPOINT)
+    def drain_endpoint(self, req: DrainRequest) -> DrainResult:
+        try:
+            result = self.deliverer.drain(req.endpoint_id, on_progress=activity.heartbeat)
+        except DeliveryFailed as exc:
+            log.warning("event delivery failed, retrying with backoff",
+                        extra={"endpoint": req.endpoint_id, "attempt": activity.info().attempt})
+            raise ApplicationError(str(exc), type="DeliveryFailed") from None
+        return DrainResult(result.delivered, result.more, result.enabled)
+
+    @activity.defn(name=ACT_DISABLE_ENDPOINT)
+    def disable_endpoint(self, req: DisableRequest) -> bool:
+        with self.db.session() as s:
+            disabled = endpoints.disable_endpoint(s, req.endpoint_id, req.reason)
+        if disabled:
+            log.warning("endpoint disabled after sustained failure",
+                        extra={"endpoint": req.endpoint_id})
+        return disabled
