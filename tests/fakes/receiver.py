@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -29,6 +30,7 @@ class EventReceiver:
     def __init__(self) -> None:
         self.secret: str | None = None
         self.down = False
+        self.delay = 0.0  # seconds before answering an accepted event (widens crash windows)
         self.accepted: list[Received] = []
         self.refused = 0  # answered 503 while down
         self.rejected = 0  # bad or missing signature
@@ -58,6 +60,8 @@ class EventReceiver:
                         headers["webhook-id"], body["type"], body["data"].get("case_id"), body,
                         headers,
                     ))
+                if receiver.delay:
+                    time.sleep(receiver.delay)
                 self._answer(204)
 
             def _answer(self, code: int) -> None:
