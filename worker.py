@@ -27,6 +27,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities import DunningActivities
 from activities.events import EventActivities
+from dunning.cases.billing import StripeBilling
 from dunning.credits import refill, wake
 from dunning.domain.contract import sms_task_queue
 from dunning.events.kicker import Kicker, KickerConfig
@@ -135,7 +136,10 @@ def build_workers(
     dunning.messages.pacing) the queue hands out sends at the pacer's rate, so the pacer only has to
     absorb the queue's burst after an idle spell, not a standing backlog. The case queue also
     runs the outbound events' delivery workflows (workflows/events.py) and their activities."""
-    events = events or EventActivities(activities.db, timeout=settings.events_timeout)
+    events = events or EventActivities(
+        activities.db, timeout=settings.events_timeout,
+        billing=StripeBilling(settings.stripe_api_key, settings.stripe_api_url),
+    )
     pacer = activities.pacer
     rate = 1 / pacer.interval if pacer is not None else settings.sms_rate_limit
     return [

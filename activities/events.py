@@ -10,13 +10,18 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from dunning.cases.billing import BillingUnavailable, StripeBilling
+from dunning.cases.end_actions import EndActions
 from dunning.domain.outbound import (
     ACT_DISABLE_ENDPOINT,
     ACT_DRAIN_ENDPOINT,
+    ACT_END_ACTION,
     ACT_RECORD_EVENTS,
     DisableRequest,
     DrainRequest,
     DrainResult,
+    EndActionRequest,
+    EndActionResult,
     RecordEventsRequest,
 )
 from dunning.events import endpoints, outbox
@@ -27,12 +32,28 @@ log = logging.getLogger("dunning.events")
 
 
 class EventActivities:
-    def __init__(self, db: Database, *, timeout: float = 10.0) -> None:
+    """Outbound events and what a case asks of the billing system (Stripe)."""
+
+    def __init__(self, db: Database, *, timeout: float = 10.0,
+                 billing: StripeBilling | None = None) -> None:
         self.db = db
         self.deliverer = Deliverer(db, timeout=timeout)
+        self.end_actions = EndActions(db, billing or StripeBilling(""))
 
     def all(self) -> list[Any]:
-        return [self.record_events, self.drain_endpoint, self.disable_endpoint]
+        return [self.record_events, self.drain_endpoint, self.disable_endpoint, self.end_action]
+
+    @activity.defn(name=ACT_END_ACTION)
+    def end_action(self, req: EndActionRequest) -> EndActionResult:
+        try:
+            out = self.end_actions.take(req.workflow_id, req.account_id, req.invoice_id,
+                                        req.action)
+        except BillingUnavailable as exc:
+            raise ApplicationError(str(exc), type="BillingUnavailable") from None
+        if out.status != "none":
+            log.info("end-of-dunning action %s: %s", out.action, out.status,
+                     extra={"case": req.workflow_id})
+        return EndActionResult(out.action, out.status, out.stripe_ref, out.error)
 
     @activity.defn(name=ACT_RECORD_EVENTS)
     def record_events(self, req: RecordEventsRequest) -> int:

@@ -66,7 +66,15 @@ with workflow.unsafe.imports_passed_through():
         parse_case_input,
         sms_task_queue,
     )
-    from dunning.domain.outbound import ACT_RECORD_EVENTS, CaseEvent, RecordEventsRequest, scrub
+    from dunning.domain.outbound import (
+        ACT_END_ACTION,
+        ACT_RECORD_EVENTS,
+        CaseEvent,
+        EndActionRequest,
+        EndActionResult,
+        RecordEventsRequest,
+        scrub,
+    )
     from dunning.platform import metrics
 
 # Bookkeeping: quick database writes as local activities (no extra round trip through the
@@ -116,6 +124,7 @@ class DunningWorkflow:
         self._flusher: asyncio.Task[None] | None = None
         self._event_ids: dict[str, str] = {}
         self._pauses = 0
+        self._end_action: EndActionResult | None = None
 
     # --- the case, top to bottom -----------------------------------------------------------
 
@@ -309,8 +318,11 @@ class DunningWorkflow:
         workflow.upsert_search_attributes([SA_STATE.value_set(outcome)])
         self._lanes = {}
         self._describe("case", outcome)
+        if self._events_on and outcome == "exhausted":
+            self._end_action = await self._take_end_action(case)
         if self._events_on:
             self._emit(f"case.{outcome}", "case.ended", {
+                **({"end_action": self._end_action.as_json()} if self._end_action else {}),
                 "emails_sent": self._emails_sent, "sms_sent": self._sms_sent,
                 "credits_spent": self._credits_spent,
                 "recovered_amount": self._recovered_amount if outcome == "recovered" else 0,
@@ -368,6 +380,7 @@ class DunningWorkflow:
             "emails_sent": self._emails_sent,
             "sms_sent": self._sms_sent,
             "credits_spent": self._credits_spent,
+            **({"end_action": self._end_action.as_json()} if self._end_action else {}),
         }
 
     # --- helpers ----------------------------------------------------------------------------
@@ -464,6 +477,24 @@ class DunningWorkflow:
                 start_to_close_timeout=BOOKKEEPING_TIMEOUT,
                 retry_policy=BOOKKEEPING_RETRY,
             )
+
+    async def _take_end_action(self, case: CaseInput) -> EndActionResult:
+        """The account's end-of-dunning action through Stripe (dunning.cases.end_actions):
+        once, retried with backoff while Stripe is unreachable, for up to a day."""
+        self._describe("case", "taking the end-of-dunning action")
+        try:
+            result: EndActionResult = await workflow.execute_activity(
+                ACT_END_ACTION,
+                EndActionRequest(workflow.info().workflow_id, case.account_id, case.invoice_id),
+                result_type=EndActionResult,
+                start_to_close_timeout=SEND_TIMEOUT,
+                schedule_to_close_timeout=SEND_GIVE_UP,
+                retry_policy=SEND_RETRY,
+            )
+        except ActivityError as err:
+            return EndActionResult("unknown", "failed", None,
+                                   f"gave up: {err.cause or err}"[:300])
+        return result
 
     async def _close_events(self) -> None:
         self._events_closing = True

@@ -12,6 +12,7 @@ from dunning.accounts.accounts import (
     get_account,
     update_account,
 )
+from dunning.cases import integration
 from dunning.cli.common import JsonOpt, console, print_json, session
 
 app = typer.Typer(help="Accounts: the businesses whose customers are reminded.",
@@ -32,13 +33,15 @@ SupportOpt = typer.Option(None, "--support-contact", help="Named in HELP replies
 
 def _show(account_id: str, as_json: bool) -> None:
     with session() as s:
-        data = account_json(s, get_account(s, account_id))
+        account = get_account(s, account_id)
+        data = {**account_json(s, account), **integration.settings_json(account)}
     if as_json:
         print_json(data)
         return
     table = Table(title=f"account {data['account_id']}", show_header=False)
     for key in ("company_name", "sms_sender", "email_from", "support_contact", "schedule",
-                "grace", "quiet_hours", "timezone", "sms_enabled", "credit_balance"):
+                "grace", "quiet_hours", "timezone", "sms_enabled", "credit_balance",
+                "on_exhausted", "charge_on_card_update"):
         table.add_row(key, str(data[key]))
     console.print(table)
 
@@ -77,6 +80,14 @@ def update(
     quiet_hours: str | None = QuietOpt,
     timezone: str | None = TzOpt,
     support_contact: str | None = SupportOpt,
+    on_exhausted: str | None = typer.Option(
+        None, "--on-exhausted", help="When a case runs out: none, cancel-subscription, "
+        "mark-uncollectible or pause-collection (through Stripe, once per case).",
+    ),
+    charge_on_card_update: str | None = typer.Option(
+        None, "--charge-on-card-update",
+        help="on|off: pay open invoices through Stripe as soon as the card changes.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Change an account's settings; running cases use them from their next reminder on."""
@@ -84,6 +95,7 @@ def update(
                           quiet_hours, timezone, support_contact)
     with session() as s:
         update_account(s, account_id, opts)
+        integration.apply(s, account_id, on_exhausted, charge_on_card_update)
     _show(account_id, as_json)
 
 

@@ -69,3 +69,28 @@ _PHONE_RE = re.compile(r"\+?\d[\d\s().\-]{6,}\d")
 def scrub(text: str, limit: int = 200) -> str:
     """A reason as it may appear in an event: no email address or phone number, bounded."""
     return _PHONE_RE.sub("[number]", _EMAIL_RE.sub("[email]", text or ""))[:limit]
+
+
+# --- end-of-dunning actions (dunning.cases.end_actions) -------------------------------------
+
+ACT_END_ACTION = "end_action"
+
+
+@dataclass
+class EndActionRequest:
+    workflow_id: str
+    account_id: str
+    invoice_id: str
+    action: str | None = None  # None: the account's setting when the case ends
+
+
+@dataclass
+class EndActionResult:
+    action: str
+    status: str  # none | done | failed
+    stripe_ref: str | None = None
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"action": self.action, "status": self.status, "stripe_ref": self.stripe_ref,
+                "error": self.error}

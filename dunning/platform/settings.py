@@ -99,6 +99,13 @@ class Settings(BaseSettings):
         3 * 86400, ge=60, validation_alias=_alias("DUNNING_EVENTS_GIVE_UP_SECONDS")
     )
 
+    # Stripe API for what a case asks of the billing system (end-of-dunning actions, paying an
+    # open invoice when the card changes); the URL points the SDK at another host (tests).
+    stripe_api_key: str = Field("", validation_alias=_alias("DUNNING_STRIPE_API_KEY"))
+    stripe_api_url: str = Field(
+        "https://api.stripe.com", validation_alias=_alias("DUNNING_STRIPE_API_URL")
+    )
+
     @field_validator("database_url")
     @classmethod
     def _check_db_url(cls, v: str) -> str:
@@ -106,7 +113,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a SQLAlchemy URL such as postgresql+psycopg://user@host/db")
         return v
 
-    @field_validator("plivo_api_url", "public_url")
+    @field_validator("plivo_api_url", "public_url", "stripe_api_url")
     @classmethod
     def _check_http_url(cls, v: str) -> str:
         parsed = urlparse(v)
