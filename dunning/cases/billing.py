@@ -29,6 +29,7 @@ class BillingRefused(Exception):
 class Paid:
     invoice_id: str
     status: str  # Stripe's invoice status after the call (paid, open, ...)
+    amount_paid: int | None = None
 
 
 def _message(exc: Exception) -> tuple[str, str | None]:
@@ -104,4 +105,6 @@ class StripeBilling:
     def pay_invoice(self, invoice_id: str, key: str) -> Paid:
         invoice = self._call(self._client().v1.invoices.pay, invoice_id,
                              options={"idempotency_key": key})
-        return Paid(str(invoice.get("id") or invoice_id), str(invoice.get("status") or ""))
+        amount = invoice.get("amount_paid")
+        return Paid(str(invoice.get("id") or invoice_id), str(invoice.get("status") or ""),
+                    amount if isinstance(amount, int) else None)

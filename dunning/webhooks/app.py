@@ -38,6 +38,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dunning.cases.billing import BillingUnavailable, StripeBilling
+from dunning.cases.card_update import CardUpdateCharger
 from dunning.cases.client import DunningClient
 from dunning.customers.consent import normalize_number
 from dunning.domain.contract import InputError, check_id
@@ -197,7 +199,8 @@ class WebhookApp:
         self.db = db
         self.sms = sms
         self.temporal = temporal
-        self.stripe_events = StripeEvents(db, temporal)
+        self.stripe_events = StripeEvents(db, temporal, charger=CardUpdateCharger(
+            db, StripeBilling(settings.stripe_api_key, settings.stripe_api_url)))
         self.public_url = settings.public_url.rstrip("/")
         self.auth_token = settings.plivo_auth_token
 
@@ -334,6 +337,10 @@ class WebhookApp:
             log.error("stripe event for %s not processed, Stripe will retry: %s",
                       account_id[:128], exc)
             return _error(503, "workflow service unavailable, retry later")
+        except BillingUnavailable as exc:
+            log.error("stripe event for %s not processed, Stripe will retry: %s",
+                      account_id[:128], exc)
+            return _error(503, "billing service unavailable, retry later")
         except DBAPIError as exc:
             return self._db_down(exc)
         return JSONResponse(result)

@@ -5,7 +5,7 @@ Revises: 0003
 Create Date: 2026-11-29 08:30:00
 
 Webhook endpoints per account, the event outbox, deliveries and every delivery attempt
-(dunning.events); accounts gain `on_exhausted` and `charge_on_card_update`; `case_actions`
+(dunning.events); `charge_attempts` (open invoices paid when a card changes); accounts gain `on_exhausted` and `charge_on_card_update`; `case_actions`
 records the end-of-dunning action taken through Stripe, once per case.
 """
 from alembic import op
@@ -90,6 +90,23 @@ def upgrade() -> None:
     sa.UniqueConstraint('workflow_id', 'action', name='uq_case_actions_case')
     )
     op.create_index('ix_case_actions_workflow_id', 'case_actions', ['workflow_id'])
+    op.create_table('charge_attempts',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('account_id', sa.String(length=128), nullable=False),
+    sa.Column('workflow_id', sa.String(length=300), nullable=False),
+    sa.Column('invoice_id', sa.String(length=128), nullable=False),
+    sa.Column('trigger_event', sa.String(length=200), nullable=False),
+    sa.Column('idempotency_key', sa.String(length=200), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('decline_code', sa.String(length=64), nullable=True),
+    sa.Column('error', sa.String(length=400), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('idempotency_key')
+    )
+    op.create_index('ix_charge_attempts_account_id', 'charge_attempts', ['account_id'])
+    op.create_index('ix_charge_attempts_workflow_id', 'charge_attempts', ['workflow_id'])
     with op.batch_alter_table('accounts', schema=None) as batch_op:
         batch_op.add_column(sa.Column('on_exhausted', sa.String(length=24), nullable=False,
                                       server_default='none'))
@@ -101,6 +118,9 @@ def downgrade() -> None:
     with op.batch_alter_table('accounts', schema=None) as batch_op:
         batch_op.drop_column('charge_on_card_update')
         batch_op.drop_column('on_exhausted')
+    op.drop_index('ix_charge_attempts_workflow_id', table_name='charge_attempts')
+    op.drop_index('ix_charge_attempts_account_id', table_name='charge_attempts')
+    op.drop_table('charge_attempts')
     op.drop_index('ix_case_actions_workflow_id', table_name='case_actions')
     op.drop_table('case_actions')
     op.drop_index('ix_delivery_attempts_delivery_id', table_name='delivery_attempts')
