@@ -11,12 +11,16 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from dunning.cases.billing import BillingUnavailable, StripeBilling
+from dunning.cases.campaigns import snapshot_for
 from dunning.cases.end_actions import EndActions
 from dunning.domain.outbound import (
+    ACT_CAMPAIGN_FOR_CASE,
     ACT_DISABLE_ENDPOINT,
     ACT_DRAIN_ENDPOINT,
     ACT_END_ACTION,
     ACT_RECORD_EVENTS,
+    CampaignRequest,
+    CampaignSnapshot,
     DisableRequest,
     DrainRequest,
     DrainResult,
@@ -41,7 +45,18 @@ class EventActivities:
         self.end_actions = EndActions(db, billing or StripeBilling(""))
 
     def all(self) -> list[Any]:
-        return [self.record_events, self.drain_endpoint, self.disable_endpoint, self.end_action]
+        return [self.record_events, self.drain_endpoint, self.disable_endpoint, self.end_action,
+                self.campaign_for_case]
+
+    @activity.defn(name=ACT_CAMPAIGN_FOR_CASE)
+    def campaign_for_case(self, req: CampaignRequest) -> CampaignSnapshot:
+        """The plan's campaign now (a local activity right after the case registers)."""
+        with self.db.session() as s:
+            snap = snapshot_for(s, req.account_id, req.customer_id, req.plan)
+        if snap is None:
+            return CampaignSnapshot(False)
+        return CampaignSnapshot(True, snap.plan, snap.offsets, snap.grace_seconds,
+                                snap.sms_steps, snap.on_exhausted)
 
     @activity.defn(name=ACT_END_ACTION)
     def end_action(self, req: EndActionRequest) -> EndActionResult:

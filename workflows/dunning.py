@@ -67,8 +67,11 @@ with workflow.unsafe.imports_passed_through():
         sms_task_queue,
     )
     from dunning.domain.outbound import (
+        ACT_CAMPAIGN_FOR_CASE,
         ACT_END_ACTION,
         ACT_RECORD_EVENTS,
+        CampaignRequest,
+        CampaignSnapshot,
         CaseEvent,
         EndActionRequest,
         EndActionResult,
@@ -93,6 +96,7 @@ SEND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coeffici
 PATCH_END_CANCELS_SENDS = "end-cancels-queued-sends"
 PATCH_RESUME_CLEARS_PAUSED = "resume-clears-sms-paused"
 PATCH_OUTBOUND_EVENTS = "outbound-events"
+PATCH_CAMPAIGN_SNAPSHOT = "campaign-snapshot"
 CREDITS_RECHECK = timedelta(hours=1)  # safety net for a lost `credits_added` signal
 
 
@@ -125,6 +129,7 @@ class DunningWorkflow:
         self._event_ids: dict[str, str] = {}
         self._pauses = 0
         self._end_action: EndActionResult | None = None
+        self._campaign: CampaignSnapshot | None = None
 
     # --- the case, top to bottom -----------------------------------------------------------
 
@@ -151,6 +156,18 @@ class DunningWorkflow:
         )
         if plan.error:
             raise ApplicationError(plan.error, type="InvalidInput", non_retryable=True)
+        if workflow.patched(PATCH_CAMPAIGN_SNAPSHOT):
+            # The plan's campaign as it is now: kept in this history, never re-read.
+            snapshot: CampaignSnapshot = await workflow.execute_local_activity(
+                ACT_CAMPAIGN_FOR_CASE,
+                CampaignRequest(case.account_id, case.customer_id, case.plan or None),
+                result_type=CampaignSnapshot,
+                start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+                retry_policy=BOOKKEEPING_RETRY,
+            )
+            if snapshot.found:
+                self._campaign = snapshot
+                plan = CasePlan(list(snapshot.offsets), snapshot.grace_seconds)
         self._count(metrics.CASES_STARTED)
         if workflow.patched(PATCH_OUTBOUND_EVENTS):
             self._events_on = True
@@ -160,6 +177,7 @@ class DunningWorkflow:
                 "amount_due": case.amount_due, "currency": case.currency,
                 "plan": case.plan or None, "failed_at": failed_at.isoformat(),
                 "steps": len(plan.offsets),
+                "campaign": self._campaign.plan if self._campaign else None,
             })
         workflow.logger.info("case started: %s steps, failed at %s", len(plan.offsets),
                              failed_at.isoformat())
@@ -208,7 +226,7 @@ class DunningWorkflow:
                 self._due[step - 1], channel, f"step {step} due {self._due[step - 1].isoformat()}"
             ):
                 break
-            overtaken = self._overtaken(step, retrying)
+            overtaken = self._overtaken(step, retrying) or self._campaign_skips(step, channel)
             if overtaken:
                 self._record(step, channel, "skipped", overtaken)
                 step, retrying = step + 1, False
@@ -381,6 +399,7 @@ class DunningWorkflow:
             "sms_sent": self._sms_sent,
             "credits_spent": self._credits_spent,
             **({"end_action": self._end_action.as_json()} if self._end_action else {}),
+            **({"campaign": self._campaign.as_json()} if self._campaign else {}),
         }
 
     # --- helpers ----------------------------------------------------------------------------
@@ -421,6 +440,15 @@ class DunningWorkflow:
         if retrying and workflow.now() >= self._end_at:
             return "the schedule ended before it could be sent"
         return ""
+
+    def _campaign_skips(self, step: int, channel: str) -> str:
+        """Why the case's campaign leaves this SMS step out ('' if it does not)."""
+        campaign = self._campaign
+        if channel != "sms" or campaign is None or campaign.sms_steps is None:
+            return ""
+        if step in campaign.sms_steps:
+            return ""
+        return f"SMS is off for step {step} in the {campaign.plan!r} campaign"
 
     def _record(self, step: int, channel: str, status: str, reason: str, credits: int = 0) -> None:
         self._reminders[(step, channel)] = Reminder(
@@ -485,7 +513,10 @@ class DunningWorkflow:
         try:
             result: EndActionResult = await workflow.execute_activity(
                 ACT_END_ACTION,
-                EndActionRequest(workflow.info().workflow_id, case.account_id, case.invoice_id),
+                EndActionRequest(
+                    workflow.info().workflow_id, case.account_id, case.invoice_id,
+                    self._campaign.on_exhausted if self._campaign else None,
+                ),
                 result_type=EndActionResult,
                 start_to_close_timeout=SEND_TIMEOUT,
                 schedule_to_close_timeout=SEND_GIVE_UP,

@@ -10,6 +10,7 @@ from rich.markup import escape
 from typer._click import exceptions as typer_click  # typer vendors its own click
 
 from dunning.cli import accounts, cases, credits, email, phones, server, sms, stripe
+from dunning.cli import campaigns as campaigns_cli
 from dunning.cli import events as events_cli
 from dunning.cli import report as report_cli
 from dunning.cli.common import UserError, err_console
@@ -31,6 +32,7 @@ app.add_typer(credits.app, name="credits")
 app.add_typer(stripe.app, name="stripe")
 app.add_typer(events_cli.endpoints_app, name="endpoints")
 app.add_typer(events_cli.events_app, name="events")
+app.add_typer(campaigns_cli.app, name="campaign")
 cases.register(app)
 app.command("report")(report_cli.report)
 server.register(app)

@@ -94,3 +94,31 @@ class EndActionResult:
     def as_json(self) -> dict[str, Any]:
         return {"action": self.action, "status": self.status, "stripe_ref": self.stripe_ref,
                 "error": self.error}
+
+
+# --- campaigns (dunning.cases.campaigns) --------------------------------------------------------
+
+ACT_CAMPAIGN_FOR_CASE = "campaign_for_case"
+
+
+@dataclass
+class CampaignRequest:
+    account_id: str
+    customer_id: str
+    plan: str | None
+
+
+@dataclass
+class CampaignSnapshot:
+    """The plan's campaign when the case started; `found` False: the account's schedule."""
+
+    found: bool
+    plan: str = ""
+    offsets: list[int] = field(default_factory=list)
+    grace_seconds: int = 0
+    sms_steps: list[int] | None = None  # None: the account's switches
+    on_exhausted: str | None = None  # None: the account's setting when the case ends
+
+    def as_json(self) -> dict[str, Any]:
+        return {"plan": self.plan, "offsets": self.offsets, "grace_seconds": self.grace_seconds,
+                "sms_steps": self.sms_steps, "on_exhausted": self.on_exhausted}

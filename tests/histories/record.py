@@ -32,6 +32,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities import DunningActivities
+from dunning.cases.campaigns import CampaignInput, set_campaign
 from dunning.credits import ledger
 from dunning.domain.contract import SEARCH_ATTRIBUTES
 from dunning.events import endpoints
@@ -178,6 +179,18 @@ async def outbound_events(client: Client, db: Database) -> WorkflowHandle[Any, A
     return handle
 
 
+async def campaign(client: Client, db: Database) -> WorkflowHandle[Any, Any]:
+    """With the `campaign-snapshot` patch: the plan's campaign (two steps a second apart, SMS on
+    step 1 only) replaces the account's long schedule; then exhausted."""
+    make_account(db, "campaign", schedule="0s,30s", grace="1h", balance=10)
+    add_customer(db, "campaign", "c1", phone="+14155550108")
+    with db.session() as s:
+        set_campaign(s, "campaign", "gold", CampaignInput("0s,1s", "1s", "1", None))
+    handle = await _start(client, "campaign", plan="gold")
+    await handle.result()
+    return handle
+
+
 SCENARIOS: dict[str, Scenario] = {
     "full_schedule": full_schedule,
     "pause_resume": pause_resume,
@@ -186,6 +199,7 @@ SCENARIOS: dict[str, Scenario] = {
     "late_start": late_start,
     "quiet_hours": quiet_hours,
     "outbound_events": outbound_events,
+    "campaign": campaign,
 }
 
 

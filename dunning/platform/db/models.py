@@ -412,3 +412,21 @@ class ChargeAttempt(Base):
     error: Mapped[str | None] = mapped_column(String(400))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Campaign(Base):
+    """A plan's dunning campaign: its own schedule, grace, SMS steps and end action. A case
+    takes its plan's campaign as it is when the case starts (a snapshot in its history)."""
+
+    __tablename__ = "campaigns"
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    plan: Mapped[str] = mapped_column(String(128), primary_key=True)
+    schedule: Mapped[str] = mapped_column(String(400))
+    grace_seconds: Mapped[int] = mapped_column(Integer)
+    sms_steps: Mapped[list[int] | None] = mapped_column(JSON)  # None: the account's switches
+    on_exhausted: Mapped[str | None] = mapped_column(String(24))  # None: the account's
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -5,7 +5,7 @@ Revises: 0003
 Create Date: 2026-11-29 08:30:00
 
 Webhook endpoints per account, the event outbox, deliveries and every delivery attempt
-(dunning.events); `charge_attempts` (open invoices paid when a card changes); accounts gain `on_exhausted` and `charge_on_card_update`; `case_actions`
+(dunning.events); `charge_attempts` (open invoices paid when a card changes); `campaigns` (per plan); accounts gain `on_exhausted` and `charge_on_card_update`; `case_actions`
 records the end-of-dunning action taken through Stripe, once per case.
 """
 from alembic import op
@@ -107,6 +107,18 @@ def upgrade() -> None:
     )
     op.create_index('ix_charge_attempts_account_id', 'charge_attempts', ['account_id'])
     op.create_index('ix_charge_attempts_workflow_id', 'charge_attempts', ['workflow_id'])
+    op.create_table('campaigns',
+    sa.Column('account_id', sa.String(length=128), nullable=False),
+    sa.Column('plan', sa.String(length=128), nullable=False),
+    sa.Column('schedule', sa.String(length=400), nullable=False),
+    sa.Column('grace_seconds', sa.Integer(), nullable=False),
+    sa.Column('sms_steps', sa.JSON(), nullable=True),
+    sa.Column('on_exhausted', sa.String(length=24), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('account_id', 'plan')
+    )
     with op.batch_alter_table('accounts', schema=None) as batch_op:
         batch_op.add_column(sa.Column('on_exhausted', sa.String(length=24), nullable=False,
                                       server_default='none'))
@@ -118,6 +130,7 @@ def downgrade() -> None:
     with op.batch_alter_table('accounts', schema=None) as batch_op:
         batch_op.drop_column('charge_on_card_update')
         batch_op.drop_column('on_exhausted')
+    op.drop_table('campaigns')
     op.drop_index('ix_charge_attempts_workflow_id', table_name='charge_attempts')
     op.drop_index('ix_charge_attempts_account_id', table_name='charge_attempts')
     op.drop_table('charge_attempts')
