@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from dunning.cases.campaigns import CampaignInput, set_campaign
 from dunning.platform.db import Database
+from dunning.platform.temporal import temporal_binary
 from tests.fakes.plivo import FakePlivo
 from tests.fakes.smtp import SmtpSink
 from tests.fakes.stripe_api import FakeStripeApi
@@ -87,3 +89,49 @@ async def test_plan_campaign_drives_timing_and_is_a_snapshot(
     # A plan without a campaign follows the account's schedule (2 steps, the second in 1h).
     assert "campaign" not in monthly_status
     assert sorted({r["step"] for r in monthly_status["reminders"]}) == [1, 2]
+
+
+async def test_deliberate_reschedule_by_reset(
+    temporal_env: WorkflowEnvironment, sqlite_db: Database, plivo_server: FakePlivo,
+    smtp_server: SmtpSink, uid: str,
+) -> None:
+    """README's recipe: `temporal workflow reset --type FirstWorkflowTask` runs the case again
+    from its start under the campaign as it is now; overtaken steps are skipped."""
+    db, client = sqlite_db, temporal_env.client
+    account, queue = f"resch-{uid}", f"resch-q-{uid}"
+    make_account(db, account, sms=False)
+    add_customer(db, account, "c1", phone=None, email=f"r.{uid}@example.com")
+    with db.session() as s:
+        set_campaign(s, account, "gold", CampaignInput("0s,1h", "1h"))
+    wf = f"dunning-{account}-in_r"
+    failed_at = datetime.now(UTC).isoformat()
+    async with running_worker(client, queue, real_activities(db, plivo_server, smtp_server)):
+        handle = await client.start_workflow(
+            "DunningWorkflow", case_input(account, "in_r", "c1", plan="gold",
+                                          failed_at=failed_at),
+            id=wf, task_queue=queue,
+        )
+        await wait_for(lambda: smtp_server.to(f"r.{uid}@example.com"), timeout=20)
+        with db.session() as s:
+            set_campaign(s, account, "gold", CampaignInput("0s,3s,8s", "1s"))
+        assert (await query_status(handle))["campaign"]["offsets"] == [0, 3600]  # unchanged
+        started = datetime.fromisoformat(failed_at)
+        # Step 2 of the new campaign is due by now, step 3 not yet.
+        await asyncio.sleep(max(0.0, 3.5 - (datetime.now(UTC) - started).total_seconds()))
+        proc = await asyncio.create_subprocess_exec(
+            temporal_binary(), "workflow", "reset", "--address",
+            client.service_client.config.target_host, "--workflow-id", wf,
+            "--type", "FirstWorkflowTask", "--reason", "rescheduled",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        assert proc.returncode == 0, err
+        latest = client.get_workflow_handle(wf)
+        result = await asyncio.wait_for(latest.result(), 30)
+        status = await query_status(latest)
+    assert result["outcome"] == "exhausted"
+    assert status["campaign"]["offsets"] == [0, 3, 8]
+    email = {r["step"]: r for r in status["reminders"] if r["channel"] == "email"}
+    assert email[1]["status"] == "skipped" and "later reminder" in email[1]["reason"]
+    assert email[2]["status"] == "sent" and email[3]["status"] == "sent"
+    assert len(smtp_server.to(f"r.{uid}@example.com")) == 3  # step 1 once, then 2 and 3
