@@ -61,6 +61,7 @@ from temporalio.exceptions import ApplicationError
 
 from dunning.accounts.messaging import email_template_for, quote_sms, sms_template_for
 from dunning.credits import ledger, refill
+from dunning.customers import conversation
 from dunning.domain.contract import (
     ACT_FINISH_CASE,
     ACT_REGISTER_CASE,
@@ -432,10 +433,16 @@ class DunningActivities:
                 return self._skip(s, key, req, "account no longer exists")
             if who.customer_id is None or not who.email:
                 return self._skip(s, key, req, "no email address for this customer")
+            held = conversation.hold_for(s, req.account_id, req.customer_id, "email",
+                                         req.workflow_id, req.now)
+            if held is not None:  # nothing recorded: the case waits and tries again
+                _log(logging.INFO, "email held", key, reason=held.reason)
+                return MessageResult("quiet_hours", held.reason, retry_at=held.until)
             subject_t, body_t = email_template_for(
                 s, req.account_id, req.step, req.plan or who.plan
             )
-            ctx = _context(who, req)
+            ctx = conversation.with_open_cases(s, _context(who, req), (subject_t, body_t),
+                                               req.account_id, req.customer_id)
             outgoing = OutgoingEmail(
                 sender=who.email_from or self.default_email_from,
                 to=who.email,
@@ -466,7 +473,7 @@ class DunningActivities:
                     # a wake granted it go back to the balance).
                     ledger.leave_queue(s, req.account_id, req.workflow_id, plan.reason)
                     if plan.status != "skipped":  # quiet hours: nothing recorded, the case waits
-                        _log(logging.INFO, "SMS held for quiet hours", key, reason=plan.reason)
+                        _log(logging.INFO, "SMS held", key, reason=plan.reason)
                         return plan
                     if row is not None:  # a `retry` row: e.g. opted out since the last try
                         self._release(s, key, row.id, row.account_id, row.credits, plan.reason,
@@ -539,6 +546,10 @@ class DunningActivities:
             return MessageResult("skipped", "no valid phone number for this customer")
         if who.opted_out:
             return MessageResult("skipped", "the number opted out (STOP)")
+        held = conversation.hold_for(s, req.account_id, req.customer_id, "sms",
+                                     req.workflow_id, req.now)
+        if held is not None:
+            return MessageResult("quiet_hours", held.reason, retry_at=held.until)
         zones = zones_for(who.phone_time_zones, who.timezone)
         opens = next_allowed(req.now, who.quiet_hours, zones)
         if opens > req.now:
@@ -547,7 +558,8 @@ class DunningActivities:
                 retry_at=opens,
             )
         template = sms_template_for(s, req.account_id, req.plan or who.plan)
-        text = render_sms(template, _context(who, req))
+        text = render_sms(template, conversation.with_open_cases(
+            s, _context(who, req), (template,), req.account_id, req.customer_id))
         quote = quote_sms(s, req.account_id, who.phone_region, text)
         sms = OutgoingSms(who.sms_sender, who.phone_e164, text)
         return sms, quote.credits, quote.segments, quote.encoding

@@ -13,6 +13,7 @@ from temporalio.exceptions import ApplicationError
 from dunning.cases.billing import BillingUnavailable, StripeBilling
 from dunning.cases.campaigns import snapshot_for
 from dunning.cases.end_actions import EndActions
+from dunning.customers import conversation
 from dunning.domain.outbound import (
     ACT_CAMPAIGN_FOR_CASE,
     ACT_DISABLE_ENDPOINT,
@@ -50,13 +51,15 @@ class EventActivities:
 
     @activity.defn(name=ACT_CAMPAIGN_FOR_CASE)
     def campaign_for_case(self, req: CampaignRequest) -> CampaignSnapshot:
-        """The plan's campaign now (a local activity right after the case registers)."""
+        """The plan's campaign now, and whether the customer is excluded (a local activity
+        right after the case registers)."""
         with self.db.session() as s:
             snap = snapshot_for(s, req.account_id, req.customer_id, req.plan)
+            excluded = conversation.is_excluded(s, req.account_id, req.customer_id)
         if snap is None:
-            return CampaignSnapshot(False)
+            return CampaignSnapshot(False, excluded=excluded)
         return CampaignSnapshot(True, snap.plan, snap.offsets, snap.grace_seconds,
-                                snap.sms_steps, snap.on_exhausted)
+                                snap.sms_steps, snap.on_exhausted, excluded)
 
     @activity.defn(name=ACT_END_ACTION)
     def end_action(self, req: EndActionRequest) -> EndActionResult:

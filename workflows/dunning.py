@@ -28,6 +28,7 @@ workflow (tests/histories/) and fails on a change that breaks them; re-record th
 
 
 import asyncio
+import dataclasses
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -168,6 +169,9 @@ class DunningWorkflow:
             if snapshot.found:
                 self._campaign = snapshot
                 plan = CasePlan(list(snapshot.offsets), snapshot.grace_seconds)
+            if snapshot.excluded:  # no reminder: the case ends at once, saying why
+                self._outcome = "canceled"
+                self._outcome_reason = "the customer is excluded from dunning by the operator"
         self._count(metrics.CASES_STARTED)
         if workflow.patched(PATCH_OUTBOUND_EVENTS):
             self._events_on = True
@@ -238,11 +242,15 @@ class DunningWorkflow:
                 retrying = True
                 continue
             if result.status == "quiet_hours":
+                # Held (the recipient's quiet hours, one conversation per customer, an operator
+                # pause): the pending reminder says why, and the case tries again then.
                 assert result.retry_at is not None
+                self._reminders[(step, channel)] = dataclasses.replace(
+                    self._reminders[(step, channel)], reason=f"held: {result.reason}"
+                )
                 await self._sleep_until(
                     min(result.retry_at, self._next_due(step)), channel,
-                    f"step {step} held for the recipient's quiet hours until "
-                    f"{result.retry_at.isoformat()}",
+                    f"step {step} held until {result.retry_at.isoformat()}: {result.reason}",
                 )
                 retrying = True
                 continue

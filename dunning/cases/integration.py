@@ -23,12 +23,16 @@ def check_switch(value: str, field_name: str) -> bool:
 
 
 def apply(session: Session, account_id: str, on_exhausted: str | None,
-          charge_on_card_update: str | None) -> None:
-    """Validate both values first: a bad one changes nothing."""
+          charge_on_card_update: str | None, daily_message_limit: int | None = None) -> None:
+    """Validate every value first: a bad one changes nothing."""
     action = check_action(on_exhausted) if on_exhausted is not None else None
     charge = (check_switch(charge_on_card_update, "charge-on-card-update")
               if charge_on_card_update is not None else None)
+    if daily_message_limit is not None and not 0 <= daily_message_limit <= 100:
+        raise InputError("daily-message-limit", "must be 0 (no limit) to 100")
     account = get_account(session, account_id)
+    if daily_message_limit is not None:
+        account.daily_message_limit = daily_message_limit
     if action is not None:
         account.on_exhausted = action
     if charge is not None:
@@ -37,4 +41,6 @@ def apply(session: Session, account_id: str, on_exhausted: str | None,
 
 def settings_json(account: Account) -> dict[str, Any]:
     return {"on_exhausted": account.on_exhausted or "none",
-            "charge_on_card_update": bool(account.charge_on_card_update)}
+            "charge_on_card_update": bool(account.charge_on_card_update),
+            "daily_message_limit": int(account.daily_message_limit
+                                       if account.daily_message_limit is not None else 1)}

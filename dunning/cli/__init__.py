@@ -11,6 +11,7 @@ from typer._click import exceptions as typer_click  # typer vendors its own clic
 
 from dunning.cli import accounts, cases, credits, email, phones, server, sms, stripe
 from dunning.cli import campaigns as campaigns_cli
+from dunning.cli import customers as customers_cli
 from dunning.cli import events as events_cli
 from dunning.cli import report as report_cli
 from dunning.cli.common import UserError, err_console
@@ -33,6 +34,7 @@ app.add_typer(stripe.app, name="stripe")
 app.add_typer(events_cli.endpoints_app, name="endpoints")
 app.add_typer(events_cli.events_app, name="events")
 app.add_typer(campaigns_cli.app, name="campaign")
+app.add_typer(customers_cli.app, name="customer")
 cases.register(app)
 app.command("report")(report_cli.report)
 server.register(app)

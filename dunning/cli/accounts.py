@@ -41,7 +41,7 @@ def _show(account_id: str, as_json: bool) -> None:
     table = Table(title=f"account {data['account_id']}", show_header=False)
     for key in ("company_name", "sms_sender", "email_from", "support_contact", "schedule",
                 "grace", "quiet_hours", "timezone", "sms_enabled", "credit_balance",
-                "on_exhausted", "charge_on_card_update"):
+                "on_exhausted", "charge_on_card_update", "daily_message_limit"):
         table.add_row(key, str(data[key]))
     console.print(table)
 
@@ -88,6 +88,10 @@ def update(
         None, "--charge-on-card-update",
         help="on|off: pay open invoices through Stripe as soon as the card changes.",
     ),
+    daily_message_limit: int | None = typer.Option(
+        None, "--daily-message-limit", help="Emails (and, apart, SMS) per day to one customer "
+        "across their cases (default 1; 0: no limit).",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Change an account's settings; running cases use them from their next reminder on."""
@@ -95,7 +99,8 @@ def update(
                           quiet_hours, timezone, support_contact)
     with session() as s:
         update_account(s, account_id, opts)
-        integration.apply(s, account_id, on_exhausted, charge_on_card_update)
+        integration.apply(s, account_id, on_exhausted, charge_on_card_update,
+                          daily_message_limit)
     _show(account_id, as_json)
 
 

@@ -118,6 +118,7 @@ class CampaignSnapshot:
     grace_seconds: int = 0
     sms_steps: list[int] | None = None  # None: the account's switches
     on_exhausted: str | None = None  # None: the account's setting when the case ends
+    excluded: bool = False  # the operator excluded the customer: the case ends at once
 
     def as_json(self) -> dict[str, Any]:
         return {"plan": self.plan, "offsets": self.offsets, "grace_seconds": self.grace_seconds,

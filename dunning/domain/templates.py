@@ -33,6 +33,8 @@ VARIABLES = (
     "invoice_id",
     "days_overdue",
     "support_contact",
+    "open_invoices",
+    "total_due",
 )
 
 DEFAULT_SMS_TEMPLATE = (
@@ -134,6 +136,8 @@ class TemplateContext:
     invoice_id: str
     days_overdue: int
     support_contact: str
+    open_invoices: int = 1  # the customer's open cases (this one included)
+    total_due: str = ""  # what they owe across them; "" -> `amount`
 
     def values(self) -> dict[str, str]:
         first = self.customer_name.split()[0] if self.customer_name.strip() else ""
@@ -146,6 +150,8 @@ class TemplateContext:
             "invoice_id": self.invoice_id,
             "days_overdue": str(self.days_overdue),
             "support_contact": self.support_contact,
+            "open_invoices": str(self.open_invoices),
+            "total_due": self.total_due or self.amount,
         }
 
 

@@ -22,6 +22,13 @@ from dunning.domain.contract import (
     RegisterCaseRequest,
     sms_task_queue,
 )
+from dunning.domain.outbound import (
+    ACT_CAMPAIGN_FOR_CASE,
+    ACT_RECORD_EVENTS,
+    CampaignRequest,
+    CampaignSnapshot,
+    RecordEventsRequest,
+)
 from tests.helpers import case_input, query_status, wait_for
 from workflows import DunningWorkflow
 
@@ -57,11 +64,20 @@ async def test_credits_added_during_the_failing_send_is_not_lost(
     def finish_case(req: FinishCaseRequest) -> None:
         return None
 
+    @activity.defn(name=ACT_CAMPAIGN_FOR_CASE)
+    def campaign_for_case(req: CampaignRequest) -> CampaignSnapshot:
+        return CampaignSnapshot(False)
+
+    @activity.defn(name=ACT_RECORD_EVENTS)
+    def record_events(req: RecordEventsRequest) -> int:
+        return len(req.events)
+
     client, queue = temporal_env.client, f"race-{uid}"
     with ThreadPoolExecutor(max_workers=4) as ex:
         async with (
             Worker(client, task_queue=queue, workflows=[DunningWorkflow],
-                   activities=[register_case, send_email, finish_case], activity_executor=ex),
+                   activities=[register_case, send_email, finish_case, campaign_for_case,
+                               record_events], activity_executor=ex),
             Worker(client, task_queue=sms_task_queue(queue), activities=[send_sms],
                    activity_executor=ex),
         ):

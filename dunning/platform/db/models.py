@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -72,6 +73,9 @@ class Account(Base):
     charge_on_card_update: Mapped[bool] = mapped_column(
         Boolean, default=True, server_default=true()
     )
+    # One conversation per customer: emails (and, separately, SMS) per rolling day across the
+    # customer's cases; 0: no limit.
+    daily_message_limit: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -125,6 +129,11 @@ class Customer(Base):
     plan: Mapped[str | None] = mapped_column(String(100))
     source: Mapped[str | None] = mapped_column(String(32))  # import | stripe | case
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Operator controls (dunning.customers.conversation): reminders paused (until a time, or
+    # until resumed), or the customer excluded from dunning (no case runs).
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    paused_until: Mapped[datetime | None] = mapped_column()
+    excluded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class OptOut(Base):

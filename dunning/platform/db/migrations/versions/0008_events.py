@@ -5,7 +5,8 @@ Revises: 0003
 Create Date: 2026-11-29 08:30:00
 
 Webhook endpoints per account, the event outbox, deliveries and every delivery attempt
-(dunning.events); `charge_attempts` (open invoices paid when a card changes); `campaigns` (per plan); accounts gain `on_exhausted` and `charge_on_card_update`; `case_actions`
+(dunning.events); `charge_attempts` (open invoices paid when a card changes); `campaigns` (per plan); customers gain `paused`, `paused_until`, `excluded` and accounts
+`daily_message_limit` (one conversation per customer); accounts gain `on_exhausted` and `charge_on_card_update`; `case_actions`
 records the end-of-dunning action taken through Stripe, once per case.
 """
 from alembic import op
@@ -124,10 +125,23 @@ def upgrade() -> None:
                                       server_default='none'))
         batch_op.add_column(sa.Column('charge_on_card_update', sa.Boolean(), nullable=False,
                                       server_default=sa.true()))
+        batch_op.add_column(sa.Column('daily_message_limit', sa.Integer(), nullable=False,
+                                      server_default='1'))
+    with op.batch_alter_table('customers', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('paused', sa.Boolean(), nullable=False,
+                                      server_default=sa.false()))
+        batch_op.add_column(sa.Column('paused_until', sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('excluded', sa.Boolean(), nullable=False,
+                                      server_default=sa.false()))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('customers', schema=None) as batch_op:
+        batch_op.drop_column('excluded')
+        batch_op.drop_column('paused_until')
+        batch_op.drop_column('paused')
     with op.batch_alter_table('accounts', schema=None) as batch_op:
+        batch_op.drop_column('daily_message_limit')
         batch_op.drop_column('charge_on_card_update')
         batch_op.drop_column('on_exhausted')
     op.drop_table('campaigns')
