@@ -59,6 +59,7 @@ from sqlalchemy.orm import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from dunning.accounts import selectors
 from dunning.accounts.messaging import email_template_for, quote_sms, sms_template_for
 from dunning.credits import ledger, refill
 from dunning.customers import conversation
@@ -306,6 +307,7 @@ def _context(recipient: Any, req: MessageRequest) -> TemplateContext:
         invoice_id=req.invoice_id,
         days_overdue=overdue,
         support_contact=recipient.support_contact or recipient.email_from or "",
+        decline_code=req.decline_code or "",
     )
 
 
@@ -438,9 +440,8 @@ class DunningActivities:
             if held is not None:  # nothing recorded: the case waits and tries again
                 _log(logging.INFO, "email held", key, reason=held.reason)
                 return MessageResult("quiet_hours", held.reason, retry_at=held.until)
-            subject_t, body_t = email_template_for(
-                s, req.account_id, req.step, req.plan or who.plan
-            )
+            subject_t, body_t = email_template_for(s, req.account_id, req.step, selectors.plan_for(
+                s, req.account_id, "email", req.plan or who.plan, req.decline_code))
             ctx = conversation.with_open_cases(s, _context(who, req), (subject_t, body_t),
                                                req.account_id, req.customer_id)
             outgoing = OutgoingEmail(
@@ -557,7 +558,8 @@ class DunningActivities:
                 "quiet_hours", f"quiet hours for the recipient until {opens.isoformat()}",
                 retry_at=opens,
             )
-        template = sms_template_for(s, req.account_id, req.plan or who.plan)
+        template = sms_template_for(s, req.account_id, selectors.plan_for(
+            s, req.account_id, "sms", req.plan or who.plan, req.decline_code))
         text = render_sms(template, conversation.with_open_cases(
             s, _context(who, req), (template,), req.account_id, req.customer_id))
         quote = quote_sms(s, req.account_id, who.phone_region, text)

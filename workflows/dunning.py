@@ -289,7 +289,7 @@ class DunningWorkflow:
             workflow.info().workflow_id, case.account_id, case.customer_id, case.invoice_id,
             step, len(self._due), case.amount_due, case.currency, case.billing_link,
             self._failed_at, workflow.now(),
-            case.plan,
+            case.plan, case.decline_code,
         )
         self._describe(channel, f"sending step {step}")
         try:

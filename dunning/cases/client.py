@@ -55,6 +55,7 @@ class CaseRequest:
     customer_email: str | None = None
     customer_name: str | None = None
     plan: str | None = None
+    decline_code: str | None = None
 
     def as_input(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if v is not None}

@@ -13,7 +13,13 @@ from temporalio.service import RPCError
 
 from dunning.cases.client import CaseNotFound, CaseRequest, DunningClient
 from dunning.cli.common import JsonOpt, console, database, fail, print_json, settings
-from dunning.domain.contract import InputError, check_id, parse_rfc3339, workflow_id_for
+from dunning.domain.contract import (
+    InputError,
+    check_decline_code,
+    check_id,
+    parse_rfc3339,
+    workflow_id_for,
+)
 from dunning.platform.db.models import Message
 
 T = TypeVar("T")
@@ -52,6 +58,9 @@ def start(
     email: str | None = typer.Option(None, "--email", help="Customer's email address."),
     name: str | None = typer.Option(None, "--name", help="Customer's name."),
     plan: str | None = typer.Option(None, "--plan", help="Customer's plan (per-plan templates)."),
+    decline_code: str | None = typer.Option(
+        None, "--decline-code", help="Why the payment failed, e.g. expired_card (templates)."
+    ),
     failed_at: str | None = typer.Option(
         None, "--failed-at", help="When the payment failed (RFC 3339); default: now."
     ),
@@ -64,6 +73,7 @@ def start(
         currency=currency, billing_link=billing_link,
         failed_at=parse_rfc3339("failed-at", failed_at) if failed_at else None,
         customer_email=email, customer_name=name, plan=plan,
+        decline_code=check_decline_code(decline_code) if decline_code else None,
     )
     with database().session() as s:
         from dunning.accounts.accounts import get_account

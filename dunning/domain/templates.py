@@ -35,6 +35,7 @@ VARIABLES = (
     "support_contact",
     "open_invoices",
     "total_due",
+    "decline_code",
 )
 
 DEFAULT_SMS_TEMPLATE = (
@@ -138,6 +139,7 @@ class TemplateContext:
     support_contact: str
     open_invoices: int = 1  # the customer's open cases (this one included)
     total_due: str = ""  # what they owe across them; "" -> `amount`
+    decline_code: str = ""  # why the payment failed (Stripe's decline code), if known
 
     def values(self) -> dict[str, str]:
         first = self.customer_name.split()[0] if self.customer_name.strip() else ""
@@ -152,6 +154,7 @@ class TemplateContext:
             "support_contact": self.support_contact,
             "open_invoices": str(self.open_invoices),
             "total_due": self.total_due or self.amount,
+            "decline_code": self.decline_code,
         }
 
 
@@ -163,6 +166,9 @@ SAMPLE_CONTEXT = TemplateContext(
     invoice_id="inv_123",
     days_overdue=3,
     support_contact="support@example.com",
+    open_invoices=2,
+    total_due="$98.00",
+    decline_code="insufficient_funds",
 )
 SAMPLE_AMOUNT = 4900
 

@@ -66,7 +66,7 @@ from dunning.cases.card_update import (
 )
 from dunning.cases.client import CaseNotFound, CaseRequest, DunningClient
 from dunning.customers.customers import check_customer_fields, upsert_customer
-from dunning.domain.contract import InputError, check_id
+from dunning.domain.contract import InputError, check_decline_code, check_id
 from dunning.domain.phones import PhoneError, PhoneInfo, validate_phone
 from dunning.platform.db import Database
 from dunning.platform.db.models import Case, Customer, ProcessedEvent
@@ -207,6 +207,23 @@ def _id_of(value: Any) -> str | None:
     if isinstance(value, dict):
         value = value.get("id")
     return _text(value)
+
+
+def _decline_code(invoice: dict[str, Any]) -> str | None:
+    """Stripe's `last_payment_error.decline_code`: on the invoice, or on its payment intent
+    when expanded; None when absent or not a decline code."""
+    sources = [invoice.get("last_payment_error"), invoice.get("last_finalization_error")]
+    intent = invoice.get("payment_intent")
+    if isinstance(intent, dict):
+        sources.insert(0, intent.get("last_payment_error"))
+    for error in sources:
+        code = error.get("decline_code") if isinstance(error, dict) else None
+        if code:
+            try:
+                return check_decline_code(code)
+            except InputError:
+                return None
+    return None
 
 
 def _amount(value: Any) -> int | None:
@@ -372,10 +389,12 @@ class StripeEvents:
         except InputError:
             email = None  # a case without the address beats no case; email is skipped
         name = _text(inv.get("customer_name"))
+        decline = _decline_code(inv)
         return CaseRequest(
             account_id=account_id, customer_id=customer_id, invoice_id=invoice_id,
             amount_due=amount, currency=currency, billing_link=link, failed_at=event.created,
             customer_email=email, customer_name=name[:200] if name else None,
+            decline_code=decline,
         )
 
     async def _invoice_failed(self, account_id: str, event: StripeEvent) -> dict[str, Any]:
