@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import func, select
 from temporalio.testing import WorkflowEnvironment
 
-from dunning.events import endpoints
+from dunning.events import endpoints, outbox
 from dunning.events.kicker import Kicker, KickerConfig
 from dunning.platform.db import Database
-from dunning.platform.db.models import EventDelivery, OutboxEvent
+from dunning.platform.db.models import EventDelivery, OutboxEvent, WebhookEndpoint
 from tests.fakes.plivo import FakePlivo
 from tests.fakes.receiver import EventReceiver
 from tests.fakes.smtp import SmtpSink
@@ -115,3 +115,46 @@ async def test_events_survive_a_receiver_outage_in_order(
     for r in got:
         text = json.dumps(r.body)
         assert "@" not in text and not re.search(r"\+1415", text), text
+
+
+async def test_sustained_failure_disables_the_endpoint(
+    temporal_env: WorkflowEnvironment, sqlite_db: Database, plivo_server: FakePlivo,
+    smtp_server: SmtpSink, uid: str,
+) -> None:
+    """The delivery workflow retries with backoff for `give_up_seconds`, then disables the
+    endpoint and marks its pending deliveries failed; every attempt is logged."""
+    db, client = sqlite_db, temporal_env.client
+    account, queue = f"evd-{uid}", f"evd-q-{uid}"
+    make_account(db, account)
+    receiver = EventReceiver()
+    receiver.down = True
+    with db.session() as s:
+        ep, new = endpoints.add_endpoint(s, account, receiver.url, [])
+        endpoint_id = ep.id
+        outbox.record(s, account, "credits.empty", {"balance": 0})
+    receiver.secret = new.secret
+    stop = asyncio.Event()
+    kicker = Kicker(client, db, KickerConfig(task_queue=queue, poll_seconds=0.2,
+                                             give_up_seconds=3, max_backoff_seconds=1))
+    try:
+        async with running_worker(client, queue, real_activities(db, plivo_server,
+                                                                 smtp_server)):
+            kicking = asyncio.create_task(kicker.run(stop))
+
+            def disabled() -> bool:
+                with db.session() as s:
+                    row = s.get(WebhookEndpoint, endpoint_id)
+                    return row is not None and not row.enabled
+
+            await wait_for(disabled, timeout=30)
+            stop.set()
+            await kicking
+    finally:
+        receiver.close()
+    with db.session() as s:
+        row = s.get(WebhookEndpoint, endpoint_id)
+        assert row is not None and "kept failing" in (row.disabled_reason or "")
+        (delivery,) = s.scalars(select(EventDelivery)
+                                .where(EventDelivery.endpoint_id == endpoint_id)).all()
+        assert delivery.status == "failed" and delivery.attempts >= 2
+    assert receiver.refused == delivery.attempts and receiver.accepted == []
