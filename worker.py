@@ -26,10 +26,13 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import DunningActivities
+from activities.events import EventActivities
+from dunning.cases.billing import StripeBilling
 from dunning.credits.followups import BalanceFollowups
 from dunning.credits.gateways import Gateways
 from dunning.credits.wake import LoopWaker
 from dunning.domain.contract import sms_task_queue
+from dunning.events.kicker import Kicker, KickerConfig
 from dunning.messages.links import signer_for
 from dunning.messages.pacing import pacer_for
 from dunning.platform import logs, metrics
@@ -39,6 +42,7 @@ from dunning.platform.providers.factory import email_provider, sms_provider
 from dunning.platform.settings import Settings, ensure_data_dir, get_settings
 from dunning.platform.temporal import connect
 from workflows import DunningWorkflow
+from workflows.events import EventDeliveryWorkflow
 
 log = logging.getLogger("dunning.worker")
 
@@ -76,6 +80,15 @@ def build_activities(
         pacer=pacer_for(db, settings.sms_rate_limit),
         followups=followups,
         links=signer_for(settings),
+    )
+
+
+def kicker_config(settings: Settings) -> KickerConfig:
+    return KickerConfig(
+        task_queue=settings.task_queue,
+        poll_seconds=settings.events_poll_seconds,
+        give_up_seconds=settings.events_give_up_seconds,
+        max_backoff_seconds=settings.events_max_backoff_seconds,
     )
 
 
@@ -144,22 +157,28 @@ def workflow_runner(sandboxed: bool = True) -> WorkflowRunner:
 
 
 def build_workers(
-    client: Client, settings: Settings, activities: DunningActivities, executor: ThreadPoolExecutor
+    client: Client, settings: Settings, activities: DunningActivities, executor: ThreadPoolExecutor,
+    events: EventActivities | None = None,
 ) -> list[Worker]:
     """Two workers in one process: the case queue (workflows, email, bookkeeping) and the SMS
     queue, whose rate limit holds across all worker processes together. With a pacer (see
     dunning.messages.pacing) the queue hands out sends at the pacer's rate, so the pacer only has to
-    absorb the queue's burst after an idle spell, not a standing backlog."""
+    absorb the queue's burst after an idle spell, not a standing backlog. The case queue also
+    runs the outbound events' delivery workflows (workflows/events.py) and their activities."""
+    events = events or EventActivities(
+        activities.db, timeout=settings.events_timeout,
+        billing=StripeBilling(settings.stripe_api_key.get_secret_value(), settings.stripe_api_url),
+    )
     pacer = activities.pacer
     rate = 1 / pacer.interval if pacer is not None else settings.sms_rate_limit
     return [
         Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[DunningWorkflow],
+            workflows=[DunningWorkflow, EventDeliveryWorkflow],
             workflow_runner=workflow_runner(settings.workflow_sandbox),
             max_cached_workflows=settings.max_cached_workflows,
-            activities=activities.all(),
+            activities=[*activities.all(), *events.all()],
             activity_executor=executor,
             max_concurrent_activities=settings.activity_workers,
         ),
@@ -212,12 +231,16 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         if runtime is not None:
             log.info("metrics on http://%s/metrics", settings.metrics_address)
         async with running(workers):
+            kicker = asyncio.create_task(
+                Kicker(client, db, kicker_config(settings)).run(stop)
+            )
             sampler = (
                 asyncio.create_task(metrics.sample_paused_cases(
                     db, runtime.metric_meter, stop, settings.metrics_sample_seconds))
                 if runtime is not None else None
             )
             await stop.wait()
+            await kicker
             if sampler is not None:
                 await sampler
         # Refills and notices already under way finish.

@@ -60,6 +60,7 @@ from sqlalchemy.orm import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from dunning.accounts import selectors
 from dunning.accounts.messaging import (
     case_context,
     compose_email,
@@ -69,6 +70,7 @@ from dunning.accounts.messaging import (
 )
 from dunning.credits import ledger
 from dunning.credits.followups import BalanceFollowups
+from dunning.customers import conversation
 from dunning.domain.contract import (
     ACT_FINISH_CASE,
     ACT_REGISTER_CASE,
@@ -319,6 +321,7 @@ def _context(recipient: Any, req: MessageRequest, link: str) -> TemplateContext:
         customer_name=recipient.name, amount_due=req.amount_due, currency=req.currency,
         invoice_id=req.invoice_id, billing_link=link, failed_at=req.failed_at, now=req.now,
         locale=recipient.customer_locale or recipient.account_locale,
+        decline_code=req.decline_code or "",
     )
 
 
@@ -467,11 +470,23 @@ class DunningActivities:
                 return self._skip(s, key, req, "account no longer exists")
             if who.customer_id is None or not who.email:
                 return self._skip(s, key, req, "no email address for this customer")
+            held = conversation.hold_for(s, req.account_id, req.customer_id, "email",
+                                         req.workflow_id, req.now)
+            if held is not None:  # nothing recorded: the case waits and tries again
+                _log(logging.INFO, "email held", key, reason=held.reason)
+                return MessageResult("quiet_hours", held.reason, retry_at=held.until)
             chosen = email_template_choice(
-                s, req.account_id, req.step, req.plan or who.plan, step_count=req.step_count,
+                s, req.account_id, req.step,
+                selectors.plan_for(s, req.account_id, "email", req.plan or who.plan,
+                                   req.decline_code),
+                step_count=req.step_count,
                 locale=who.customer_locale, account_locale=who.account_locale,
             )
-            email = compose_email(chosen, _context(who, req, self._link(s, req, "email", who)))
+            ctx = conversation.with_open_cases(
+                s, _context(who, req, self._link(s, req, "email", who)),
+                (chosen.subject, chosen.body, chosen.html or ""), req.account_id, req.customer_id,
+            )
+            email = compose_email(chosen, ctx)
             outgoing = OutgoingEmail(
                 sender=who.email_from or self.default_email_from,
                 to=who.email,
@@ -505,7 +520,7 @@ class DunningActivities:
                     # a wake granted it go back to the balance).
                     ledger.leave_queue(s, req.account_id, req.workflow_id, plan.reason)
                     if plan.status != "skipped":  # quiet hours: nothing recorded, the case waits
-                        _log(logging.INFO, "SMS held for quiet hours", key, reason=plan.reason)
+                        _log(logging.INFO, "SMS held", key, reason=plan.reason)
                         return plan
                     if row is not None:  # a `retry` row: e.g. opted out since the last try
                         self._release(s, key, row.id, row.account_id, row.credits, plan.reason,
@@ -579,6 +594,10 @@ class DunningActivities:
         experiment = s.execute(_CASE_ARM, {"a_workflow": req.workflow_id}).first()
         if experiment is not None and experiment.arm == "holdout":
             return MessageResult("skipped", "SMS holdout: this case gets email only (experiment)")
+        held = conversation.hold_for(s, req.account_id, req.customer_id, "sms",
+                                     req.workflow_id, req.now)
+        if held is not None:
+            return MessageResult("quiet_hours", held.reason, retry_at=held.until)
         zones = zones_for(who.phone_time_zones, who.timezone)
         window = recipient_window(who.quiet_hours, who.phone_e164)
         opens = next_allowed(req.now, window.window, zones)
@@ -589,7 +608,9 @@ class DunningActivities:
                 retry_at=opens,
             )
         chosen = sms_template_choice(
-            s, req.account_id, req.plan or who.plan, step=req.step, step_count=req.step_count,
+            s, req.account_id,
+            selectors.plan_for(s, req.account_id, "sms", req.plan or who.plan, req.decline_code),
+            step=req.step, step_count=req.step_count,
             locale=who.customer_locale, account_locale=who.account_locale,
         )
         if experiment is not None and experiment.sms_variant == "B":
@@ -599,7 +620,10 @@ class DunningActivities:
                     chosen, body=template_b, chain=locale_chain(None, who.account_locale)
                 )
         link = self._link(s, req, "sms", who)
-        text = render_sms(chosen.body, _context(who, req, link), chosen.chain)
+        ctx = conversation.with_open_cases(
+            s, _context(who, req, link), (chosen.body,), req.account_id, req.customer_id
+        )
+        text = render_sms(chosen.body, ctx, chosen.chain)
         quote = quote_sms(s, req.account_id, who.phone_region, text)
         sms = OutgoingSms(who.sms_sender, who.phone_e164, text)
         return sms, quote.credits, quote.segments, quote.encoding

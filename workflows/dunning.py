@@ -67,6 +67,18 @@ with workflow.unsafe.imports_passed_through():
         parse_case_input,
         sms_task_queue,
     )
+    from dunning.domain.outbound import (
+        ACT_CAMPAIGN_FOR_CASE,
+        ACT_END_ACTION,
+        ACT_RECORD_EVENTS,
+        CampaignRequest,
+        CampaignSnapshot,
+        CaseEvent,
+        EndActionRequest,
+        EndActionResult,
+        RecordEventsRequest,
+        scrub,
+    )
     from dunning.platform import metrics
 
 # Bookkeeping: quick database writes as local activities (no extra round trip through the
@@ -87,6 +99,8 @@ PATCH_RESUME_CLEARS_PAUSED = "resume-clears-sms-paused"
 PATCH_SIGNAL_ACCOUNT = "signals-name-their-account"
 # Currencies in any case (`usd`), stored upper case, checked against ISO 4217.
 PATCH_ISO_CURRENCY = "iso-currency"
+PATCH_OUTBOUND_EVENTS = "outbound-events"
+PATCH_CAMPAIGN_SNAPSHOT = "campaign-snapshot"
 CREDITS_RECHECK = timedelta(hours=1)  # safety net for a lost `credits_added` signal
 
 
@@ -114,6 +128,15 @@ class DunningWorkflow:
         self._counters: dict[str, Any] = {}
         self._arm: str | None = None
         self._sms_variant: str | None = None
+        # Outbound events (dunning.events): emitted in order, recorded by one flusher.
+        self._events_on = False
+        self._outbox: list[CaseEvent] = []
+        self._events_closing = False
+        self._flusher: asyncio.Task[None] | None = None
+        self._event_ids: dict[str, str] = {}
+        self._pauses = 0
+        self._end_action: EndActionResult | None = None
+        self._campaign: CampaignSnapshot | None = None
 
     # --- the case, top to bottom -----------------------------------------------------------
 
@@ -142,7 +165,32 @@ class DunningWorkflow:
             raise ApplicationError(plan.error, type="InvalidInput", non_retryable=True)
         self._arm = plan.arm  # state only (no command): shown by the status query
         self._sms_variant = plan.sms_variant
+        if workflow.patched(PATCH_CAMPAIGN_SNAPSHOT):
+            # The plan's campaign as it is now: kept in this history, never re-read.
+            snapshot: CampaignSnapshot = await workflow.execute_local_activity(
+                ACT_CAMPAIGN_FOR_CASE,
+                CampaignRequest(case.account_id, case.customer_id, case.plan or None),
+                result_type=CampaignSnapshot,
+                start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+                retry_policy=BOOKKEEPING_RETRY,
+            )
+            if snapshot.found:
+                self._campaign = snapshot
+                plan = CasePlan(list(snapshot.offsets), snapshot.grace_seconds)
+            if snapshot.excluded:  # no reminder: the case ends at once, saying why
+                self._outcome = "canceled"
+                self._outcome_reason = "the customer is excluded from dunning by the operator"
         self._count(metrics.CASES_STARTED)
+        if workflow.patched(PATCH_OUTBOUND_EVENTS):
+            self._events_on = True
+            self._event_ids = {"customer_id": case.customer_id, "invoice_id": case.invoice_id}
+            self._flusher = asyncio.create_task(self._flush_events(case.account_id))
+            self._emit("case.started", "case.started", {
+                "amount_due": case.amount_due, "currency": case.currency,
+                "plan": case.plan or None, "failed_at": failed_at.isoformat(),
+                "steps": len(plan.offsets),
+                "campaign": self._campaign.plan if self._campaign else None,
+            })
         workflow.logger.info("case started: %s steps, failed at %s", len(plan.offsets),
                              failed_at.isoformat())
 
@@ -190,7 +238,7 @@ class DunningWorkflow:
                 self._due[step - 1], channel, f"step {step} due {self._due[step - 1].isoformat()}"
             ):
                 break
-            overtaken = self._overtaken(step, retrying)
+            overtaken = self._overtaken(step, retrying) or self._campaign_skips(step, channel)
             if overtaken:
                 self._record(step, channel, "skipped", overtaken)
                 step, retrying = step + 1, False
@@ -202,13 +250,14 @@ class DunningWorkflow:
                 retrying = True
                 continue
             if result.status == "quiet_hours":
+                # Held (the recipient's quiet hours, one conversation per customer, an operator
+                # pause): the pending reminder says why, and the case tries again then.
                 assert result.retry_at is not None
                 # State only (no command): the status query shows why, and the window used.
-                self._reminders[(step, channel)].reason = result.reason
+                self._reminders[(step, channel)].reason = f"held: {result.reason}"
                 await self._sleep_until(
                     min(result.retry_at, self._next_due(step)), channel,
-                    f"step {step} held for the recipient's quiet hours until "
-                    f"{result.retry_at.isoformat()}",
+                    f"step {step} held until {result.retry_at.isoformat()}: {result.reason}",
                 )
                 retrying = True
                 continue
@@ -247,7 +296,7 @@ class DunningWorkflow:
             workflow.info().workflow_id, case.account_id, case.customer_id, case.invoice_id,
             step, len(self._due), case.amount_due, case.currency, case.billing_link,
             self._failed_at, workflow.now(),
-            case.plan,
+            case.plan, case.decline_code,
         )
         self._describe(channel, f"sending step {step}")
         try:
@@ -302,6 +351,19 @@ class DunningWorkflow:
         workflow.upsert_search_attributes([SA_STATE.value_set(outcome)])
         self._lanes = {}
         self._describe("case", outcome)
+        if self._events_on and outcome == "exhausted":
+            self._end_action = await self._take_end_action(case)
+            self._describe("case", outcome)  # state only: the action is done
+        if self._events_on:
+            self._emit(f"case.{outcome}", "case.ended", {
+                **({"end_action": self._end_action.as_json()} if self._end_action else {}),
+                "emails_sent": self._emails_sent, "sms_sent": self._sms_sent,
+                "credits_spent": self._credits_spent,
+                "recovered_amount": self._recovered_amount if outcome == "recovered" else 0,
+                "currency": self._currency,
+                **({"reason": scrub(self._outcome_reason)} if self._outcome_reason else {}),
+            })
+            await self._close_events()
         await workflow.execute_local_activity(
             ACT_FINISH_CASE,
             FinishCaseRequest(
@@ -376,6 +438,8 @@ class DunningWorkflow:
                 {"sms_holdout": self._arm, "sms_template": self._sms_variant}
                 if self._arm or self._sms_variant else None
             ),
+            **({"end_action": self._end_action.as_json()} if self._end_action else {}),
+            **({"campaign": self._campaign.as_json()} if self._campaign else {}),
         }
 
     # --- helpers ----------------------------------------------------------------------------
@@ -421,6 +485,15 @@ class DunningWorkflow:
             return "the schedule ended before it could be sent"
         return ""
 
+    def _campaign_skips(self, step: int, channel: str) -> str:
+        """Why the case's campaign leaves this SMS step out ('' if it does not)."""
+        campaign = self._campaign
+        if channel != "sms" or campaign is None or campaign.sms_steps is None:
+            return ""
+        if step in campaign.sms_steps:
+            return ""
+        return f"SMS is off for step {step} in the {campaign.plan!r} campaign"
+
     def _record(self, step: int, channel: str, status: str, reason: str, credits: int = 0) -> None:
         self._reminders[(step, channel)] = Reminder(
             step, channel, status, reason,  # type: ignore[arg-type]
@@ -433,6 +506,11 @@ class DunningWorkflow:
             else:
                 self._sms_sent += 1
         self._count(metrics.REMINDERS, channel=channel, outcome=status)
+        if status in ("sent", "failed", "skipped"):
+            self._emit(f"reminder.{status}", f"reminder:{step}:{channel}", {
+                "step": step, "channel": channel,
+                **({"reason": scrub(reason)} if reason and status != "sent" else {}),
+            })
         if channel == "sms" and status in ("sent", "failed") and credits:
             self._credits_spent += credits
             self._count(metrics.CREDITS_SPENT, credits)
@@ -442,8 +520,61 @@ class DunningWorkflow:
             self._sms_paused = paused
             workflow.upsert_search_attributes([SA_SMS_PAUSED.value_set(paused)])
             self._count(metrics.SMS_PAUSES if paused else metrics.SMS_RESUMES)
+            if paused:
+                self._pauses += 1
+            self._emit("sms.paused" if paused else "sms.resumed",
+                       f"sms.{'paused' if paused else 'resumed'}:{self._pauses}", {})
             workflow.logger.info("SMS %s", "paused: waiting for credits" if paused
                                  else "resumed")
+
+    def _emit(self, event_type: str, key: str, data: dict[str, Any]) -> None:
+        """Queue an outbound event (dunning.events) for the flusher; only on the patched path."""
+        if self._events_on and not self._events_closing:
+            self._outbox.append(
+                CaseEvent(key, event_type, workflow.now(), {**self._event_ids, **data})
+            )
+
+    async def _flush_events(self, account_id: str) -> None:
+        """Record queued events, in emission order, batch by batch (one local activity each);
+        keys make a retried batch idempotent."""
+        info = workflow.info()
+        while True:
+            await workflow.wait_condition(lambda: bool(self._outbox) or self._events_closing)
+            if not self._outbox:
+                return
+            batch, self._outbox = self._outbox, []
+            await workflow.execute_local_activity(
+                ACT_RECORD_EVENTS,
+                RecordEventsRequest(info.workflow_id, info.run_id, account_id, batch),
+                start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+                retry_policy=BOOKKEEPING_RETRY,
+            )
+
+    async def _take_end_action(self, case: CaseInput) -> EndActionResult:
+        """The account's end-of-dunning action through Stripe (dunning.cases.end_actions):
+        once, retried with backoff while Stripe is unreachable, for up to a day."""
+        self._describe("case", "taking the end-of-dunning action")
+        try:
+            result: EndActionResult = await workflow.execute_activity(
+                ACT_END_ACTION,
+                EndActionRequest(
+                    workflow.info().workflow_id, case.account_id, case.invoice_id,
+                    self._campaign.on_exhausted if self._campaign else None,
+                ),
+                result_type=EndActionResult,
+                start_to_close_timeout=SEND_TIMEOUT,
+                schedule_to_close_timeout=SEND_GIVE_UP,
+                retry_policy=SEND_RETRY,
+            )
+        except ActivityError as err:
+            return EndActionResult("unknown", "failed", None,
+                                   f"gave up: {err.cause or err}"[:300])
+        return result
+
+    async def _close_events(self) -> None:
+        self._events_closing = True
+        if self._flusher is not None:
+            await self._flusher
 
     def _count(self, name: str, value: int = 1, **attributes: str) -> None:
         """Add to one of the engine's counters (see dunning.platform.metrics); replay-aware."""

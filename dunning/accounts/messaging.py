@@ -320,6 +320,7 @@ def case_context(
     failed_at: datetime,
     now: datetime,
     locale: str | None,
+    decline_code: str = "",
 ) -> TemplateContext:
     """The template variables of a case, amounts and dates formatted for `locale`."""
     return TemplateContext(
@@ -331,6 +332,7 @@ def case_context(
         days_overdue=max(0, (now - failed_at).days),
         support_contact=support_contact,
         failed_on=format_day(failed_at, locale),
+        decline_code=decline_code,
     )
 
 

@@ -21,6 +21,9 @@ from dunning.cli import (
     sms,
     stripe,
 )
+from dunning.cli import campaigns as campaigns_cli
+from dunning.cli import customers as customers_cli
+from dunning.cli import events as events_cli
 from dunning.cli import report as report_cli
 from dunning.cli.common import Invocation, UserError, err_console
 from dunning.errors import InputError, SettingsError
@@ -39,6 +42,10 @@ app.add_typer(email.app, name="email")
 app.add_typer(credits.app, name="credits")
 app.add_typer(stripe.app, name="stripe")
 app.add_typer(experiment.app, name="experiment")
+app.add_typer(events_cli.endpoints_app, name="endpoints")
+app.add_typer(events_cli.events_app, name="events")
+app.add_typer(campaigns_cli.app, name="campaign")
+app.add_typer(customers_cli.app, name="customer")
 cases.register(app)
 app.command("report")(report_cli.report)
 server.register(app)

@@ -12,6 +12,7 @@ from dunning.accounts.accounts import (
     get_account,
     update_account,
 )
+from dunning.cases import integration
 from dunning.cli.common import JsonOpt, console, err_console, print_json, session
 
 app = typer.Typer(help="Accounts: the businesses whose customers are reminded.",
@@ -43,14 +44,16 @@ TrackOpt = typer.Option(
 
 def _show(account_id: str, as_json: bool) -> None:
     with session() as s:
-        data = account_json(s, get_account(s, account_id))
+        account = get_account(s, account_id)
+        data = {**account_json(s, account), **integration.settings_json(account)}
     if as_json:
         print_json(data)
         return
     table = Table(title=f"account {data['account_id']}", show_header=False)
     for key in ("company_name", "sms_sender", "email_from", "support_contact", "schedule",
                 "grace", "quiet_hours", "timezone", "locale", "track_links", "sms_enabled",
-                "credit_balance"):
+                "credit_balance", "on_exhausted", "charge_on_card_update",
+                "daily_message_limit"):
         table.add_row(key, str(data[key]))
     table.add_row("billing_link_hosts", ",".join(data["billing_link_hosts"]) or "any")
     if data["sms_holdout_percent"] is not None:
@@ -101,6 +104,18 @@ def update(
     billing_link_hosts: str | None = LinkHostsOpt,
     locale: str | None = LocaleOpt,
     track_links: str | None = TrackOpt,
+    on_exhausted: str | None = typer.Option(
+        None, "--on-exhausted", help="When a case runs out: none, cancel-subscription, "
+        "mark-uncollectible or pause-collection (through Stripe, once per case).",
+    ),
+    charge_on_card_update: str | None = typer.Option(
+        None, "--charge-on-card-update",
+        help="on|off: pay open invoices through Stripe as soon as the card changes.",
+    ),
+    daily_message_limit: int | None = typer.Option(
+        None, "--daily-message-limit", help="Emails (and, apart, SMS) per day to one customer "
+        "across their cases (default 1; 0: no limit).",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Change an account's settings; running cases use them from their next reminder on."""
@@ -109,6 +124,8 @@ def update(
                           locale, track_links)
     with session() as s:
         update_account(s, account_id, opts)
+        integration.apply(s, account_id, on_exhausted, charge_on_card_update,
+                          daily_message_limit)
     _show(account_id, as_json)
 
 

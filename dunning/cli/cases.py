@@ -15,6 +15,7 @@ from dunning.cases.client import CaseNotFound, CaseRequest, DunningClient
 from dunning.cli.common import JsonOpt, console, database, fail, print_json, settings
 from dunning.domain.contract import (
     InputError,
+    check_decline_code,
     check_id,
     is_link_host_allowed,
     parse_case_input,
@@ -62,6 +63,9 @@ def start(
     email: str | None = typer.Option(None, "--email", help="Customer's email address."),
     name: str | None = typer.Option(None, "--name", help="Customer's name."),
     plan: str | None = typer.Option(None, "--plan", help="Customer's plan (per-plan templates)."),
+    decline_code: str | None = typer.Option(
+        None, "--decline-code", help="Why the payment failed, e.g. expired_card (templates)."
+    ),
     failed_at: str | None = typer.Option(
         None, "--failed-at", help="When the payment failed (RFC 3339); default: now."
     ),
@@ -74,6 +78,7 @@ def start(
         currency=currency, billing_link=billing_link,
         failed_at=parse_rfc3339("failed-at", failed_at) if failed_at else None,
         customer_email=email, customer_name=name, plan=plan,
+        decline_code=check_decline_code(decline_code) if decline_code else None,
     )
     parse_case_input(request.as_input())  # a bad field is a clear error before any connection
     with database().session() as s:

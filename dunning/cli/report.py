@@ -8,6 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from dunning.cases import end_actions
 from dunning.cases.experiments import experiment_html, experiment_report
 from dunning.cases.funnel import build_funnel, funnel_html, funnel_lines
 from dunning.cases.report import (
@@ -41,6 +42,7 @@ def report(
         data = build_report(s, account, since=start)
         data["funnel"] = build_funnel(s, account, since=start)
         data["experiment"] = experiment_report(s, account, since=start)
+        data["end_actions"] = end_actions.summary(s, account, start)
     if html is not None:
         try:
             page = render_html(data).replace(
@@ -81,6 +83,9 @@ def print_summary(data: dict[str, Any]) -> None:
     price = f" ({spend['price']['formatted']})" if spend["price"] else ""
     refunded = f", {spend['refunded']} refunded" if spend["refunded"] else ""
     summary.add_row("SMS spend", f"{spend['credits']} credits{price}{refunded}")
+    for action, statuses in sorted(data.get("end_actions", {}).items()):
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+        summary.add_row(f"on exhausted: {action}", counts)
     console.print(summary)
 
     channels = Table("last reminder", "recovered", "amount", title="Recoveries by channel",

@@ -38,7 +38,7 @@ def _info(account_id: str, secret: str | None) -> dict[str, Any]:
         "events": [
             "invoice.payment_failed", "invoice.paid", "invoice.voided",
             "invoice.marked_uncollectible", "customer.subscription.deleted",
-            "customer.created", "customer.updated",
+            "customer.created", "customer.updated", "payment_method.attached",
         ],
     }
 

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from dunning.credits import ledger, notices, refill
 from dunning.credits.gateways import Gateways
+from dunning.events import outbox
 from dunning.platform.db import Database
 from dunning.platform.db.models import Account
 from dunning.platform.providers.email import EmailProvider
@@ -94,6 +95,11 @@ def plan_followup(session: Session, res: ledger.Reservation) -> Followup | None:
             update(Account).where(Account.id == res.account_id).values(balance_notice=level)
         )
         follow.notice = level
+        outbox.record(  # outbound event (dunning.events), in this transaction
+            session, res.account_id,
+            "credits.empty" if level == ledger.NOTICE_ZERO else "credits.low",
+            {"balance": res.balance, "threshold": res.threshold},
+        )
     if crossed or stale:
         pending = refill.pending_refill(session, res.account_id)
         if pending is None and crossed:

@@ -45,7 +45,9 @@ from dunning.credits.gateways import (
     GatewayPending,
     Gateways,
 )
+from dunning.domain.outbound import scrub
 from dunning.errors import InputError
+from dunning.events import outbox
 from dunning.platform.db import Database
 from dunning.platform.db.models import Account, Refill, utcnow
 from dunning.platform.providers.email import EmailProvider
@@ -271,6 +273,12 @@ def _settle(
             .execution_options(synchronize_session=False)
         )
         balance: int | None = None
+        if getattr(result, "rowcount", 0) == 1 and status == "failed":
+            outbox.record(  # outbound event (dunning.events), in this transaction
+                s, row.account_id, "refill.failed",
+                {"refill_id": row.id, "credits": int(row.amount), "gateway": row.gateway,
+                 "error": scrub(error or "declined")},
+            )
         if getattr(result, "rowcount", 0) == 1 and status == "succeeded":
             balance = ledger.top_up(
                 s, row.account_id, int(row.amount), kind="refill",

@@ -29,7 +29,9 @@ from sqlalchemy.orm import Session
 
 from dunning.accounts.accounts import support_contact_of as support_contact_of  # one rule
 from dunning.domain.locales import DEFAULT_LOCALE, join_names, locale_chain, text_for
+from dunning.domain.outbound import scrub
 from dunning.domain.pii import redact_numbers as redact_numbers  # re-exported (old home)
+from dunning.events import outbox
 from dunning.platform.db.models import Account, ConsentEvent, Customer, OptOut, utcnow
 
 STOP_KEYWORDS = frozenset(
@@ -187,6 +189,15 @@ def _set_state(
             created_at=now,
         )
     )
+    if changed:  # outbound event, in this transaction; ids only, never the number
+        customers = session.scalars(select(Customer.customer_id).where(
+            Customer.account_id == account_id, Customer.phone_e164 == phone_e164
+        ).order_by(Customer.customer_id).limit(100)).all()
+        outbox.record(session, account_id,
+                      "consent.opted_out" if opted_out else "consent.opted_in",
+                      {"customer_ids": list(customers), "source": scrub(source, 64),
+                       "keyword": keyword},
+                      occurred_at=now)
     return changed
 
 

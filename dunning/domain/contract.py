@@ -213,6 +213,7 @@ class CaseInput:
     customer_email: str | None = None
     customer_name: str | None = None
     plan: str | None = None
+    decline_code: str | None = None  # Stripe's last_payment_error.decline_code, lower case
 
     def as_input(self) -> dict[str, Any]:
         """The workflow's JSON argument (fields left out when None; `failed_at` as RFC 3339)."""
@@ -224,7 +225,8 @@ class CaseInput:
 
 MAX_AMOUNT_DUE = 10**12  # minor units: 10 billion in a two-decimal currency
 _REQUIRED = ("account_id", "customer_id", "invoice_id", "amount_due", "currency", "billing_link")
-_OPTIONAL = ("failed_at", "customer_email", "customer_name", "plan")
+_OPTIONAL = ("failed_at", "customer_email", "customer_name", "plan", "decline_code")
+_DECLINE_RE = re.compile(r"^[a-z0-9_]{1,64}$")
 # An email address as every input path checks it (case input, accounts, customers): the one rule.
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -359,6 +361,9 @@ def parse_case_input(raw: object, *, iso_currency: bool = True) -> CaseInput:
     plan = raw.get("plan") or None
     if plan is not None and (not isinstance(plan, str) or len(plan) > 100):
         raise InputError("plan", "must be a string of at most 100 characters")
+    decline = raw.get("decline_code") or None
+    if decline is not None:
+        decline = check_decline_code(decline)
     return CaseInput(
         account_id=account_id,
         customer_id=customer_id,
@@ -370,7 +375,16 @@ def parse_case_input(raw: object, *, iso_currency: bool = True) -> CaseInput:
         customer_email=email,
         customer_name=name,
         plan=plan,
+        decline_code=decline,
     )
+
+
+def check_decline_code(value: object) -> str:
+    """A Stripe decline code (`insufficient_funds`, `expired_card`, ...), lower case."""
+    if not isinstance(value, str) or not _DECLINE_RE.match(value.strip().lower()):
+        raise InputError("decline_code", "must be a decline code such as insufficient_funds "
+                                         "(letters, digits and _, at most 64)")
+    return value.strip().lower()
 
 
 # --- activity inputs and outputs ----------------------------------------------------------
@@ -418,6 +432,7 @@ class MessageRequest:
     failed_at: datetime
     now: datetime  # workflow time when the step is handled (quiet hours, days overdue)
     plan: str | None = None
+    decline_code: str | None = None  # template variable and selector
 
 
 MessageOutcome = Literal["sent", "skipped", "failed", "no_credits", "quiet_hours"]

@@ -44,6 +44,9 @@ VARIABLES = (
     "days_overdue",
     "support_contact",
     "failed_on",
+    "open_invoices",
+    "total_due",
+    "decline_code",
 )
 
 # The shipped English texts of the first reminder (other steps and locales: dunning.domain.locales).
@@ -67,6 +70,9 @@ class TemplateContext:
     days_overdue: int
     support_contact: str
     failed_on: str = ""  # the day the payment failed, formatted for the customer's locale
+    open_invoices: int = 1  # the customer's open cases (this one included)
+    total_due: str = ""  # what they owe across them; "" -> `amount`
+    decline_code: str = ""  # why the payment failed (Stripe's decline code), if known
 
     def values(self) -> dict[str, str]:
         first = self.customer_name.split()[0] if self.customer_name.strip() else ""
@@ -80,6 +86,9 @@ class TemplateContext:
             "days_overdue": str(self.days_overdue),
             "support_contact": self.support_contact,
             "failed_on": self.failed_on,
+            "open_invoices": str(self.open_invoices),
+            "total_due": self.total_due or self.amount,
+            "decline_code": self.decline_code,
         }
 
 
@@ -92,6 +101,9 @@ SAMPLE_CONTEXT = TemplateContext(
     days_overdue=3,
     support_contact="support@example.com",
     failed_on="November 26, 2026",
+    open_invoices=2,
+    total_due="$98.00",
+    decline_code="insufficient_funds",
 )
 SAMPLE_AMOUNT = 4900
 SAMPLE_FAILED_ON = date(2026, 11, 26)

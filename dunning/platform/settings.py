@@ -275,6 +275,20 @@ class Settings(BaseSettings):
         """Whether the codec server authenticates its callers (a token or JWTs)."""
         return bool(self.codec_auth_token.get_secret_value() or self.codec_jwks_url)
     # --- end of security settings ---
+    # Outbound events (dunning.events): the receiver's answer timeout, how often the worker
+    # looks for new deliveries, the longest wait between retries, and how long an endpoint may
+    # keep failing before it is disabled.
+    events_timeout: float = Field(10.0, gt=0, validation_alias=_alias("DUNNING_EVENTS_TIMEOUT"))
+    events_poll_seconds: float = Field(
+        2.0, gt=0, validation_alias=_alias("DUNNING_EVENTS_POLL_SECONDS")
+    )
+    events_max_backoff_seconds: int = Field(
+        3600, ge=1, validation_alias=_alias("DUNNING_EVENTS_MAX_BACKOFF_SECONDS")
+    )
+    events_give_up_seconds: int = Field(
+        3 * 86400, ge=60, validation_alias=_alias("DUNNING_EVENTS_GIVE_UP_SECONDS")
+    )
+
 
     @field_validator("database_url")
     @classmethod

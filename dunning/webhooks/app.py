@@ -41,6 +41,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from dunning.cases.billing import BillingUnavailable, StripeBilling
+from dunning.cases.card_update import CardUpdateCharger
 from dunning.cases.client import DunningClient
 from dunning.customers.consent import normalize_number
 from dunning.domain.contract import InputError, check_id
@@ -241,7 +243,8 @@ class WebhookApp:
         self.db = db
         self.sms = sms
         self.temporal = temporal
-        self.stripe_events = StripeEvents(db, temporal)
+        self.stripe_events = StripeEvents(db, temporal, charger=CardUpdateCharger(
+            db, StripeBilling(settings.stripe_api_key.get_secret_value(), settings.stripe_api_url)))
         self.public_url = settings.public_url.rstrip("/")
         self.auth_token = settings.plivo_auth_token.get_secret_value()
         self.plivo_schemes = tuple(settings.plivo_signatures.split(","))
@@ -385,6 +388,10 @@ class WebhookApp:
             log.error("stripe event for %s not processed, Stripe will retry: %s",
                       account_id[:128], exc)
             return _error(503, "workflow service unavailable, retry later")
+        except BillingUnavailable as exc:
+            log.error("stripe event for %s not processed, Stripe will retry: %s",
+                      account_id[:128], exc)
+            return _error(503, "billing service unavailable, retry later")
         except DBAPIError as exc:
             return self._db_down(exc)
         return JSONResponse(result)

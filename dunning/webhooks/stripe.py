@@ -21,6 +21,11 @@ Events:
   response and the log. When an update changes the phone to nothing or to a number that is
   rejected, the stored number is removed (the customer no longer uses it). Updates older than
   one already applied (Stripe does not guarantee order; retries come late) are ignored.
+- A new default card (`customer.updated` changing `invoice_settings.default_payment_method`, or
+  `payment_method.attached`): each open invoice of the customer's active cases is paid through
+  Stripe at once (dunning.cases.card_update); a payment recovers the case as `invoice.paid`
+  does, a decline is recorded and the schedule goes on. Done before the event is recorded, so a
+  failure (Stripe unreachable: 503) is retried by Stripe with the same idempotency keys.
 - Anything else is acknowledged and ignored (not recorded).
 
 Idempotency: each event id is handled once per account (`processed_events`, source
@@ -45,6 +50,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import stripe
@@ -53,9 +59,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from temporalio.service import RPCError
 
+from dunning.cases.card_update import (
+    PAYMENT_METHOD_ATTACHED,
+    CardUpdateCharger,
+    card_fixed_customer,
+)
 from dunning.cases.client import CaseNotFound, CaseRequest, DunningClient
 from dunning.customers.customers import check_customer_fields, upsert_customer
-from dunning.domain.contract import InputError, check_id
+from dunning.domain.contract import InputError, check_decline_code, check_id
 from dunning.domain.locales import locale_or_none
 from dunning.domain.phones import PhoneError, PhoneInfo, validate_phone
 from dunning.messages.inbox import claim_event
@@ -85,7 +96,7 @@ CUSTOMER_CREATED = "customer.created"
 CUSTOMER_UPDATED = "customer.updated"
 HANDLED = frozenset({
     INVOICE_FAILED, INVOICE_PAID, INVOICE_VOIDED, INVOICE_UNCOLLECTIBLE, SUBSCRIPTION_DELETED,
-    CUSTOMER_CREATED, CUSTOMER_UPDATED,
+    CUSTOMER_CREATED, CUSTOMER_UPDATED, PAYMENT_METHOD_ATTACHED,
 })
 _NOT_DUNNED = frozenset({"paid", "void", "uncollectible", "draft"})
 
@@ -205,6 +216,23 @@ def _id_of(value: Any) -> str | None:
     return _text(value)
 
 
+def _decline_code(invoice: dict[str, Any]) -> str | None:
+    """Stripe's `last_payment_error.decline_code`: on the invoice, or on its payment intent
+    when expanded; None when absent or not a decline code."""
+    sources = [invoice.get("last_payment_error"), invoice.get("last_finalization_error")]
+    intent = invoice.get("payment_intent")
+    if isinstance(intent, dict):
+        sources.insert(0, intent.get("last_payment_error"))
+    for error in sources:
+        code = error.get("decline_code") if isinstance(error, dict) else None
+        if code:
+            try:
+                return check_decline_code(code)
+            except InputError:
+                return None
+    return None
+
+
 def _amount(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -247,15 +275,22 @@ class LazyTemporal:
             return self._client
 
 
+async def _recover(client: DunningClient, *, account_id: str, invoice_id: str,
+                   amount: int | None) -> None:
+    await client.recover(account_id, invoice_id, amount)
+
+
 class StripeEvents:
     """The event handlers for the accounts of one database."""
 
     def __init__(
-        self, db: Database, temporal: LazyTemporal, *, timeout: float = TEMPORAL_TIMEOUT
+        self, db: Database, temporal: LazyTemporal, *, timeout: float = TEMPORAL_TIMEOUT,
+        charger: CardUpdateCharger | None = None,
     ) -> None:
         self.db = db
         self.temporal = temporal
         self.timeout = timeout
+        self.charger = charger
 
     async def handle(self, account_id: str, event: StripeEvent) -> dict[str, Any]:
         """Apply one event; the JSON answer for Stripe. Raises TemporalUnavailable, or a
@@ -265,6 +300,10 @@ class StripeEvents:
             return {**base, "status": "ignored", "reason": "event type not used"}
         if await asyncio.to_thread(self._processed, account_id, event.id):
             return {**base, "status": "duplicate"}
+        charges: list[dict[str, Any]] | None = None
+        card_customer = card_fixed_customer(event.type, event.obj, event.previous)
+        if card_customer is not None and self.charger is not None:
+            charges = await self._charge_open_invoices(account_id, card_customer, event.id)
         if event.type in (CUSTOMER_CREATED, CUSTOMER_UPDATED):
             # One transaction: the change and the record that the event was processed.
             result = await asyncio.to_thread(self._sync_customer, account_id, event)
@@ -275,10 +314,16 @@ class StripeEvents:
                 result = await self._invoice_paid(account_id, event)
             elif event.type == SUBSCRIPTION_DELETED:
                 result = await self._subscription_deleted(account_id, event)
+            elif event.type == PAYMENT_METHOD_ATTACHED:
+                result = ({"status": "processed", "customer": card_customer}
+                          if card_customer else
+                          {"status": "ignored", "reason": "the payment method has no customer"})
             else:
                 result = await self._invoice_closed(account_id, event)
             # Recorded only now that Temporal has done its part.
             await asyncio.to_thread(self._record, account_id, event.id)
+        if charges is not None:
+            result = {**result, "charges": charges}
         log.info("stripe %s %s for %s: %s%s", event.type, event.id, account_id,
                  result.get("status"), f" ({result['reason']})" if result.get("reason") else "")
         return {**base, **result}
@@ -336,10 +381,12 @@ class StripeEvents:
         except InputError:
             email = None  # a case without the address beats no case; email is skipped
         name = _text(inv.get("customer_name"))
+        decline = _decline_code(inv)
         return CaseRequest(
             account_id=account_id, customer_id=customer_id, invoice_id=invoice_id,
             amount_due=amount, currency=currency, billing_link=link, failed_at=event.created,
             customer_email=email, customer_name=name[:200] if name else None,
+            decline_code=decline,
         )
 
     async def _invoice_failed(self, account_id: str, event: StripeEvent) -> dict[str, Any]:
@@ -383,6 +430,31 @@ class StripeEvents:
         await asyncio.to_thread(self._mark_paid, account_id, invoice_id)
         case = await self._signal_case(lambda c: c.recover(account_id, invoice_id, amount))
         return {"status": "processed", "invoice": invoice_id, "case": case}
+
+    async def _charge_open_invoices(
+        self, account_id: str, customer_id: str, event_id: str
+    ) -> list[dict[str, Any]]:
+        """Pay each open invoice of the customer's active cases (see dunning.cases.card_update);
+        a payment recovers its case as `invoice.paid` does. Raises BillingUnavailable."""
+        assert self.charger is not None
+        charger = self.charger
+        out = []
+        for workflow_id, invoice_id in await asyncio.to_thread(
+            charger.open_cases, account_id, customer_id
+        ):
+            outcome = await asyncio.to_thread(charger.charge, account_id, workflow_id,
+                                              invoice_id, event_id)
+            entry = outcome.as_json()
+            if outcome.status == "paid":
+                await asyncio.to_thread(self._mark_paid, account_id, invoice_id)
+                entry["case"] = await self._signal_case(
+                    partial(_recover, account_id=account_id, invoice_id=invoice_id,
+                            amount=outcome.amount_paid)
+                )
+            log.info("card updated: invoice %s %s%s", invoice_id, outcome.status,
+                     f" ({outcome.decline_code})" if outcome.decline_code else "")
+            out.append(entry)
+        return out
 
     async def _cancel(self, account_id: str, invoice_id: str, reason: str) -> bool:
         outcome = await self._signal_case(lambda c: c.cancel(account_id, invoice_id, reason))

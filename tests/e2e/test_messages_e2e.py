@@ -309,7 +309,7 @@ async def test_a_florida_number_at_20h_waits_and_status_shows_the_window(
         sms = next(r for r in status["reminders"] if r["channel"] == "sms")
         assert sms["status"] == "pending"
         assert "window 08:00-20:00, Florida law allows 08:00-20:00" in sms["reason"]
-        assert "held for the recipient's quiet hours" in status["waiting_for"]
+        assert "step 1 held until" in status["waiting_for"]
         assert plivo_server.accepted(phone.lstrip("+")) == []
         await handle.signal("cancel")
         assert (await handle.result())["sms_sent"] == 0

@@ -12,6 +12,7 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from activities.events import EventActivities
 from dunning.credits import ledger
 from dunning.platform.db import Database
 from dunning.platform.db.models import Case, CreditEntry, Message, OptOut
@@ -364,7 +365,8 @@ async def test_recovery_withdraws_a_send_still_queued_behind_the_sms_rate_limit(
     acts = real_activities(db, plivo, stack["smtp"])
     with ThreadPoolExecutor(max_workers=4) as ex:
         worker = Worker(stack["env"].client, task_queue=stack["queue"],
-                        workflows=[DunningWorkflow], activities=acts.all(),
+                        workflows=[DunningWorkflow],
+                        activities=[*acts.all(), *EventActivities(db).all()],
                         activity_executor=ex)
         async with worker:
             handle = await _start(stack, "inv1", "cus1")

@@ -35,10 +35,12 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities import DunningActivities
+from dunning.cases.campaigns import CampaignInput, set_campaign
 from dunning.cases.experiments import set_sms_holdout
 from dunning.credits import ledger
 from dunning.domain.contract import SEARCH_ATTRIBUTES
 from dunning.domain.experiments import assign_arm
+from dunning.events import endpoints
 from dunning.platform.db import Database
 from dunning.platform.providers.email import ConsoleEmailProvider
 from dunning.platform.providers.sms import ConsoleSmsProvider
@@ -225,6 +227,30 @@ async def sms_holdout(client: Client, db: Database) -> WorkflowHandle[Any, Any]:
     return handle
 
 
+async def outbound_events(client: Client, db: Database) -> WorkflowHandle[Any, Any]:
+    """With the `outbound-events` patch: the case records its events (case.started, reminders,
+    sms.paused when credits run out at step 2, sms.resumed and case.exhausted at the end)."""
+    make_account(db, "events", schedule="0s,1s", grace="1s", balance=1)
+    add_customer(db, "events", "c1", phone="+14155550107")
+    with db.session() as s:
+        endpoints.add_endpoint(s, "events", "https://hooks.example/events", [])
+    handle = await _start(client, "events")
+    await handle.result()
+    return handle
+
+
+async def campaign(client: Client, db: Database) -> WorkflowHandle[Any, Any]:
+    """With the `campaign-snapshot` patch: the plan's campaign (two steps a second apart, SMS on
+    step 1 only) replaces the account's long schedule; then exhausted."""
+    make_account(db, "campaign", schedule="0s,30s", grace="1h", balance=10)
+    add_customer(db, "campaign", "c1", phone="+14155550108")
+    with db.session() as s:
+        set_campaign(s, "campaign", "gold", CampaignInput("0s,1s", "1s", "1", None))
+    handle = await _start(client, "campaign", plan="gold")
+    await handle.result()
+    return handle
+
+
 SCENARIOS: dict[str, Scenario] = {
     "full_schedule": full_schedule,
     "pause_resume": pause_resume,
@@ -235,6 +261,8 @@ SCENARIOS: dict[str, Scenario] = {
     "signal_account": signal_account,
     "iso_currency": iso_currency,
     "sms_holdout": sms_holdout,
+    "outbound_events": outbound_events,
+    "campaign": campaign,
 }
 
 

@@ -83,7 +83,7 @@ def test_every_variable_renders() -> None:
     out = render(text, SAMPLE_CONTEXT)
     assert out == (
         "Acme Cloud https://billing.example.com/pay/inv_123 Jane Doe Jane $49.00 inv_123 3 "
-        "support@example.com November 26, 2026"
+        "support@example.com November 26, 2026 2 $98.00 insufficient_funds"
     )
 
 

@@ -60,6 +60,16 @@ from dunning.domain.contract import (
     SettleRequest,
     sms_task_queue,
 )
+from dunning.domain.outbound import (
+    ACT_CAMPAIGN_FOR_CASE,
+    ACT_END_ACTION,
+    ACT_RECORD_EVENTS,
+    CampaignRequest,
+    CampaignSnapshot,
+    EndActionRequest,
+    EndActionResult,
+    RecordEventsRequest,
+)
 from tests.servers import start_time_skipping_server
 from workflows import DunningWorkflow
 
@@ -143,7 +153,22 @@ class ScriptedCase:
         async def finish_case(req: FinishCaseRequest) -> None:
             self.calls.append(Call(ACT_FINISH_CASE, req))
 
-        return [register_case, send_email, release_sms, settle_message, finish_case], send_sms
+        @activity.defn(name=ACT_CAMPAIGN_FOR_CASE)
+        async def campaign_for_case(req: CampaignRequest) -> CampaignSnapshot:
+            self.calls.append(Call(ACT_CAMPAIGN_FOR_CASE, req))
+            return CampaignSnapshot(found=False)  # no campaign: the account's schedule
+
+        @activity.defn(name=ACT_RECORD_EVENTS)
+        async def record_events(req: RecordEventsRequest) -> None:
+            self.calls.append(Call(ACT_RECORD_EVENTS, req))
+
+        @activity.defn(name=ACT_END_ACTION)
+        async def end_action(req: EndActionRequest) -> EndActionResult:
+            self.calls.append(Call(ACT_END_ACTION, req))
+            return EndActionResult(action="none", status="none")
+
+        return [register_case, send_email, release_sms, settle_message, finish_case,
+                campaign_for_case, record_events, end_action], send_sms
 
     async def _answer(self, name: str, req: MessageRequest, script: SendScript) -> MessageResult:
         attempt = 1 + sum(

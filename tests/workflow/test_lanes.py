@@ -109,11 +109,11 @@ async def test_quiet_hours_hold_the_sms_until_the_window_opens_not_the_email(
                           "step 1 tried on both channels")
 
     async def held() -> bool:
-        return "held for the recipient's quiet hours" in (await case.status())["waiting_for"]
+        return "step 1 held until" in (await case.status())["waiting_for"]
 
     await case.wait_until(held, "the SMS lane says it is held")
     status = await case.status()
-    assert lane(status, "sms")[0] == ("pending", "recipient's quiet hours")  # held, says why
+    assert lane(status, "sms")[0] == ("pending", "held: recipient's quiet hours")  # held, says why
     assert not status["sms_paused"]  # held, not paused for credits
     assert f"until {opens[0].isoformat()}" in status["waiting_for"]
     result = await case.result()

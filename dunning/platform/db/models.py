@@ -18,6 +18,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -77,6 +79,15 @@ class Account(Base):
     # SMS A/B test: this share (percent) of new cases gets template B instead; None: off.
     sms_ab_template: Mapped[str | None] = mapped_column(Text)
     sms_ab_percent: Mapped[int | None] = mapped_column(Integer)
+    # End of dunning: none | cancel-subscription | mark-uncollectible | pause-collection.
+    on_exhausted: Mapped[str] = mapped_column(String(24), default="none", server_default="none")
+    # Ask Stripe to pay open invoices as soon as the customer's card changes.
+    charge_on_card_update: Mapped[bool] = mapped_column(
+        Boolean, default=True, server_default=true()
+    )
+    # One conversation per customer: emails (and, separately, SMS) per rolling day across the
+    # customer's cases; 0: no limit.
+    daily_message_limit: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -137,6 +148,11 @@ class Customer(Base):
     locale: Mapped[str | None] = mapped_column(String(35))  # BCP 47, e.g. pt-BR
     source: Mapped[str | None] = mapped_column(String(32))  # import | stripe | case
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Operator controls (dunning.customers.conversation): reminders paused (until a time, or
+    # until resumed), or the customer excluded from dunning (no case runs).
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    paused_until: Mapped[datetime | None] = mapped_column()
+    excluded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class OptOut(Base):
@@ -353,5 +369,133 @@ class Refill(Base):
     idempotency_key: Mapped[str] = mapped_column(String(100), unique=True)
     gateway_ref: Mapped[str | None] = mapped_column(String(100))
     error: Mapped[str | None] = mapped_column(String(400))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+# --- outbound events (dunning.events) ------------------------------------------------------
+
+
+class WebhookEndpoint(Base):
+    """An account's receiver of outbound events (Standard Webhooks). `event_types` None: all."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    url: Mapped[str] = mapped_column(String(2000))
+    secret: Mapped[str] = mapped_column(String(200))  # whsec_<base64>
+    event_types: Mapped[list[str] | None] = mapped_column(JSON)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(String(400))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class OutboxEvent(Base):
+    """One event, recorded with the change that caused it. `seq` orders them; `dedupe_key` makes
+    recording idempotent (a retried activity records the same event once)."""
+
+    __tablename__ = "outbox_events"
+    __table_args__ = (Index("ix_outbox_events_account_seq", "account_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(40), unique=True)
+    dedupe_key: Mapped[str | None] = mapped_column(String(400), unique=True)
+    account_id: Mapped[str] = mapped_column(String(128))
+    case_id: Mapped[str | None] = mapped_column(String(300), index=True)
+    type: Mapped[str] = mapped_column(String(40))
+    occurred_at: Mapped[datetime] = mapped_column()
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class EventDelivery(Base):
+    """One event owed to one endpoint: pending until delivered (or failed/canceled)."""
+
+    __tablename__ = "event_deliveries"
+    __table_args__ = (Index("ix_event_deliveries_endpoint_status", "endpoint_id", "status", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_seq: Mapped[int] = mapped_column(
+        ForeignKey("outbox_events.seq", ondelete="CASCADE"), index=True
+    )
+    endpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
+    )
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(400))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column()
+
+
+class DeliveryAttempt(Base):
+    """Every HTTP attempt at a delivery, its answer or error."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("event_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    attempted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(400))
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class CaseAction(Base):
+    """An end-of-dunning action taken through the billing system (exactly once per case)."""
+
+    __tablename__ = "case_actions"
+    __table_args__ = (UniqueConstraint("workflow_id", "action", name="uq_case_actions_case"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    workflow_id: Mapped[str] = mapped_column(String(300), index=True)
+    account_id: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))  # pending | done | failed
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    stripe_ref: Mapped[str | None] = mapped_column(String(100))
+    error: Mapped[str | None] = mapped_column(String(400))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ChargeAttempt(Base):
+    """A payment of an open invoice asked of Stripe because the customer's card changed; one per
+    (invoice, Stripe event), keyed for idempotency."""
+
+    __tablename__ = "charge_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(String(128), index=True)
+    workflow_id: Mapped[str] = mapped_column(String(300), index=True)
+    invoice_id: Mapped[str] = mapped_column(String(128))
+    trigger_event: Mapped[str] = mapped_column(String(200))
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    status: Mapped[str] = mapped_column(String(16))  # pending | paid | declined | failed
+    decline_code: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(String(400))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Campaign(Base):
+    """A plan's dunning campaign: its own schedule, grace, SMS steps and end action. A case
+    takes its plan's campaign as it is when the case starts (a snapshot in its history)."""
+
+    __tablename__ = "campaigns"
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    plan: Mapped[str] = mapped_column(String(128), primary_key=True)
+    schedule: Mapped[str] = mapped_column(String(400))
+    grace_seconds: Mapped[int] = mapped_column(Integer)
+    sms_steps: Mapped[list[int] | None] = mapped_column(JSON)  # None: the account's switches
+    on_exhausted: Mapped[str | None] = mapped_column(String(24))  # None: the account's
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

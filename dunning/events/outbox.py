@@ -1,0 +1,167 @@
+"""The event outbox: an event is recorded in the transaction of the change that caused it, with
+one pending delivery per enabled endpoint of the account subscribed to its type. Delivery is
+Temporal's job (workflows/events.py), which drains an endpoint's pending deliveries in order.
+
+Payloads carry ids and amounts, never phone numbers, email addresses or names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from dunning.domain.contract import InputError
+from dunning.events.catalog import EVENT_TYPES, is_subscribed
+from dunning.platform.db.models import (
+    Case,
+    DeliveryAttempt,
+    EventDelivery,
+    OutboxEvent,
+    WebhookEndpoint,
+    utcnow,
+)
+
+
+def _event_id(dedupe_key: str | None) -> str:
+    """`msg_` + 24 hex: derived from the dedupe key when there is one (a retried recording keeps
+    its id), random otherwise."""
+    if dedupe_key is None:
+        return "msg_" + secrets.token_hex(12)
+    return "msg_" + hashlib.sha256(dedupe_key.encode()).hexdigest()[:24]
+
+
+def body(event: OutboxEvent) -> dict[str, Any]:
+    """The JSON body sent to endpoints: {"type", "timestamp", "data"}."""
+    return {
+        "type": event.type,
+        "timestamp": event.occurred_at.isoformat().replace("+00:00", "Z"),
+        "data": event.data,
+    }
+
+
+def record(
+    session: Session,
+    account_id: str,
+    event_type: str,
+    data: dict[str, Any],
+    *,
+    case_id: str | None = None,
+    occurred_at: datetime | None = None,
+    dedupe_key: str | None = None,
+) -> OutboxEvent | None:
+    """Record an event and its deliveries in the caller's transaction. With a `dedupe_key`
+    already recorded, nothing is added and None is returned."""
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {event_type!r}")
+    if dedupe_key is not None and session.scalar(
+        select(OutboxEvent.seq).where(OutboxEvent.dedupe_key == dedupe_key)
+    ) is not None:
+        return None
+    payload = {"account_id": account_id, **({"case_id": case_id} if case_id else {}), **data}
+    event = OutboxEvent(
+        event_id=_event_id(dedupe_key), dedupe_key=dedupe_key, account_id=account_id,
+        case_id=case_id, type=event_type, occurred_at=occurred_at or utcnow(), data=payload,
+    )
+    try:
+        with session.begin_nested():
+            session.add(event)
+            session.flush()
+    except IntegrityError:  # a concurrent recording of the same key won
+        return None
+    endpoints = session.execute(
+        select(WebhookEndpoint.id, WebhookEndpoint.event_types).where(
+            WebhookEndpoint.account_id == account_id, WebhookEndpoint.enabled.is_(True)
+        )
+    ).all()
+    for endpoint_id, types in endpoints:
+        if is_subscribed(types, event_type):
+            session.add(EventDelivery(event_seq=event.seq, endpoint_id=endpoint_id,
+                                      status="pending", attempts=0))
+    session.flush()
+    return event
+
+
+def event_json(session: Session, event: OutboxEvent) -> dict[str, Any]:
+    rows = session.execute(
+        select(EventDelivery).where(EventDelivery.event_seq == event.seq)
+        .order_by(EventDelivery.id)
+    ).scalars().all()
+    deliveries = []
+    for d in rows:
+        attempts = session.execute(
+            select(DeliveryAttempt).where(DeliveryAttempt.delivery_id == d.id)
+            .order_by(DeliveryAttempt.id)
+        ).scalars().all()
+        deliveries.append({
+            "endpoint_id": d.endpoint_id,
+            "status": d.status,
+            "attempts": [
+                {"at": a.attempted_at.isoformat(), "status_code": a.status_code,
+                 "error": a.error, "duration_ms": a.duration_ms}
+                for a in attempts
+            ],
+            "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
+            "last_error": d.last_error,
+        })
+    return {
+        "event_id": event.event_id,
+        "type": event.type,
+        "case_id": event.case_id,
+        "timestamp": body(event)["timestamp"],
+        "data": event.data,
+        "deliveries": deliveries,
+    }
+
+
+def list_events(
+    session: Session, account_id: str, case_id: str | None = None, limit: int = 200
+) -> list[OutboxEvent]:
+    """The account's newest events, oldest first; `case_id` is a case's workflow id or its
+    invoice id."""
+    query = select(OutboxEvent).where(OutboxEvent.account_id == account_id)
+    if case_id is not None:
+        by_invoice = select(Case.workflow_id).where(
+            Case.account_id == account_id, Case.invoice_id == case_id
+        )
+        query = query.where(or_(OutboxEvent.case_id == case_id,
+                                OutboxEvent.case_id.in_(by_invoice)))
+    newest = session.execute(query.order_by(OutboxEvent.seq.desc()).limit(limit)).scalars().all()
+    return list(reversed(newest))
+
+
+def redeliver(session: Session, event_id: str) -> list[str]:
+    """A new pending delivery of the event to each of its account's enabled, subscribed
+    endpoints (after whatever they have pending). Returns the endpoint ids."""
+    event = session.scalar(select(OutboxEvent).where(OutboxEvent.event_id == event_id))
+    if event is None:
+        raise InputError("event", f"unknown event {event_id!r}")
+    endpoints = session.execute(
+        select(WebhookEndpoint.id, WebhookEndpoint.event_types).where(
+            WebhookEndpoint.account_id == event.account_id, WebhookEndpoint.enabled.is_(True)
+        )
+    ).all()
+    chosen = [ep for ep, types in endpoints if is_subscribed(types, event.type)]
+    if not chosen:
+        raise InputError("event", "no enabled endpoint of the account subscribes to "
+                                  f"{event.type!r}")
+    for endpoint_id in chosen:
+        session.add(EventDelivery(event_seq=event.seq, endpoint_id=endpoint_id,
+                                  status="pending", attempts=0))
+    session.flush()
+    return chosen
+
+
+def pending_heads(session: Session) -> dict[str, int]:
+    """endpoint id -> the newest pending delivery id, for endpoints with pending deliveries."""
+    rows = session.execute(
+        select(EventDelivery.endpoint_id, func.max(EventDelivery.id))
+        .where(EventDelivery.status == "pending")
+        .group_by(EventDelivery.endpoint_id)
+    ).all()
+    return {endpoint_id: int(top) for endpoint_id, top in rows}
