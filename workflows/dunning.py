@@ -143,6 +143,10 @@ class DunningWorkflow:
     @workflow.run
     async def run(self, raw: dict[str, Any]) -> dict[str, Any]:
         case = self._parse(raw)
+        # Asked before the first command, so every replay meets the markers where the first run
+        # put them (a patch asked between local activities fails queries after an eviction).
+        use_campaign = workflow.patched(PATCH_CAMPAIGN_SNAPSHOT)
+        self._events_on = workflow.patched(PATCH_OUTBOUND_EVENTS)
         failed_at = self._failed_at = case.failed_at or workflow.now()
         workflow.upsert_search_attributes([
             SA_ACCOUNT_ID.value_set(case.account_id),
@@ -165,7 +169,7 @@ class DunningWorkflow:
             raise ApplicationError(plan.error, type="InvalidInput", non_retryable=True)
         self._arm = plan.arm  # state only (no command): shown by the status query
         self._sms_variant = plan.sms_variant
-        if workflow.patched(PATCH_CAMPAIGN_SNAPSHOT):
+        if use_campaign:
             # The plan's campaign as it is now: kept in this history, never re-read.
             snapshot: CampaignSnapshot = await workflow.execute_local_activity(
                 ACT_CAMPAIGN_FOR_CASE,
@@ -181,8 +185,7 @@ class DunningWorkflow:
                 self._outcome = "canceled"
                 self._outcome_reason = "the customer is excluded from dunning by the operator"
         self._count(metrics.CASES_STARTED)
-        if workflow.patched(PATCH_OUTBOUND_EVENTS):
-            self._events_on = True
+        if self._events_on:
             self._event_ids = {"customer_id": case.customer_id, "invoice_id": case.invoice_id}
             self._flusher = asyncio.create_task(self._flush_events(case.account_id))
             self._emit("case.started", "case.started", {
