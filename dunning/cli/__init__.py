@@ -10,6 +10,7 @@ from rich.markup import escape
 from typer._click import exceptions as typer_click  # typer vendors its own click
 
 from dunning.cli import accounts, cases, credits, email, phones, server, sms, stripe
+from dunning.cli import console as console_cli
 from dunning.cli import report as report_cli
 from dunning.cli.common import UserError, err_console
 from dunning.domain.contract import InputError
@@ -31,6 +32,7 @@ app.add_typer(stripe.app, name="stripe")
 cases.register(app)
 app.command("report")(report_cli.report)
 server.register(app)
+console_cli.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

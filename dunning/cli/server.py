@@ -150,7 +150,8 @@ def up() -> None:
                       + (f" (payloads decoded by the codec server on :{CODEC_PORT})"
                          if codec else ""))
     console.print(f"worker on task queue '{cfg.task_queue}', webhooks on "
-                  f"http://{cfg.http_host}:{cfg.http_port}; Ctrl-C stops")
+                  f"http://{cfg.http_host}:{cfg.http_port}, console on "
+                  f"http://{cfg.console_host}:{cfg.console_port}; Ctrl-C stops")
     try:
         asyncio.run(_run_all(cfg, codec and proc is not None))
     except KeyboardInterrupt:
@@ -163,6 +164,7 @@ def up() -> None:
 
 
 async def _run_all(cfg: Any, with_codec: bool) -> None:
+    from dunning.console.server import serve_console
     from dunning.webhooks.server import serve_webhooks
     from worker import run_worker
 
@@ -171,7 +173,7 @@ async def _run_all(cfg: Any, with_codec: bool) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    tasks = [run_worker(cfg, stop), serve_webhooks(cfg, stop)]
+    tasks = [run_worker(cfg, stop), serve_webhooks(cfg, stop), serve_console(cfg, stop)]
     if with_codec:
         from dunning.platform.codec_server import build_codec_server
 

@@ -1,0 +1,336 @@
+"""The console and API as a real `dunning console` process, attacked and driven over HTTP:
+sign-in, lock-out, CSRF, per-account isolation, viewers, cookies, the API end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from dunning.credits import ledger
+from dunning.platform.db import Database
+from dunning.platform.db.models import AuditEntry, Customer
+from tests.console_stack import (
+    PASSWORD,
+    ConsoleProcess,
+    coded_client,
+    csrf_of,
+    page_csrf,
+    sign_in,
+    start_console,
+)
+from tests.fakes.plivo import FakePlivo
+from tests.fakes.smtp import SmtpSink
+from tests.helpers import add_customer, make_account, real_activities, running_worker, wait_for
+
+QUEUE = "console-http"
+CODEC_KEYS = "console:" + "5a" * 32
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, sqlite_db: Database,
+          temporal_env: WorkflowEnvironment) -> Iterator[ConsoleProcess]:
+    tmp = tmp_path_factory.mktemp("console")
+    env = {
+        "DUNNING_DATA_DIR": str(tmp),
+        "DUNNING_DATABASE_URL": sqlite_db.url,
+        "DUNNING_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+        "DUNNING_TASK_QUEUE": QUEUE,
+        "DUNNING_CODEC_KEYS": CODEC_KEYS,
+    }
+    yield from start_console(env, tmp)
+
+
+def _setup(db: Database, stack: ConsoleProcess, uid: str, role: str = "operator") -> str:
+    make_account(db, uid, balance=0, sms=False, schedule="0s,1h,2h")
+    email = f"{role}-{uid}@example.com"
+    stack.add_user(email, uid, role)
+    return email
+
+
+def _balance(db: Database, account: str) -> int:
+    with db.session() as s:
+        return ledger.balance_of(s, account)
+
+
+def test_pages_need_a_session(stack):
+    answer = httpx.get(f"{stack.url}/accounts/x/credits")
+    assert answer.status_code == 303 and answer.headers["location"].startswith("/login")
+    answer = httpx.post(f"{stack.url}/accounts/x/credits/top-up", data={"amount": "5"})
+    assert answer.status_code == 403
+
+
+def test_wrong_password_then_lock_out(stack, sqlite_db, uid):
+    email = _setup(sqlite_db, stack, uid)
+    client = httpx.Client(base_url=stack.url)
+    for attempt in range(5):
+        token = csrf_of(client.get("/login").text)
+        answer = client.post("/login", data={"csrf_token": token, "email": email,
+                                             "password": "not the password"})
+        assert answer.status_code == 401
+        expected = "Wrong email or password." if attempt < 4 else "Too many failed sign-ins"
+        assert expected in answer.text
+        assert "dunning_session" not in answer.headers.get("set-cookie", "")
+    token = csrf_of(client.get("/login").text)
+    answer = client.post("/login", data={"csrf_token": token, "email": email,
+                                         "password": PASSWORD})
+    assert answer.status_code == 401 and "Too many failed sign-ins" in answer.text
+
+
+def test_sign_in_without_the_form_token_is_refused(stack, sqlite_db, uid):
+    email = _setup(sqlite_db, stack, uid)
+    answer = httpx.post(f"{stack.url}/login", data={"email": email, "password": PASSWORD})
+    assert answer.status_code == 403
+
+
+def test_session_cookie_flags(stack, sqlite_db, uid):
+    email = _setup(sqlite_db, stack, uid)
+    client = httpx.Client(base_url=stack.url)
+    token = csrf_of(client.get("/login").text)
+    answer = client.post("/login", data={"csrf_token": token, "email": email,
+                                         "password": PASSWORD})
+    cookie = answer.headers["set-cookie"]
+    assert "dunning_session=" in cookie and "HttpOnly" in cookie
+    assert "samesite=lax" in cookie.lower() and "Secure" not in cookie  # plain http here
+    assert answer.headers["x-frame-options"] == "DENY"
+
+
+def test_a_post_without_csrf_token_changes_nothing(stack, sqlite_db, uid):
+    email = _setup(sqlite_db, stack, uid)
+    client = sign_in(stack.url, email)
+    answer = client.post(f"/accounts/{uid}/credits/top-up", data={"amount": "50"})
+    assert answer.status_code == 403
+    answer = client.post(f"/accounts/{uid}/credits/top-up",
+                         data={"amount": "50", "csrf_token": "forged"})
+    assert answer.status_code == 403
+    assert _balance(sqlite_db, uid) == 0
+    csrf = page_csrf(client, f"/accounts/{uid}/credits")
+    answer = client.post(f"/accounts/{uid}/credits/top-up",
+                         data={"amount": "50", "csrf_token": csrf})
+    assert answer.status_code == 200 and _balance(sqlite_db, uid) == 50
+
+
+def test_another_accounts_urls_are_not_found(stack, sqlite_db, uid):
+    email = _setup(sqlite_db, stack, uid)
+    other = uid + "o"
+    make_account(sqlite_db, other, balance=7)
+    client = sign_in(stack.url, email)
+    csrf = page_csrf(client, f"/accounts/{uid}/credits")
+    for path in ("credits", "sms", "import", "cases", "recovery", "compliance", "audit",
+                 "credits/ledger.csv", "cases/inv1"):
+        answer = client.get(f"/accounts/{other}/{path}")
+        assert answer.status_code == 404, path
+        assert "7 credits" not in answer.text
+    assert client.get("/accounts/no-such-account/credits").status_code == 404
+    answer = client.post(f"/accounts/{other}/credits/top-up",
+                         data={"amount": "5", "csrf_token": csrf})
+    assert answer.status_code == 404 and _balance(sqlite_db, other) == 7
+
+
+def test_a_viewer_cannot_change_anything(stack, sqlite_db, uid):
+    email = _setup(sqlite_db, stack, uid, role="viewer")
+    client = sign_in(stack.url, email)
+    csrf = page_csrf(client, f"/accounts/{uid}/credits")
+    attempts = [
+        ("credits/top-up", {"amount": "5"}),
+        ("credits/auto-refill", {"threshold": "5", "refill_amount": "10"}),
+        ("sms", {"sms_enabled": "on", "template": "{billing_link}"}),
+        ("compliance", {"quiet_hours": "off", "timezone": "UTC"}),
+        ("cases/inv1/recover", {}),
+    ]
+    for path, data in attempts:
+        answer = client.post(f"/accounts/{uid}/{path}", data={**data, "csrf_token": csrf})
+        assert answer.status_code == 403, path
+    files = {"file": ("p.csv", b"customer_id,phone\nc1,+14155552671\n", "text/csv")}
+    answer = client.post(f"/accounts/{uid}/import", data={"csrf_token": csrf}, files=files)
+    assert answer.status_code == 403
+    assert _balance(sqlite_db, uid) == 0
+    with sqlite_db.session() as s:
+        assert s.get(Customer, (uid, "c1")) is None
+        assert not s.query(AuditEntry).filter(AuditEntry.account_id == uid,
+                                              AuditEntry.actor.like("user:%")).count()
+    assert client.get(f"/accounts/{uid}/sms").status_code == 200  # reading is fine
+
+
+def test_changes_are_audited_with_who_and_what(stack, sqlite_db, uid):
+    email = _setup(sqlite_db, stack, uid)
+    client = sign_in(stack.url, email)
+    csrf = page_csrf(client, f"/accounts/{uid}/sms")
+    answer = client.post(f"/accounts/{uid}/sms", data={
+        "csrf_token": csrf, "sms_enabled": "on", "step_1": "on", "step_3": "on",
+        "template": "{company_name}: pay at {billing_link}"})
+    assert answer.status_code == 200 and "Changes saved." in answer.text
+    page = client.get(f"/accounts/{uid}/audit").text
+    assert f"user:{email}" in page and "sms_settings.updated" in page
+
+
+def test_secure_cookie_behind_https_public_url(tmp_path, sqlite_db, temporal_env, uid):
+    env = {"DUNNING_DATA_DIR": str(tmp_path), "DUNNING_DATABASE_URL": sqlite_db.url,
+           "DUNNING_PUBLIC_URL": "https://dunning.example.com"}
+    for stack in start_console(env, tmp_path):
+        email = _setup(sqlite_db, stack, uid)
+        form = httpx.get(f"{stack.url}/login")
+        assert "Secure" in form.headers["set-cookie"]
+        # Behind a TLS proxy the browser sees https and sends the Secure cookie back.
+        login_cookie = form.headers["set-cookie"].split(";")[0]
+        answer = httpx.post(f"{stack.url}/login", headers={"cookie": login_cookie},
+                            data={"csrf_token": csrf_of(form.text), "email": email,
+                                  "password": PASSWORD})
+        assert answer.status_code == 303
+        session_cookie = next(c for c in answer.headers.get_list("set-cookie")
+                              if c.startswith("dunning_session="))
+        assert "Secure" in session_cookie and "HttpOnly" in session_cookie
+
+
+# --- the API -----------------------------------------------------------------------------------
+
+
+def _api(stack: ConsoleProcess, key: str) -> httpx.Client:
+    return httpx.Client(base_url=f"{stack.url}/api/v1", timeout=30,
+                        headers={"authorization": f"Bearer {key}"})
+
+
+def test_api_authenticates_first_and_isolates_accounts(stack, sqlite_db, uid):
+    make_account(sqlite_db, uid, balance=3)
+    make_account(sqlite_db, uid + "o", balance=9)
+    key = stack.api_key(uid)
+    anonymous = httpx.get(f"{stack.url}/api/v1/accounts/{uid}/credits")
+    assert anonymous.status_code == 401
+    assert anonymous.headers["content-type"] == "application/problem+json"
+    assert anonymous.headers["www-authenticate"].startswith("Bearer")
+    wrong = httpx.get(f"{stack.url}/api/v1/accounts/{uid}/credits",
+                      headers={"authorization": f"Bearer {key[:-2]}xx"})
+    assert wrong.status_code == 401
+    api = _api(stack, key)
+    assert api.get(f"/accounts/{uid}/credits").json()["balance"] == 3
+    other = api.get(f"/accounts/{uid}o/credits")
+    assert other.status_code == 404 and other.json()["status"] == 404
+    assert "9" not in other.text
+    top = api.post(f"/accounts/{uid}o/credits/top-ups", json={"amount": 5})
+    assert top.status_code == 404 and _balance(sqlite_db, uid + "o") == 9
+
+
+def test_api_settings_import_customer_preview_and_errors(stack, sqlite_db, uid):
+    make_account(sqlite_db, uid, balance=0, sms=False, schedule="0d,3d")
+    api = _api(stack, stack.api_key(uid))
+    bad = api.patch(f"/accounts/{uid}/sms-settings", json={"template": "no link"})
+    assert bad.status_code == 422 and bad.json()["field"] == "template"
+    assert bad.headers["content-type"] == "application/problem+json"
+    done = api.patch(f"/accounts/{uid}/sms-settings",
+                     json={"sms_enabled": True, "steps": {"2": False},
+                           "template": "{company_name} {billing_link}"})
+    assert done.status_code == 200
+    assert [s["sms"] for s in done.json()["steps"]] == [True, False]
+    preview = api.post(f"/accounts/{uid}/sms-settings/preview", json={}).json()
+    assert preview["encoding"] == "GSM-7" and preview["text"].startswith("Acme Cloud https://")
+    preview = api.post(f"/accounts/{uid}/sms-settings/preview",
+                       json={"template": "Ünïcode ✓ {billing_link}"}).json()
+    assert preview["encoding"] == "UCS-2"
+    csv = b"customer_id,phone\nc1,+14155552671\nc2,123\n"
+    report = api.post(f"/accounts/{uid}/phone-imports", content=csv,
+                      headers={"content-type": "text/csv"}).json()
+    assert report["imported"] == 1 and report["rejected"] == 1
+    assert report["errors"][0]["line"] == 3 and report["errors"][0]["phone"] == "123"
+    broken = api.post(f"/accounts/{uid}/phone-imports", content=b"\x00\x01binary",
+                      headers={"content-type": "text/csv"})
+    assert broken.status_code == 422
+    put = api.put(f"/accounts/{uid}/customers/c9", json={"phone": "+14155552672",
+                                                         "name": "Jo"})
+    assert put.json()["outcome"] == "imported"
+    bad_phone = api.put(f"/accounts/{uid}/customers/c9", json={"phone": "12"})
+    assert bad_phone.status_code == 422 and bad_phone.json()["field"] == "phone"
+    with sqlite_db.session() as s:
+        row = s.get(Customer, (uid, "c9"))
+        assert row is not None and row.phone_e164 == "+14155552672"
+    assert api.post(f"/accounts/{uid}/credits/top-ups", content=b"{not json",
+                    headers={"content-type": "application/json"}).status_code == 400
+    report_json = api.get(f"/accounts/{uid}/report").json()
+    assert report_json["account_id"] == uid and "recovery_rate" in report_json
+
+
+def test_api_top_up_honours_the_idempotency_key(stack, sqlite_db, uid):
+    make_account(sqlite_db, uid, balance=0)
+    api = _api(stack, stack.api_key(uid))
+    path = f"/accounts/{uid}/credits/top-ups"
+    first = api.post(path, json={"amount": 30}, headers={"Idempotency-Key": "order-1"}).json()
+    again = api.post(path, json={"amount": 30}, headers={"Idempotency-Key": "order-1"}).json()
+    assert (first["balance"], first["duplicate"]) == (30, False)
+    assert (again["balance"], again["duplicate"]) == (30, True)
+    clash = api.post(path, json={"amount": 31}, headers={"Idempotency-Key": "order-1"})
+    assert clash.status_code == 422
+    assert api.post(path, json={"amount": 0}).status_code == 422
+    assert api.post(path, json={"amount": "5"}).status_code == 422
+    assert _balance(sqlite_db, uid) == 30
+
+
+async def test_api_cases_start_status_recover_cancel(stack, sqlite_db, temporal_env,
+                                                     plivo_server: FakePlivo,
+                                                     smtp_server: SmtpSink, uid):
+    make_account(sqlite_db, uid, balance=10, schedule="0s,1h,2h")
+    add_customer(sqlite_db, uid, "cus_1", email=f"api{uid}@example.com")
+    key = await asyncio.to_thread(stack.api_key, uid)
+    acts = real_activities(sqlite_db, plivo_server, smtp_server)
+    async with httpx.AsyncClient(base_url=f"{stack.url}/api/v1", timeout=30,
+                                 headers={"authorization": f"Bearer {key}"}) as api, \
+            running_worker(coded_client(temporal_env, CODEC_KEYS), QUEUE, acts):
+        body = {"customer_id": "cus_1", "invoice_id": "inv_1", "amount_due": 4900,
+                "currency": "usd", "billing_link": "https://pay.example.com/inv_1"}
+        started = await api.post(f"/accounts/{uid}/cases", json=body)
+        assert started.status_code == 201, started.text
+        again = await api.post(f"/accounts/{uid}/cases", json=body)
+        assert again.status_code == 200 and again.json()["started"] is False
+
+        async def first_sent() -> bool:
+            got = await api.get(f"/accounts/{uid}/cases/inv_1")
+            return any(r["status"] == "sent" for r in got.json()["reminders"])
+
+        await wait_for(first_sent)
+        recovered = await api.post(f"/accounts/{uid}/cases/inv_1/recover", json={})
+        assert recovered.json()["ok"] is True
+
+        async def is_recovered() -> bool:
+            got = await api.get(f"/accounts/{uid}/cases/inv_1")
+            return bool(got.json()["state"] == "recovered")
+
+        await wait_for(is_recovered)
+        body2 = {**body, "invoice_id": "inv_2"}
+        assert (await api.post(f"/accounts/{uid}/cases", json=body2)).status_code == 201
+        canceled = await api.post(f"/accounts/{uid}/cases/inv_2/cancel", json={"reason": "x"})
+        assert canceled.status_code == 200
+
+        async def is_canceled() -> bool:
+            got = await api.get(f"/accounts/{uid}/cases/inv_2")
+            return bool(got.json()["state"] == "canceled")
+
+        await wait_for(is_canceled)
+        missing = await api.get(f"/accounts/{uid}/cases/nope")
+        assert missing.status_code == 404
+        bad = await api.post(f"/accounts/{uid}/cases", json={**body, "amount_due": "49"})
+        assert bad.status_code == 422 and bad.json()["field"] == "amount_due"
+
+
+def test_openapi_document_matches_the_routes(stack):
+    doc = httpx.get(f"{stack.url}/api/v1/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    ops = {op["operationId"]: (method, path) for path, item in doc["paths"].items()
+           for method, op in item.items() if method != "parameters"}
+    for name in ("getAccount", "updateSmsSettings", "previewSms", "importPhones",
+                 "upsertCustomer", "getBalance", "topUp", "startCase", "getCase",
+                 "recoverCase", "cancelCase", "getReport"):
+        assert name in ops
+    for method, path in ops.values():  # every documented operation exists and authenticates
+        url = f"{stack.url}/api/v1" + path.replace("{account_id}", "a").replace(
+            "{invoice_id}", "i").replace("{customer_id}", "c")
+        answer = httpx.request(method.upper(), url)
+        assert answer.status_code == 401, (method, path, answer.status_code)
+        assert json.loads(answer.text)["status"] == 401
+
+
+def test_data_dir_secret_is_private(stack):
+    secret = Path(stack.env["DUNNING_DATA_DIR"]) / "console-secret"
+    assert secret.exists() and oct(secret.stat().st_mode & 0o777) == "0o600"
