@@ -290,8 +290,11 @@ class Console:
                         while len(self.imports) > KEPT_IMPORTS:
                             self.imports.popitem(last=False)
         status = 200 if error is None else 422
+        stripe = await self.run(lambda s: ops.stripe_sync_status(
+            s, ident.account_id, self.settings.public_url))
         return self.render(request, "import.html", ident, status, report=report, error=error,
-                           download=download, shown=SHOWN_REJECTED, page_name="import")
+                           download=download, shown=SHOWN_REJECTED, stripe=stripe,
+                           page_name="import")
 
     async def _import(self, ident: Identity, upload: UploadFile, region: str | None
                       ) -> ImportReport | str:

@@ -40,6 +40,8 @@ from dunning.platform.db.models import (
     Case,
     ConsentEvent,
     CreditEntry,
+    Customer,
+    ProcessedEvent,
     SmsWaiter,
 )
 from dunning.platform.providers import mask_phone
@@ -174,6 +176,22 @@ def put_customer(session: Session, ident: Identity, customer_id: str, *,
     audit.record(session, ident.account_id, ident.actor, "customer.upserted",
                  customer_id=customer_id, outcome=outcome)
     return outcome
+
+
+def stripe_sync_status(session: Session, account_id: str, public_url: str) -> dict[str, Any]:
+    """The account's Stripe sync endpoint, whether it has its signing secret, the last event
+    taken in and how many customers came from Stripe."""
+    from dunning.webhooks.stripe import EVENT_SOURCE, source_for
+
+    account = get_account(session, account_id)
+    last = session.scalar(select(func.max(ProcessedEvent.created_at))
+                          .where(ProcessedEvent.source == source_for(EVENT_SOURCE, account_id)))
+    synced = session.scalar(select(func.count()).select_from(Customer)
+                            .where(Customer.account_id == account_id,
+                                   Customer.source == "stripe"))
+    return {"url": f"{public_url}/webhooks/stripe/{account_id}",
+            "configured": bool(account.stripe_webhook_secret), "last_event_at": last,
+            "customers": int(synced or 0)}
 
 
 # --- credits -------------------------------------------------------------------------------------

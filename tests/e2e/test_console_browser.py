@@ -108,6 +108,7 @@ async def test_the_setup_flow_by_clicking(stack, browser, sqlite_db, temporal_en
     await _shot(page, "01-sign-in-error")
     await _sign_in(page, email)
     await expect(page.get_by_role("heading", name="Import phone numbers")).to_be_visible()
+    await expect(page.locator("#stripe-configured")).to_have_text("not set")
 
     # import a CSV with bad rows, read the rejected rows, download them
     csv_file = tmp_path / "customers.csv"
