@@ -308,14 +308,15 @@ def ledger_csv_rows(session: Session, account_id: str) -> Any:
     yield "id,created_at,kind,amount,balance_after,step,note\n"
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    for entry in session.scalars(
-        select(CreditEntry).where(CreditEntry.account_id == account_id)
-        .order_by(CreditEntry.id).execution_options(yield_per=2000)
+    columns = (CreditEntry.id, CreditEntry.created_at, CreditEntry.kind, CreditEntry.amount,
+               CreditEntry.balance_after, CreditEntry.step, CreditEntry.note)
+    for entry_id, created_at, kind, amount, after, step, note in session.execute(
+        select(*columns).where(CreditEntry.account_id == account_id)
+        .order_by(CreditEntry.id).execution_options(yield_per=5000)
     ):
-        writer.writerow([entry.id, entry.created_at.isoformat(), entry.kind, entry.amount,
-                         entry.balance_after, entry.step if entry.step is not None else "",
-                         entry.note or ""])
-        if out.tell() > 64 * 1024:
+        writer.writerow([entry_id, created_at.isoformat(), kind, amount, after,
+                         "" if step is None else step, note or ""])
+        if out.tell() > 256 * 1024:
             yield out.getvalue()
             out.seek(0)
             out.truncate()
