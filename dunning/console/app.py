@@ -372,6 +372,54 @@ class Console:
             lambda s: ops.template_preview(s, ident.account_id, text, plan=plan))
         return self.render(request, "_preview.html", ident, preview=preview)
 
+    async def email_page(self, request: Request, ident: Identity, form: FormData | None
+                         ) -> Response:
+        params = request.query_params
+        step = _int_or(params.get("step"), 1)
+        plan = (params.get("plan") or "").strip() or None
+        errors: dict[str, str] = {}
+        saved = False
+        draft: tuple[str, str] | None = None
+        if form is not None:
+            step = _int_or(str(form.get("step") or ""), 1)
+            plan = str(form.get("plan") or "").strip() or None
+            subject, body = str(form.get("subject") or ""), str(form.get("body") or "")
+            draft = (subject, body)
+            try:
+                await self.run(lambda s: ops.save_email_template(
+                    s, ident, subject, body, step=step, plan=plan))
+                saved, draft = True, None
+            except InputError as exc:
+                errors[exc.field] = exc.message
+
+        def load(s: Session) -> dict[str, Any]:
+            account = get_account(s, ident.account_id)
+            offsets = parse_schedule(account.schedule)
+            chosen = step if 0 <= step <= len(offsets) else 1
+            subject, body, source = messaging.email_template_source(
+                s, ident.account_id, chosen, plan)
+            if draft is not None:
+                subject, body = draft
+            return {"step": chosen, "steps": list(range(1, len(offsets) + 1)),
+                    "subject": subject, "body": body,
+                    "source": "built-in" if source is None else
+                    f"step {source['step'] or 'every'}, plan {source['plan'] or 'default'}",
+                    "preview": ops.email_preview(s, ident.account_id, subject, body, chosen)}
+
+        data = await self.run(load)
+        return self.render(request, "email.html", ident, 422 if errors else 200,
+                           errors=errors, saved=saved, plan=plan or "",
+                           variables=ops.template_variables(), page_name="email", **data)
+
+    async def email_preview(self, request: Request, ident: Identity, form: FormData | None
+                            ) -> Response:
+        assert form is not None
+        step = _int_or(str(form.get("step") or ""), 1)
+        subject, body = str(form.get("subject") or ""), str(form.get("body") or "")
+        preview = await self.run(
+            lambda s: ops.email_preview(s, ident.account_id, subject, body, step))
+        return self.render(request, "_email_preview.html", ident, preview=preview)
+
     # --- credits --------------------------------------------------------------------------------
 
     async def credits_page(self, request: Request, ident: Identity, form: FormData | None,
@@ -621,6 +669,10 @@ def _short(exc: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _int_or(value: str | None, default: int) -> int:
+    return int(value) if value and value.isdigit() and len(value) < 6 else default
+
+
 def _page_number(value: str | None) -> int:
     return int(value) if value and value.isdigit() and 0 < int(value) < 1_000_000 else 1
 
@@ -652,6 +704,9 @@ def create_app(settings: Settings, db: Database, temporal: TemporalSource | None
         Route(f"{acct}/sms", c.page(c.sms_page), methods=["GET"]),
         Route(f"{acct}/sms", c.page(c.sms_page, change=True), methods=["POST"]),
         Route(f"{acct}/sms/preview", c.page(c.sms_preview), methods=["POST"]),
+        Route(f"{acct}/email", c.page(c.email_page), methods=["GET"]),
+        Route(f"{acct}/email", c.page(c.email_page, change=True), methods=["POST"]),
+        Route(f"{acct}/email/preview", c.page(c.email_preview), methods=["POST"]),
         Route(f"{acct}/credits", c.page(c.credits_page), methods=["GET"]),
         Route(f"{acct}/credits/top-up", c.page(c.top_up, change=True), methods=["POST"]),
         Route(f"{acct}/credits/auto-refill", c.page(c.auto_refill, change=True),

@@ -31,7 +31,9 @@ from dunning.domain.phones import PhoneError, validate_phone
 from dunning.domain.segments import non_gsm7_chars
 from dunning.domain.templates import (
     VARIABLES,
+    render,
     render_sms,
+    validate_email_template,
     validate_sms_template,
 )
 from dunning.platform.db import Database
@@ -126,6 +128,32 @@ def update_sms_settings(session: Session, ident: Identity, changes: SmsChanges
                  steps={str(k): v for k, v in changes.steps.items()} if changes.steps else None,
                  template_changed=changes.template is not None or None, plan=changes.plan)
     return messaging.sms_settings_json(session, ident.account_id)
+
+
+def email_preview(session: Session, account_id: str, subject: str, body: str, step: int
+                  ) -> dict[str, Any]:
+    """The email a sample customer would get at `step` from an (unsaved) subject and body, or
+    the error (and its field) that saving it would give."""
+    account = get_account(session, account_id)
+    offsets = parse_schedule(account.schedule)
+    days = offsets[max(step, 1) - 1] // 86400 if offsets else 3
+    try:
+        validate_email_template(subject, body)
+    except InputError as exc:
+        return {"subject": None, "body": None, "error": exc.message, "field": exc.field}
+    ctx = messaging.account_sample_context(account, days_overdue=days)
+    return {"subject": render(subject, ctx), "body": render(body, ctx), "error": None,
+            "field": None}
+
+
+def save_email_template(session: Session, ident: Identity, subject: str, body: str, *,
+                        step: int, plan: str | None) -> dict[str, Any]:
+    require_change(ident)
+    data = messaging.set_email_template(session, ident.account_id, subject, body, step=step,
+                                        plan=plan)
+    audit.record(session, ident.account_id, ident.actor, "email_template.updated",
+                 step=step, plan=plan or None)
+    return data
 
 
 def template_variables() -> list[str]:

@@ -156,6 +156,21 @@ async def test_the_setup_flow_by_clicking(stack, browser, sqlite_db, temporal_en
     await expect(page.get_by_label("Step 3")).to_be_checked()
     await _shot(page, "04-sms-settings")
 
+    # email templates per step, the same way
+    await page.get_by_role("link", name="Email templates").click()
+    await page.get_by_label("Reminder").select_option(label="Step 3")
+    await page.get_by_role("button", name="Open").click()
+    await page.get_by_label("Subject").fill("Last call: {amount} for {company_name}")
+    await expect(page.locator("#email-preview-subject")).to_have_text(
+        "Last call: $49.00 for Acme Cloud")
+    await page.get_by_label("Body").fill("Hello {first_name}, {days_overdue} days: "
+                                         "{billing_link}")
+    await expect(page.locator("#email-preview-body")).to_contain_text("Hello Jane, 0 days")
+    await page.get_by_role("button", name="Save changes").click()
+    await expect(page.get_by_role("status")).to_have_text("Changes saved.")
+    await expect(page.locator("main")).to_contain_text("In use now: step 3, plan default")
+    await _shot(page, "04b-email-templates")
+
     # a case starts (by the API, as a billing system would); its SMS waits for credits
     key = await _run(stack.api_key, uid)
     async with httpx.AsyncClient(base_url=f"{stack.url}/api/v1", timeout=30,
@@ -218,7 +233,8 @@ async def test_the_setup_flow_by_clicking(stack, browser, sqlite_db, temporal_en
     await _shot(page, "10-compliance")
     await page.get_by_role("link", name="Audit log").click()
     audit = page.get_by_role("table", name="Audit log")
-    for action in ("phones.imported", "sms_settings.updated", "credits.topped_up",
+    for action in ("phones.imported", "sms_settings.updated", "email_template.updated",
+                   "credits.topped_up",
                    "case.recover", "quiet_hours.updated"):
         await expect(audit).to_contain_text(action)
     await expect(audit).to_contain_text(f"user:{email}")

@@ -121,7 +121,7 @@ def test_another_accounts_urls_are_not_found(stack, sqlite_db, uid):
     make_account(sqlite_db, other, balance=7)
     client = sign_in(stack.url, email)
     csrf = page_csrf(client, f"/accounts/{uid}/credits")
-    for path in ("credits", "sms", "import", "cases", "recovery", "compliance", "audit",
+    for path in ("credits", "sms", "email", "import", "cases", "recovery", "compliance", "audit",
                  "credits/ledger.csv", "cases/inv1"):
         answer = client.get(f"/accounts/{other}/{path}")
         assert answer.status_code == 404, path
@@ -141,6 +141,7 @@ def test_a_viewer_cannot_change_anything(stack, sqlite_db, uid):
         ("credits/auto-refill", {"threshold": "5", "refill_amount": "10"}),
         ("sms", {"sms_enabled": "on", "template": "{billing_link}"}),
         ("compliance", {"quiet_hours": "off", "timezone": "UTC"}),
+        ("email", {"step": "1", "subject": "s", "body": "{billing_link}"}),
         ("cases/inv1/recover", {}),
     ]
     for path, data in attempts:
