@@ -62,3 +62,25 @@ def identity_for_key(session: Session, presented: str) -> Identity | None:
                         ).total_seconds() > 60:
         row.last_used_at = now  # at most once a minute: a read stays (almost) a read
     return Identity(row.account_id, "operator", f"api-key:{key_id}")
+
+
+def list_keys(session: Session, account_id: str) -> list[dict[str, object]]:
+    from sqlalchemy import select
+
+    if session.get(Account, account_id) is None:
+        raise InputError("account", f"unknown account {account_id!r}")
+    rows = session.scalars(select(ApiKey).where(ApiKey.account_id == account_id)
+                           .order_by(ApiKey.created_at))
+    return [{"key_id": r.id, "name": r.name, "created_at": r.created_at.isoformat(),
+             "last_used_at": r.last_used_at.isoformat() if r.last_used_at else None,
+             "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None} for r in rows]
+
+
+def revoke_key(session: Session, account_id: str, key_id: str, *, actor: str = "cli") -> None:
+    """The key stops working at once (its next request gets 401)."""
+    row = session.get(ApiKey, key_id)
+    if row is None or row.account_id != account_id:
+        raise InputError("key", f"no API key {key_id!r} for account {account_id!r}")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        audit.record(session, account_id, actor, "api_key.revoked", key_id=key_id)

@@ -91,6 +91,19 @@ SCHEMAS: dict[str, Any] = {
             "sms_templates": {"type": "object", "additionalProperties": {"type": "string"}},
         },
     },
+    "AccountUpdate": {
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "company_name": {"type": "string"},
+            "sms_sender": {"type": "string", "description": "E.164; empty clears"},
+            "email_from": {"type": "string"}, "contact_email": {"type": "string"},
+            "schedule": {"type": "string", "example": "0d,3d,7d,14d"},
+            "grace": {"type": "string", "example": "7d"},
+            "quiet_hours": {"type": "string", "example": "08:00-21:00"},
+            "timezone": {"type": "string", "example": "Europe/Paris"},
+            "support_contact": {"type": "string"},
+        },
+    },
     "SmsSettings": {
         "type": "object",
         "required": ["account_id", "sms_enabled", "steps", "template", "template_source"],
@@ -231,7 +244,11 @@ def _paths() -> dict[str, Any]:
     return {
         acct: {"parameters": [ACCOUNT_PARAM],
                "get": _op("getAccount", "The account and its settings",
-                          _json(_ref("Account")))},
+                          _json(_ref("Account"))),
+               "patch": _op("updateAccount", "Change the account's settings (company name, "
+                            "sender, schedule, grace, quiet hours ...)", _json(_ref("Account")),
+                            400, 403, 422,
+                            body=_json_body(_ref("AccountUpdate"), required=False))},
         f"{acct}/sms-settings": {
             "parameters": [ACCOUNT_PARAM],
             "get": _op("getSmsSettings", "SMS switches per step and templates",

@@ -152,6 +152,16 @@ class Api:
         data = await self.run(lambda s: account_json(s, get_account(s, ident.account_id)))
         return JSONResponse(data)
 
+    async def update_account(self, request: Request, ident: Identity, body: dict[str, Any]
+                             ) -> Response:
+        unknown = sorted(set(body) - set(ops.ACCOUNT_FIELDS))
+        if unknown:
+            raise InputError(unknown[0], f"is not a setting of an account (one of "
+                             f"{', '.join(ops.ACCOUNT_FIELDS)})")
+        values = {k: _field(body, k, str) for k in ops.ACCOUNT_FIELDS}
+        data = await self.run(lambda s: ops.change_account(s, ident, values))
+        return JSONResponse(data)
+
     async def get_sms_settings(self, request: Request, ident: Identity, body: dict[str, Any]
                                ) -> Response:
         data = await self.run(lambda s: messaging.sms_settings_json(s, ident.account_id))
@@ -339,6 +349,7 @@ def api_routes(settings: Settings, db: Database, temporal: LazyTemporal) -> list
     return [
         Route("/openapi.json", document, methods=["GET"]),
         Route(acct, api.op(api.get_account), methods=["GET"]),
+        Route(acct, api.op(api.update_account, json_body=True), methods=["PATCH"]),
         Route(f"{acct}/sms-settings", api.op(api.get_sms_settings), methods=["GET"]),
         Route(f"{acct}/sms-settings", api.op(api.update_sms_settings, json_body=True),
               methods=["PATCH"]),

@@ -74,6 +74,42 @@ def keys_create(
         console.print(key.secret, highlight=False, markup=False, soft_wrap=True)
 
 
+@keys_app.command("list")
+def keys_list(
+    account: str = typer.Option(..., "--account", help="The account."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The account's API keys (ids and dates; the keys themselves are not kept)."""
+    from dunning.api.keys import list_keys
+
+    with database().session() as s:
+        keys = list_keys(s, account)
+    if as_json:
+        print_json({"account_id": account, "keys": keys})
+        return
+    for k in keys:
+        state = f"revoked {k['revoked_at']}" if k["revoked_at"] else "active"
+        console.print(f"{k['key_id']}  {k['name'] or ''}  created {k['created_at']}  "
+                      f"last used {k['last_used_at'] or 'never'}  {state}", markup=False)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: str = typer.Argument(..., metavar="KEY_ID", help="The key's id (dk_<id>_...)."),
+    account: str = typer.Option(..., "--account", help="The account."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Revoke a key: its next request gets 401."""
+    from dunning.api.keys import revoke_key
+
+    with database().session() as s:
+        revoke_key(s, account, key_id)
+    if as_json:
+        print_json({"account_id": account, "key_id": key_id, "revoked": True})
+    else:
+        console.print(f"API key {key_id} revoked", markup=False)
+
+
 def console_server() -> None:
     """The operator console and HTTP API on DUNNING_CONSOLE_HOST:DUNNING_CONSOLE_PORT."""
     from dunning.console.server import run_console

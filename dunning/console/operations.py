@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dunning.accounts import messaging, pricing
-from dunning.accounts.accounts import AccountOptions, get_account, update_account
+from dunning.accounts.accounts import AccountOptions, account_json, get_account, update_account
 from dunning.console import audit
 from dunning.console.access import Identity
 from dunning.credits import ledger, refill
@@ -60,6 +60,23 @@ class Forbidden(Exception):
 def require_change(ident: Identity) -> None:
     if not ident.can_change:
         raise Forbidden("viewers can look but not change anything")
+
+
+# --- the account -------------------------------------------------------------------------------
+
+ACCOUNT_FIELDS: Final = ("company_name", "sms_sender", "email_from", "contact_email",
+                         "schedule", "grace", "quiet_hours", "timezone", "support_contact")
+
+
+def change_account(session: Session, ident: Identity, values: dict[str, str | None]
+                   ) -> dict[str, Any]:
+    """`account update` for the API: the given fields (strings; "" clears an optional one)."""
+    require_change(ident)
+    opts = AccountOptions(**{k: v for k, v in values.items() if k in ACCOUNT_FIELDS})
+    account = update_account(session, ident.account_id, opts)
+    audit.record(session, ident.account_id, ident.actor, "account.updated",
+                 fields=sorted(k for k, v in values.items() if v is not None))
+    return account_json(session, account)
 
 
 # --- SMS settings ------------------------------------------------------------------------------

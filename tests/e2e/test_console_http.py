@@ -335,3 +335,43 @@ def test_openapi_document_matches_the_routes(stack):
 def test_data_dir_secret_is_private(stack):
     secret = Path(stack.env["DUNNING_DATA_DIR"]) / "console-secret"
     assert secret.exists() and oct(secret.stat().st_mode & 0o777) == "0o600"
+
+
+def test_api_update_account_and_revoked_keys(stack, sqlite_db, uid):
+    make_account(sqlite_db, uid, balance=0)
+    key = stack.api_key(uid)
+    api = _api(stack, key)
+    changed = api.patch(f"/accounts/{uid}", json={"schedule": "0d,2d", "quiet_hours": "off",
+                                                   "company_name": "Acme Two"})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["schedule"] == "0d,2d" and changed.json()["company_name"] == "Acme Two"
+    bad = api.patch(f"/accounts/{uid}", json={"schedule": "soon"})
+    assert bad.status_code == 422 and bad.json()["field"] == "schedule"
+    unknown = api.patch(f"/accounts/{uid}", json={"credit_balance": 10**6})
+    assert unknown.status_code == 422 and unknown.json()["field"] == "credit_balance"
+    assert api.get(f"/accounts/{uid}").json()["credit_balance"] == 0
+    key_id = key.split("_")[1]
+    listed = stack.dunning("api-keys", "list", "--account", uid, "--json")
+    assert json.loads(listed.stdout)["keys"][0]["key_id"] == key_id
+    assert key not in listed.stdout
+    revoked = stack.dunning("api-keys", "revoke", key_id, "--account", uid)
+    assert revoked.returncode == 0, revoked.stderr
+    assert api.get(f"/accounts/{uid}").status_code == 401
+    other = stack.dunning("api-keys", "revoke", key_id, "--account", uid + "zz")
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+
+
+def test_users_add_reads_the_password_from_stdin_and_refuses_bad_input(stack, sqlite_db, uid):
+    make_account(sqlite_db, uid, balance=0)
+    short = stack.dunning("users", "add", f"u{uid}@example.com", "--account", uid, "--role",
+                          "admin", stdin="short\n")
+    assert short.returncode == 1 and "password" in short.stderr
+    assert len([ln for ln in short.stderr.splitlines() if ln.strip()]) == 1
+    role = stack.dunning("users", "add", f"u{uid}@example.com", "--account", uid, "--role",
+                         "owner", stdin=PASSWORD + "\n")
+    assert role.returncode == 1 and "role" in role.stderr
+    done = stack.dunning("users", "add", f"u{uid}@example.com", "--account", uid, "--role",
+                         "viewer", "--json", stdin=PASSWORD + "\n")
+    assert done.returncode == 0 and json.loads(done.stdout)["role"] == "viewer"
+    assert PASSWORD not in done.stdout + done.stderr
+    sign_in(stack.url, f"u{uid}@example.com")  # works
