@@ -584,9 +584,14 @@ class Console:
 
     async def recovery_page(self, request: Request, ident: Identity, form: FormData | None
                             ) -> Response:
-        data = await self.run(lambda s: reports.build_report(s, ident.account_id))
-        return self.render(request, "recovery.html", ident, report=data,
-                           charts=_charts(data), page_name="recovery")
+        def load(s: Session) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            return (reports.build_report(s, ident.account_id),
+                    ops.recoveries_by_step(s, ident.account_id))
+
+        data, by_step = await self.run(load)
+        top = max([row["count"] for row in by_step] + [1])
+        return self.render(request, "recovery.html", ident, report=data, by_step=by_step,
+                           top=top, charts=_charts(data), page_name="recovery")
 
     # --- compliance ------------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from dunning.platform.db.models import (
     ConsentEvent,
     CreditEntry,
     Customer,
+    Message,
     ProcessedEvent,
     SmsWaiter,
 )
@@ -420,6 +421,26 @@ def search_cases(session: Session, account_id: str, query: CaseQuery, size: int 
 def case_row(session: Session, account_id: str, invoice_id: str) -> Case | None:
     return session.scalar(select(Case).where(Case.account_id == account_id,
                                              Case.invoice_id == invoice_id))
+
+
+def recoveries_by_step(session: Session, account_id: str) -> list[dict[str, Any]]:
+    """Recovered cases by the last step that reached the customer (a sent reminder, any
+    channel) before they paid; step 0: paid before any reminder went out."""
+    last_sent = (select(Message.workflow_id, func.max(Message.step).label("step"))
+                 .where(Message.account_id == account_id, Message.status == "sent")
+                 .group_by(Message.workflow_id).subquery())
+    rows = session.execute(
+        select(last_sent.c.step, Case.currency, func.count(), func.sum(Case.recovered_amount))
+        .select_from(Case).outerjoin(last_sent, last_sent.c.workflow_id == Case.workflow_id)
+        .where(Case.account_id == account_id, Case.state == "recovered")
+        .group_by(last_sent.c.step, Case.currency))
+    steps: dict[int, dict[str, Any]] = {}
+    for raw_step, currency, count, amount in rows:
+        step = int(raw_step or 0)
+        entry = steps.setdefault(step, {"step": step, "count": 0, "amounts": {}})
+        entry["count"] += int(count)
+        entry["amounts"][currency] = entry["amounts"].get(currency, 0) + int(amount or 0)
+    return [steps[k] for k in sorted(steps)]
 
 
 # --- compliance ---------------------------------------------------------------------------------

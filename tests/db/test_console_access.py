@@ -198,3 +198,37 @@ def test_the_preview_prices_like_the_engine(db, uid):
         "Reply STOP to unsubscribe.")
     assert ucs["encoding"] == "UCS-2" and ucs["non_gsm7_chars"] == ["✓"]
     assert bad["error"] and "company_name" in bad["error"] and bad["text"] is None
+
+
+def test_recoveries_by_step_count_the_last_reminder_sent_before_payment(db, uid):
+    from datetime import UTC, datetime
+
+    from dunning.platform.db.models import Case, Message
+
+    make_account(db, uid, balance=0)
+    now = datetime.now(UTC)
+
+    def case(n: int, state: str, sent_steps: list[int], amount: int = 1000) -> None:
+        wf = f"dunning-{uid}-inv{n}"
+        with db.session() as s:
+            s.add(Case(workflow_id=wf, account_id=uid, customer_id=f"c{n}",
+                       invoice_id=f"inv{n}", amount_due=amount, currency="USD", state=state,
+                       failed_at=now, recovered_amount=amount if state == "recovered" else 0))
+            for step in sent_steps:
+                s.add(Message(workflow_id=wf, run_id="r", step=step, channel="email",
+                              account_id=uid, customer_id=f"c{n}", status="sent"))
+            s.add(Message(workflow_id=wf, run_id="r", step=9, channel="sms", account_id=uid,
+                          customer_id=f"c{n}", status="skipped"))  # not sent: not counted
+
+    case(1, "recovered", [1])
+    case(2, "recovered", [1, 2])
+    case(3, "recovered", [1, 2], amount=500)
+    case(4, "recovered", [])
+    case(5, "exhausted", [1, 2, 3])
+    with db.session() as s:
+        rows = ops.recoveries_by_step(s, uid)
+    assert rows == [
+        {"step": 0, "count": 1, "amounts": {"USD": 1000}},
+        {"step": 1, "count": 1, "amounts": {"USD": 1000}},
+        {"step": 2, "count": 2, "amounts": {"USD": 1500}},
+    ]

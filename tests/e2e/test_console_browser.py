@@ -224,6 +224,7 @@ async def test_the_setup_flow_by_clicking(stack, browser, sqlite_db, temporal_en
 
     await page.get_by_role("link", name="Recovery").click()
     await expect(page.get_by_role("img", name="Outcomes")).to_be_visible()
+    await expect(page.get_by_role("img", name="Recoveries by step")).to_contain_text("Step 1")
     await _shot(page, "09-recovery")
     await page.get_by_role("link", name="Compliance").click()
     await page.get_by_label("Sending window (HH:MM-HH:MM in the customer's time zone, or off)"
