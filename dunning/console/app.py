@@ -58,6 +58,7 @@ HERE = Path(__file__).resolve().parent
 COOKIE = "dunning_session"
 LOGIN_CSRF_COOKIE = "dunning_login_csrf"
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+MAX_LOGIN_BYTES = 8 * 1024
 SHOWN_REJECTED = 1000
 KEPT_IMPORTS = 32
 TEMPORAL_TIMEOUT = 10.0
@@ -221,6 +222,10 @@ class Console:
                             secure=self.secure_cookies(request), path="/login")
 
     async def login(self, request: Request) -> Response:
+        length = request.headers.get("content-length") or ""
+        if not length.isdigit() or int(length) > MAX_LOGIN_BYTES:
+            return self.error(request, None, 413 if length.isdigit() else 411,
+                              "Request refused", "The sign-in form is too large or unsized.")
         form = await request.form(max_files=0, max_fields=10)
         sent = str(form.get("csrf_token") or "")
         cookie = request.cookies.get(LOGIN_CSRF_COOKIE) or ""

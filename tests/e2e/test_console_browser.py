@@ -117,6 +117,7 @@ async def test_the_setup_flow_by_clicking(stack, browser, sqlite_db, temporal_en
     await page.get_by_role("button", name="Upload").click()
     table = page.get_by_role("table", name="Rejected rows")
     await expect(table).to_be_visible()
+    await expect(page.get_by_label("Upload progress")).to_have_js_property("value", 100)
     rows = table.locator("tbody tr")
     await expect(rows).to_have_count(2)
     await expect(rows.nth(0)).to_contain_text("3")

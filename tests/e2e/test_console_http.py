@@ -375,3 +375,21 @@ def test_users_add_reads_the_password_from_stdin_and_refuses_bad_input(stack, sq
     assert done.returncode == 0 and json.loads(done.stdout)["role"] == "viewer"
     assert PASSWORD not in done.stdout + done.stderr
     sign_in(stack.url, f"u{uid}@example.com")  # works
+
+
+def test_user_data_is_escaped_in_pages(stack, sqlite_db, uid):
+    email = _setup(sqlite_db, stack, uid)
+    client = sign_in(stack.url, email)
+    csrf = page_csrf(client, f"/accounts/{uid}/import")
+    evil = "<img src=x onerror=alert(1)>"
+    files = {"file": ("p.csv", f"customer_id,phone\n{evil},{evil}\n".encode(), "text/csv")}
+    answer = client.post(f"/accounts/{uid}/import", data={"csrf_token": csrf}, files=files)
+    assert answer.status_code == 200
+    assert evil not in answer.text and "&lt;img src=x onerror=alert(1)&gt;" in answer.text
+    assert "script-src 'self'" in answer.headers["content-security-policy"]
+
+
+def test_an_oversized_sign_in_form_is_refused_unread(stack):
+    answer = httpx.post(f"{stack.url}/login", content=b"email=" + b"a" * 100_000,
+                        headers={"content-type": "application/x-www-form-urlencoded"})
+    assert answer.status_code == 413
