@@ -479,15 +479,24 @@ class Console:
         assert form is not None
         off = form.get("off") == "on"
         try:
-            await self.run(lambda s: ops.set_auto_refill(
+            armed = await self.run(lambda s: ops.set_auto_refill(
                 s, ident, threshold=form.get("threshold"), amount=form.get("refill_amount"),
                 off=off))
         except InputError as exc:
             field = "refill_amount" if exc.field == "amount" else exc.field
             return await self.credits_page(request, ident, None, errors={field: exc.message})
-        return await self.credits_page(request, ident, None,
-                                       message="Auto-refill is off." if off
-                                       else "Auto-refill saved.")
+        message = "Auto-refill is off." if off else "Auto-refill saved."
+        if armed is not None:  # the balance is below the threshold already: refill now
+            from dunning.credits import refill
+
+            outcome = await run_in_threadpool(refill.execute_refill, self.db, armed,
+                                              default_sender=self.settings.email_from)
+            if outcome is not None and outcome.status == "succeeded":
+                message += f" A refill of {outcome.amount:,} credits went through. "
+                message += await self._wake(ident.account_id)
+            elif outcome is not None:
+                message += f" The refill is {outcome.status}: {outcome.error or ''}".rstrip()
+        return await self.credits_page(request, ident, None, message=message.strip())
 
     async def ledger_csv(self, request: Request, ident: Identity, form: FormData | None
                          ) -> Response:

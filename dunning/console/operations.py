@@ -325,18 +325,19 @@ def _replay(seen: ApiIdempotencyKey, digest: str) -> TopUpDone:
 
 
 def set_auto_refill(session: Session, ident: Identity, *, threshold: Any, amount: Any,
-                    off: bool) -> dict[str, Any]:
+                    off: bool) -> int | None:
+    """Switch auto-refill on or off (as `dunning credits auto-refill`). Returns the id of a
+    refill to run now (the balance is below the threshold already), or None."""
     require_change(ident)
     if off:
-        data = refill.configure(session, ident.account_id, off=True)
+        refill.configure(session, ident.account_id, off=True)
+        low, credits = None, None
     else:
-        data = refill.configure(session, ident.account_id,
-                                threshold=check_amount(threshold, "threshold"),
-                                amount=check_amount(amount, "amount"))
+        low, credits = check_amount(threshold, "threshold"), check_amount(amount, "amount")
+        refill.configure(session, ident.account_id, threshold=low, amount=credits)
     audit.record(session, ident.account_id, ident.actor, "auto_refill.updated",
-                 off=off or None, threshold=None if off else int(threshold),
-                 amount=None if off else int(amount))
-    return data
+                 off=off or None, threshold=low, amount=credits)
+    return None if off else refill.arm_if_low(session, ident.account_id)
 
 
 def ledger_page(session: Session, account_id: str, page: int, size: int = PAGE_SIZE

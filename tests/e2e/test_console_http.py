@@ -393,3 +393,26 @@ def test_an_oversized_sign_in_form_is_refused_unread(stack):
     answer = httpx.post(f"{stack.url}/login", content=b"email=" + b"a" * 100_000,
                         headers={"content-type": "application/x-www-form-urlencoded"})
     assert answer.status_code == 413
+
+
+def test_auto_refill_from_the_credits_page(stack, sqlite_db, uid):
+    email = _setup(sqlite_db, stack, uid)  # balance 0
+    client = sign_in(stack.url, email)
+    csrf = page_csrf(client, f"/accounts/{uid}/credits")
+    bad = client.post(f"/accounts/{uid}/credits/auto-refill",
+                      data={"csrf_token": csrf, "threshold": "ten", "refill_amount": "50"})
+    assert bad.status_code == 422 and "whole number" in bad.text
+    done = client.post(f"/accounts/{uid}/credits/auto-refill",
+                       data={"csrf_token": csrf, "threshold": "10", "refill_amount": "50"})
+    assert done.status_code == 200 and "Auto-refill saved." in done.text
+    # the balance (0) was below the threshold: one refill of 50 went through at once
+    assert "A refill of 50 credits went through." in done.text
+    assert _balance(sqlite_db, uid) == 50
+    off = client.post(f"/accounts/{uid}/credits/auto-refill",
+                      data={"csrf_token": csrf, "off": "on"})
+    assert "Auto-refill is off." in off.text
+    from dunning.platform.db.models import Account
+
+    with sqlite_db.session() as s:
+        account = s.get(Account, uid)
+        assert account is not None and account.auto_refill_threshold is None
