@@ -232,3 +232,53 @@ def test_recoveries_by_step_count_the_last_reminder_sent_before_payment(db, uid)
         {"step": 1, "count": 1, "amounts": {"USD": 1000}},
         {"step": 2, "count": 2, "amounts": {"USD": 1500}},
     ]
+
+
+def test_case_search_filters_and_pages(db, uid):
+    from datetime import UTC, datetime, timedelta
+
+    from dunning.platform.db.models import Case, SmsWaiter
+
+    make_account(db, uid, balance=0)
+    now = datetime.now(UTC)
+    with db.session() as s:
+        for n in range(7):
+            s.add(Case(workflow_id=f"dunning-{uid}-inv{n}", account_id=uid,
+                       customer_id=f"c{n % 2}", invoice_id=f"inv{n}", amount_due=100,
+                       currency="USD", state="active" if n < 5 else "recovered",
+                       failed_at=now, started_at=now - timedelta(minutes=n)))
+        s.add(SmsWaiter(account_id=uid, workflow_id=f"dunning-{uid}-inv1", credits_needed=1))
+        s.add(SmsWaiter(account_id=uid, workflow_id=f"dunning-{uid}-inv2", credits_needed=1,
+                        credits_granted=1))  # served: no longer paused
+        s.add(Case(workflow_id=f"dunning-{uid}x-inv0", account_id=uid + "x", customer_id="c0",
+                   invoice_id="inv0", amount_due=1, currency="USD", failed_at=now))
+
+    def search(**kw):
+        with db.session() as s:
+            rows, total = ops.search_cases(s, uid, ops.CaseQuery(**kw).check(), size=3)
+        return [c.invoice_id for c, _ in rows], total, [p for _, p in rows]
+
+    assert search() == (["inv0", "inv1", "inv2"], 7, [False, True, False])
+    assert search(page=3) == (["inv6"], 7, [False])
+    assert search(state="recovered")[:2] == (["inv5", "inv6"], 2)
+    assert search(customer="c1")[:2] == (["inv1", "inv3", "inv5"], 3)
+    assert search(invoice="inv4")[:2] == (["inv4"], 1)
+    assert search(sms_paused=True) == (["inv1"], 1, [True])
+    assert search(sms_paused=False)[1] == 6
+    with pytest.raises(InputError):
+        ops.CaseQuery(state="lost").check()
+
+
+def test_consent_history_is_masked_and_newest_first(db, uid):
+    from dunning.customers.consent import record_opt_in, record_opt_out
+
+    make_account(db, uid, balance=0)
+    with db.session() as s:
+        record_opt_out(s, uid, "+14155552671", source="sms", keyword="STOP")
+    with db.session() as s:
+        record_opt_in(s, uid, "+14155552671", source="sms", keyword="START")
+    with db.session() as s:
+        events, total = ops.consent_history(s, uid, 1)
+    assert total == 2
+    assert [(e["action"], e["keyword"], e["phone"]) for e in events] == [
+        ("opt_in", "START", "+1******2671"), ("opt_out", "STOP", "+1******2671")]
