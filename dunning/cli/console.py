@@ -117,8 +117,27 @@ def console_server() -> None:
 
     logs.configure()
     cfg = settings()
+    _check_listen(cfg.console_host, cfg.console_port)
     database()
     run_console(cfg)
+
+
+def _check_listen(host: str, port: int) -> None:
+    """A clear one-line error (exit 1) when the address cannot be listened on."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        fail(f"DUNNING_CONSOLE_HOST={host}: {exc.strerror or exc}")
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port} (DUNNING_CONSOLE_HOST, DUNNING_CONSOLE_PORT): "
+                 f"{exc.strerror or exc}")
 
 
 def register(app: typer.Typer) -> None:

@@ -166,6 +166,8 @@ def load_settings(**overrides: object) -> Settings:
         var = env_name(loc) if loc in _ENV_NAMES else loc.upper()
         value = err.get("input")
         shown = f" (got {value!r})" if isinstance(value, str | int | float) and value != "" else ""
+        if re.search(r"SECRET|PASSWORD|TOKEN|_KEYS?$", var):
+            shown = ""  # never echo a secret
         raise SettingsError(f"invalid setting {var}: {msg}{shown}") from None
     if settings.codec_keys:
         from dunning.platform.codec import parse_keys

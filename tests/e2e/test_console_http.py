@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from dunning.credits import ledger
 from dunning.platform.db import Database
 from dunning.platform.db.models import AuditEntry, Customer
 from tests.console_stack import (
+    DUNNING,
     PASSWORD,
     ConsoleProcess,
     coded_client,
@@ -416,3 +419,20 @@ def test_auto_refill_from_the_credits_page(stack, sqlite_db, uid):
     with sqlite_db.session() as s:
         account = s.get(Account, uid)
         assert account is not None and account.auto_refill_threshold is None
+
+
+def test_console_start_errors_are_one_line(stack, tmp_path):
+    secret = "too-short-secret"
+    env = {**stack.env, "DUNNING_DATA_DIR": str(tmp_path)}
+
+    def run(extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([DUNNING, "console"], env={**os.environ, **env, **extra},
+                              capture_output=True, text=True, timeout=60)
+
+    short = run({"DUNNING_CONSOLE_SECRET": secret})
+    assert short.returncode == 1 and "DUNNING_CONSOLE_SECRET" in short.stderr
+    assert secret not in short.stderr  # a secret is never echoed
+    busy = run({})  # the stack's own port
+    assert busy.returncode == 1
+    lines = [ln for ln in busy.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "DUNNING_CONSOLE_PORT" in lines[0], busy.stderr
