@@ -14,6 +14,13 @@ PROBLEM = {"$ref": "#/components/schemas/Problem"}
 ID = {"type": "string", "pattern": "^[A-Za-z0-9_.@-]{1,128}$"}
 NULL_STR = {"type": ["string", "null"]}
 NULL_INT = {"type": ["integer", "null"]}
+COUNTRY = {"type": ["string", "null"], "pattern": "^([A-Za-z]{2})?$", "example": "US"}
+DURATION = "[0-9]{1,6}[smhd]"
+
+
+def _opt(schema: dict[str, Any]) -> dict[str, Any]:
+    """A field that may be left out or null (null: leave the value as it is)."""
+    return {**schema, "type": [schema.get("type", "string"), "null"]}
 
 
 def _problem(description: str) -> dict[str, Any]:
@@ -93,15 +100,20 @@ SCHEMAS: dict[str, Any] = {
     },
     "AccountUpdate": {
         "type": "object", "additionalProperties": False,
+        "description": "Only the fields given change; null or absent: left as it is.",
         "properties": {
-            "company_name": {"type": "string"},
-            "sms_sender": {"type": "string", "description": "E.164; empty clears"},
-            "email_from": {"type": "string"}, "contact_email": {"type": "string"},
-            "schedule": {"type": "string", "example": "0d,3d,7d,14d"},
-            "grace": {"type": "string", "example": "7d"},
-            "quiet_hours": {"type": "string", "example": "08:00-21:00"},
-            "timezone": {"type": "string", "example": "Europe/Paris"},
-            "support_contact": {"type": "string"},
+            "company_name": _opt({"minLength": 1, "maxLength": 200}),
+            "sms_sender": _opt({"description": "E.164, e.g. +14155550100; empty clears"}),
+            "email_from": _opt({"description": "an email address; empty clears"}),
+            "contact_email": _opt({"description": "an email address; empty clears"}),
+            "schedule": _opt({"pattern": f"^{DURATION}(,{DURATION}){{0,19}}$",
+                              "example": "0d,3d,7d,14d"}),
+            "grace": _opt({"pattern": f"^{DURATION}$", "example": "7d"}),
+            "quiet_hours": _opt({"pattern": "^(off|([01][0-9]|2[0-3]):[0-5][0-9]-"
+                                            "([01][0-9]|2[0-3]):[0-5][0-9])$",
+                                 "example": "08:00-21:00"}),
+            "timezone": _opt({"description": "IANA time zone", "example": "Europe/Paris"}),
+            "support_contact": _opt({"maxLength": 200}),
         },
     },
     "SmsSettings": {
@@ -120,19 +132,23 @@ SCHEMAS: dict[str, Any] = {
     "SmsSettingsUpdate": {
         "type": "object",
         "properties": {
-            "sms_enabled": {"type": "boolean", "description": "SMS as a whole"},
-            "steps": {"type": "object", "description": 'per step, e.g. {"1": true}',
-                      "additionalProperties": {"type": "boolean"}},
-            "template": {"type": "string", "description": "needs {billing_link}"},
-            "plan": {"type": "string", "description": "the plan the template is for"},
+            "sms_enabled": _opt({"type": "boolean", "description": "SMS as a whole"}),
+            "steps": _opt({"type": "object",
+                           "description": 'per step (1-based, in schedule order), e.g. '
+                                          '{"1": true, "2": false}',
+                           "propertyNames": {"pattern": "^[1-9][0-9]?$"},
+                           "additionalProperties": {"type": "boolean"}}),
+            "template": _opt({"minLength": 1, "pattern": "[{]billing_link[}]",
+                              "description": "needs {billing_link}"}),
+            "plan": _opt({"maxLength": 100, "description": "the plan the template is for"}),
         },
     },
     "SmsPreviewRequest": {
         "type": "object",
         "properties": {
-            "template": {"type": "string",
-                         "description": "an unsaved template; default: the stored one"},
-            "plan": {"type": "string"}, "country": {"type": "string", "example": "US"},
+            "template": _opt({"minLength": 1, "pattern": "[{]billing_link[}]",
+                              "description": "an unsaved template; default: the stored one"}),
+            "plan": _opt({"maxLength": 100}), "country": COUNTRY,
         },
     },
     "SmsPreview": {
@@ -158,8 +174,11 @@ SCHEMAS: dict[str, Any] = {
     },
     "CustomerUpsert": {
         "type": "object",
-        "properties": {k: {"type": "string"} for k in ("phone", "country", "email", "name",
-                                                       "plan")},
+        "description": "Only the fields given change; null or absent: left as it is.",
+        "properties": {"phone": _opt({"minLength": 1, "example": "+14155552671"}),
+                       "country": COUNTRY,
+                       "email": _opt({"format": "email", "description": "empty: not given"}),
+                       "name": _opt({"maxLength": 200}), "plan": _opt({"maxLength": 100})},
     },
     "CustomerOutcome": {
         "type": "object", "required": ["account_id", "customer_id", "outcome"],
@@ -190,12 +209,14 @@ SCHEMAS: dict[str, Any] = {
         "required": ["customer_id", "invoice_id", "amount_due", "currency", "billing_link"],
         "properties": {
             "customer_id": ID, "invoice_id": ID,
-            "amount_due": {"type": "integer", "minimum": 0, "description": "minor units"},
-            "currency": {"type": "string", "example": "USD"},
-            "billing_link": {"type": "string", "format": "uri"},
-            "failed_at": {"type": "string", "format": "date-time"},
-            "customer_email": {"type": "string"}, "customer_name": {"type": "string"},
-            "plan": {"type": "string"},
+            "amount_due": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1,
+                           "description": "minor units"},
+            "currency": {"type": "string", "pattern": "^[A-Za-z]{3}$", "example": "USD"},
+            "billing_link": {"type": "string", "format": "uri",
+                             "pattern": "^https?://[^\\s]+$"},
+            "failed_at": _opt({"format": "date-time"}),
+            "customer_email": _opt({"format": "email"}),
+            "customer_name": _opt({"maxLength": 200}), "plan": _opt({"maxLength": 100}),
         },
     },
     "CaseStarted": {
@@ -222,9 +243,10 @@ SCHEMAS: dict[str, Any] = {
                        "ok": {"type": "boolean"}},
     },
     "Recover": {"type": "object",
-                "properties": {"amount": {"type": "integer", "minimum": 0}}},
+                "properties": {"amount": _opt({"type": "integer", "minimum": 0,
+                                               "maximum": 2**63 - 1})}},
     "Cancel": {"type": "object",
-               "properties": {"reason": {"type": "string", "maxLength": 200}}},
+               "properties": {"reason": _opt({"maxLength": 200})}},
     "Report": {"type": "object",
                "required": ["account_id", "cases", "recovered", "recovery_rate", "sms_spend"],
                "properties": {"account_id": {"type": "string"}, "cases": {"type": "object"},
@@ -317,7 +339,8 @@ def _paths() -> dict[str, Any]:
             "parameters": [ACCOUNT_PARAM],
             "get": _op("getReport", "Recovery figures", _json(_ref("Report")), 422,
                        parameters=[{"name": "since", "in": "query", "required": False,
-                                    "schema": {"type": "string"}}]),
+                                    "schema": {"type": "string", "format": "date"},
+                                    "description": "a day (or an RFC 3339 time with offset)"}]),
         },
     }
 

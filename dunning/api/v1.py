@@ -39,6 +39,7 @@ from dunning.platform.db import Database
 from dunning.platform.settings import Settings
 from dunning.webhooks.stripe import LazyTemporal, TemporalUnavailable
 
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
 MAX_JSON_BYTES = 64 * 1024
 MAX_CSV_BYTES = 512 * 1024 * 1024
 TEMPORAL_TIMEOUT = 10.0
@@ -62,6 +63,13 @@ def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...],
         raise InputError(name, f"must be {_kind_name(kind)}")
     if not isinstance(value, kind):
         raise InputError(name, f"must be {_kind_name(kind)}")
+    return value
+
+
+def _whole(value: Any) -> Any:
+    """JSON's 4900.0 is the integer 4900 (JSON Schema agrees); other values as they are."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
     return value
 
 
@@ -229,7 +237,9 @@ class Api:
     async def upsert_customer(self, request: Request, ident: Identity, body: dict[str, Any]
                               ) -> Response:
         customer = request.path_params["customer_id"]
-        fields = {k: _field(body, k, str) for k in ("phone", "country", "email", "name", "plan")}
+        # As an empty CSV cell: "" (or null) is "not given" and keeps the stored value.
+        fields = {k: _field(body, k, str) or None
+                  for k in ("phone", "country", "email", "name", "plan")}
         outcome = await self.run(lambda s: ops.put_customer(s, ident, customer, **fields))
         return JSONResponse({"account_id": ident.account_id, "customer_id": customer,
                              "outcome": outcome})
@@ -240,7 +250,7 @@ class Api:
 
     async def top_up(self, request: Request, ident: Identity, body: dict[str, Any]
                      ) -> Response:
-        amount = body.get("amount")
+        amount = _whole(body.get("amount"))
         if amount is None:
             raise InputError("amount", "is required")
         if isinstance(amount, bool) or not isinstance(amount, int):
@@ -263,8 +273,8 @@ class Api:
 
     async def start_case(self, request: Request, ident: Identity, body: dict[str, Any]
                          ) -> Response:
-        amount = body.get("amount_due")
-        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+        amount = _whole(body.get("amount_due"))
+        if isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount < 2**63:
             raise InputError("amount_due", "must be a whole number of minor units (4900)")
         failed_at_raw = _field(body, "failed_at", str)
         failed_at: datetime | None = (parse_rfc3339("failed_at", failed_at_raw)
@@ -305,9 +315,9 @@ class Api:
     async def recover_case(self, request: Request, ident: Identity, body: dict[str, Any]
                            ) -> Response:
         invoice = self._invoice(request)
-        amount = body.get("amount")
+        amount = _whole(body.get("amount"))
         if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int)
-                                   or amount < 0):
+                                   or not 0 <= amount < 2**63):
             raise InputError("amount", "must be a whole number of minor units")
         client = await self.temporal.get()
         await asyncio.wait_for(client.recover(ident.account_id, invoice, amount),
@@ -333,7 +343,7 @@ class Api:
     async def get_report(self, request: Request, ident: Identity, body: dict[str, Any]
                          ) -> Response:
         since_raw = request.query_params.get("since")
-        since = reports.parse_since(since_raw) if since_raw else None
+        since = reports.parse_since(since_raw) if since_raw is not None else None
         data = await self.run(lambda s: reports.build_report(s, ident.account_id, since=since))
         return JSONResponse(data)
 
@@ -346,24 +356,38 @@ def api_routes(settings: Settings, db: Database, temporal: LazyTemporal) -> list
     async def document(request: Request) -> Response:
         return JSONResponse(openapi_document())
 
-    return [
-        Route("/openapi.json", document, methods=["GET"]),
-        Route(acct, api.op(api.get_account), methods=["GET"]),
-        Route(acct, api.op(api.update_account, json_body=True), methods=["PATCH"]),
-        Route(f"{acct}/sms-settings", api.op(api.get_sms_settings), methods=["GET"]),
-        Route(f"{acct}/sms-settings", api.op(api.update_sms_settings, json_body=True),
-              methods=["PATCH"]),
-        Route(f"{acct}/sms-settings/preview", api.op(api.preview_sms, json_body=True),
-              methods=["POST"]),
-        Route(f"{acct}/phone-imports", api.op(api.import_phones), methods=["POST"]),
-        Route(acct + "/customers/{customer_id}", api.op(api.upsert_customer, json_body=True),
-              methods=["PUT"]),
-        Route(f"{acct}/credits", api.op(api.get_balance), methods=["GET"]),
-        Route(f"{acct}/credits/top-ups", api.op(api.top_up, json_body=True),
-              methods=["POST"]),
-        Route(f"{acct}/cases", api.op(api.start_case, json_body=True), methods=["POST"]),
-        Route(case, api.op(api.get_case), methods=["GET"]),
-        Route(f"{case}/recover", api.op(api.recover_case, json_body=True), methods=["POST"]),
-        Route(f"{case}/cancel", api.op(api.cancel_case, json_body=True), methods=["POST"]),
-        Route(f"{acct}/report", api.op(api.get_report), methods=["GET"]),
-    ]
+    table: dict[str, dict[str, Any]] = {
+        acct: {"GET": api.op(api.get_account),
+               "PATCH": api.op(api.update_account, json_body=True)},
+        f"{acct}/sms-settings": {"GET": api.op(api.get_sms_settings),
+                                 "PATCH": api.op(api.update_sms_settings, json_body=True)},
+        f"{acct}/sms-settings/preview": {"POST": api.op(api.preview_sms, json_body=True)},
+        f"{acct}/phone-imports": {"POST": api.op(api.import_phones)},
+        acct + "/customers/{customer_id}": {
+            "PUT": api.op(api.upsert_customer, json_body=True)},
+        f"{acct}/credits": {"GET": api.op(api.get_balance)},
+        f"{acct}/credits/top-ups": {"POST": api.op(api.top_up, json_body=True)},
+        f"{acct}/cases": {"POST": api.op(api.start_case, json_body=True)},
+        case: {"GET": api.op(api.get_case)},
+        f"{case}/recover": {"POST": api.op(api.recover_case, json_body=True)},
+        f"{case}/cancel": {"POST": api.op(api.cancel_case, json_body=True)},
+        f"{acct}/report": {"GET": api.op(api.get_report)},
+    }
+    return [Route("/openapi.json", document, methods=["GET"]),
+            *(Route(path, _by_method(methods), methods=ALL_METHODS)
+              for path, methods in table.items())]
+
+
+def _by_method(handlers: dict[str, Callable[[Request], Awaitable[Response]]]
+               ) -> Callable[[Request], Awaitable[Response]]:
+    """One route per path: the documented methods, and 405 with `Allow` for the rest."""
+    allow = ", ".join(handlers)
+
+    async def endpoint(request: Request) -> Response:
+        handler = handlers.get(request.method)
+        if handler is None:
+            return problem(405, "Method Not Allowed", f"This resource takes {allow}.",
+                           headers={"allow": allow})
+        return await handler(request)
+
+    return endpoint

@@ -757,11 +757,13 @@ def create_app(settings: Settings, db: Database, temporal: TemporalSource | None
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    headers = dict(getattr(exc, "headers", None) or {})  # Allow: the methods it takes
     if request.url.path.startswith("/api/"):
         from dunning.api.problems import problem
 
-        return problem(405, "Method Not Allowed", "This resource does not take that method.")
-    return PlainTextResponse("Method Not Allowed", status_code=405)
+        return problem(405, "Method Not Allowed", "This resource does not take that method.",
+                       headers=headers)
+    return PlainTextResponse("Method Not Allowed", status_code=405, headers=headers)
 
 
 __all__ = ["create_app"]

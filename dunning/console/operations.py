@@ -122,6 +122,8 @@ def update_sms_settings(session: Session, ident: Identity, changes: SmsChanges
     """Validate everything first (InputError names the field), then apply and audit."""
     require_change(ident)
     account = get_account(session, ident.account_id)
+    if changes.plan is not None and len(changes.plan) > messaging.MAX_PLAN_LENGTH:
+        raise InputError("plan", f"must be at most {messaging.MAX_PLAN_LENGTH} characters")
     count = len(parse_schedule(account.schedule))
     for step in (changes.steps or {}):
         if not 1 <= step <= count:

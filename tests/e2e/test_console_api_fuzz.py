@@ -45,7 +45,8 @@ def fuzz_key(fuzz_stack: ConsoleProcess) -> str:
 
 
 CHECKS = [checks.not_a_server_error, checks.status_code_conformance,
-          checks.content_type_conformance, checks.response_schema_conformance]
+          checks.content_type_conformance, checks.response_schema_conformance,
+          checks.response_headers_conformance, checks.ignored_auth]
 
 
 def test_api_answers_as_documented(fuzz_stack, fuzz_key):

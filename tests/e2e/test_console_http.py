@@ -436,3 +436,17 @@ def test_console_start_errors_are_one_line(stack, tmp_path):
     assert busy.returncode == 1
     lines = [ln for ln in busy.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "DUNNING_CONSOLE_PORT" in lines[0], busy.stderr
+
+
+def test_api_undocumented_methods_get_405_with_allow(stack, sqlite_db, uid):
+    make_account(sqlite_db, uid, balance=0)
+    api = _api(stack, stack.api_key(uid))
+    answer = api.request("DELETE", f"/accounts/{uid}")
+    assert answer.status_code == 405 and answer.headers["allow"] == "GET, PATCH"
+    assert answer.headers["content-type"] == "application/problem+json"
+    # the empty values of a customer are "not given", as an empty CSV cell
+    first = api.put(f"/accounts/{uid}/customers/c1", json={"phone": "+14155552671",
+                                                           "name": "Jo"})
+    assert first.json()["outcome"] == "imported"
+    again = api.put(f"/accounts/{uid}/customers/c1", json={"phone": "", "name": ""})
+    assert again.json()["outcome"] == "unchanged"
