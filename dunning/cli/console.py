@@ -124,20 +124,28 @@ def console_server() -> None:
 
 def _check_listen(host: str, port: int) -> None:
     """A clear one-line error (exit 1) when the address cannot be listened on."""
+    problem = listen_problem(host, port)
+    if problem:
+        fail(problem)
+
+
+def listen_problem(host: str, port: int) -> str | None:
+    """Why the console cannot listen on host:port, or None when it can."""
     import socket
 
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
-        fail(f"DUNNING_CONSOLE_HOST={host}: {exc.strerror or exc}")
+        return f"DUNNING_CONSOLE_HOST={host}: {exc.strerror or exc}"
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(address)
         except OSError as exc:
-            fail(f"cannot listen on {host}:{port} (DUNNING_CONSOLE_HOST, DUNNING_CONSOLE_PORT): "
-                 f"{exc.strerror or exc}")
+            return (f"cannot listen on {host}:{port} (DUNNING_CONSOLE_HOST, "
+                    f"DUNNING_CONSOLE_PORT): {exc.strerror or exc}")
+    return None
 
 
 def register(app: typer.Typer) -> None:

@@ -450,3 +450,40 @@ def test_api_undocumented_methods_get_405_with_allow(stack, sqlite_db, uid):
     assert first.json()["outcome"] == "imported"
     again = api.put(f"/accounts/{uid}/customers/c1", json={"phone": "", "name": ""})
     assert again.json()["outcome"] == "unchanged"
+
+
+def test_dunning_up_serves_the_console(tmp_path, sqlite_db, temporal_env):
+    import signal
+    import time
+
+    from tests.fakes.smtp import free_port
+
+    console_port, http_port = free_port(), free_port()
+    env = {**os.environ, "DUNNING_DATA_DIR": str(tmp_path),
+           "DUNNING_DATABASE_URL": sqlite_db.url,
+           "DUNNING_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+           "DUNNING_TASK_QUEUE": "console-up", "DUNNING_HTTP_PORT": str(http_port),
+           "DUNNING_CONSOLE_PORT": str(console_port), "DUNNING_CODEC_KEYS": CODEC_KEYS}
+    with (tmp_path / "up.log").open("wb") as log:
+        proc = subprocess.Popen([DUNNING, "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{console_port}/login", timeout=1
+                             ).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
+            time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{http_port}/healthz").status_code == 200
+        said = " ".join((tmp_path / "up.log").read_text().split())  # rich wraps lines
+        assert f"console on http://127.0.0.1:{console_port}" in said
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
