@@ -123,8 +123,9 @@ class Api:
             except CaseNotFound as exc:
                 return problem(404, "Not Found", str(exc))
             except (TemporalUnavailable, TimeoutError) as exc:
+                why = str(exc) or f"no answer within {TEMPORAL_TIMEOUT:.0f} s"
                 return problem(503, "Service Unavailable",
-                               f"Temporal could not be reached: {exc}",
+                               f"Temporal could not be reached: {why}",
                                headers={"retry-after": "5"})
             except RPCError as exc:
                 return problem(502, "Bad Gateway", f"Temporal refused the request: "

@@ -4,6 +4,7 @@ response schemas). The account in the path is the key's own, so the operations r
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -13,10 +14,12 @@ from schemathesis import checks
 from temporalio.testing import WorkflowEnvironment
 
 from dunning.platform.db import Database
-from tests.console_stack import ConsoleProcess, start_console
-from tests.helpers import make_account
+from tests.console_stack import ConsoleProcess, coded_client, start_console
+from tests.helpers import make_account, real_activities, running_worker
 
 ACCOUNT = "fuzzed"
+QUEUE = "console-fuzz"
+CODEC_KEYS = "fuzz:" + "1e" * 32
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +30,8 @@ def fuzz_stack(tmp_path_factory: pytest.TempPathFactory, sqlite_db: Database,
         "DUNNING_DATA_DIR": str(tmp),
         "DUNNING_DATABASE_URL": sqlite_db.url,
         "DUNNING_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
-        "DUNNING_TASK_QUEUE": "console-fuzz",  # no worker: cases start and wait
-        "DUNNING_CODEC_KEYS": "fuzz:" + "1e" * 32,
+        "DUNNING_TASK_QUEUE": QUEUE,
+        "DUNNING_CODEC_KEYS": CODEC_KEYS,
     }
     with sqlite_db.session() as s:
         from dunning.platform.db.models import Account
@@ -49,7 +52,15 @@ CHECKS = [checks.not_a_server_error, checks.status_code_conformance,
           checks.response_headers_conformance, checks.ignored_auth]
 
 
-def test_api_answers_as_documented(fuzz_stack, fuzz_key):
+async def test_api_answers_as_documented(fuzz_stack, fuzz_key, sqlite_db, temporal_env,
+                                         plivo_server, smtp_server):
+    """With a worker, as in a running stack: the cases the fuzzer starts really run."""
+    acts = real_activities(sqlite_db, plivo_server, smtp_server)
+    async with running_worker(coded_client(temporal_env, CODEC_KEYS), QUEUE, acts):
+        await asyncio.to_thread(_fuzz_every_operation, fuzz_stack, fuzz_key)
+
+
+def _fuzz_every_operation(fuzz_stack: ConsoleProcess, fuzz_key: str) -> None:
     schema = schemathesis.openapi.from_url(f"{fuzz_stack.url}/api/v1/openapi.json")
     base_url = f"{fuzz_stack.url}/api/v1"
     headers = {"Authorization": f"Bearer {fuzz_key}"}
