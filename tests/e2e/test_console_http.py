@@ -487,3 +487,27 @@ def test_dunning_up_serves_the_console(tmp_path, sqlite_db, temporal_env):
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_per_plan_sms_templates_from_the_page(stack, sqlite_db, uid):
+    from dunning.accounts import messaging
+
+    email = _setup(sqlite_db, stack, uid)
+    client = sign_in(stack.url, email)
+    csrf = page_csrf(client, f"/accounts/{uid}/sms?plan=pro")
+    saved = client.post(f"/accounts/{uid}/sms", data={
+        "csrf_token": csrf, "plan": "pro", "sms_enabled": "on", "step_1": "on",
+        "template": "Pro: {company_name} {billing_link}"})
+    assert saved.status_code == 200 and "Changes saved." in saved.text
+    with sqlite_db.session() as s:
+        assert messaging.sms_template_source(s, uid, "pro") == (
+            "Pro: {company_name} {billing_link}", "plan")
+        assert messaging.sms_template_source(s, uid, None)[1] == "built-in"
+    page = client.get(f"/accounts/{uid}/sms?plan=pro").text
+    assert "Pro: {company_name} {billing_link}" in page and "Template in use: plan" in page
+    refused = client.post(f"/accounts/{uid}/sms", data={
+        "csrf_token": csrf, "plan": "pro", "template": "Pro: {company_name}"})
+    assert refused.status_code == 422 and 'id="template-field-error"' in refused.text
+    with sqlite_db.session() as s:  # nothing changed, not even the switch left unticked
+        assert messaging.sms_template_source(s, uid, "pro")[0].startswith("Pro: {company_name} {")
+        assert messaging.sms_settings_json(s, uid)["sms_enabled"] is True
