@@ -456,11 +456,15 @@ class Console:
         except InputError as exc:
             return await self.credits_page(request, ident, None,
                                            errors={"amount": exc.message})
+        if done.duplicate:
+            return await self.credits_page(
+                request, ident, None,
+                message="This top-up was done already; nothing changed.")
         woken = await self._wake(ident.account_id)
-        note = "" if not done.duplicate else " (this top-up was already done; nothing changed)"
         return await self.credits_page(
             request, ident, None,
-            message=f"Balance is now {done.balance:,} credits{note}. {woken}")
+            message=f"Added {ops.check_amount(form.get('amount')):,} credits (balance "
+                    f"{done.balance:,}). {woken}")
 
     async def _wake(self, account_id: str) -> str:
         from dunning.credits.wake import wake_paused
@@ -472,7 +476,10 @@ class Console:
         except (TemporalUnavailable, TimeoutError, RuntimeError) as exc:
             return (f"Paused cases resume at their next re-check (Temporal could not be "
                     f"reached: {_short(exc)}).")
-        return f"{result.woken} paused case(s) resumed."
+        if not result.woken:
+            return "No case was waiting for credits."
+        return (f"{result.woken} paused case(s) resumed; {result.granted:,} credit(s) set "
+                "aside for their messages.")
 
     async def auto_refill(self, request: Request, ident: Identity, form: FormData | None
                           ) -> Response:

@@ -199,7 +199,7 @@ async def test_the_setup_flow_by_clicking(stack, browser, sqlite_db, temporal_en
         await page.get_by_role("link", name="Credits").click()
         await page.get_by_label("Amount").fill("10")
         await page.get_by_role("button", name="Top up").click()
-        await expect(page.get_by_role("status")).to_contain_text("Balance is now 10 credits")
+        await expect(page.get_by_role("status")).to_contain_text("Added 10 credits (balance 10)")
         await expect(page.get_by_role("status")).to_contain_text("1 paused case(s) resumed")
         await _shot(page, "06-credits")
         await wait_for(lambda: plivo_server.accepted("14155552671"), timeout=30)

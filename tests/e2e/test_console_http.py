@@ -511,3 +511,19 @@ def test_per_plan_sms_templates_from_the_page(stack, sqlite_db, uid):
     with sqlite_db.session() as s:  # nothing changed, not even the switch left unticked
         assert messaging.sms_template_source(s, uid, "pro")[0].startswith("Pro: {company_name} {")
         assert messaging.sms_settings_json(s, uid)["sms_enabled"] is True
+
+
+def test_a_top_up_form_sent_twice_adds_once(stack, sqlite_db, uid):
+    email = _setup(sqlite_db, stack, uid)
+    client = sign_in(stack.url, email)
+    page = client.get(f"/accounts/{uid}/credits").text
+    import re
+
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', page)
+    assert key is not None
+    form = {"csrf_token": csrf_of(page), "amount": "25", "idempotency_key": key.group(1)}
+    first = client.post(f"/accounts/{uid}/credits/top-up", data=form)
+    assert "Added 25 credits (balance 25)." in first.text
+    again = client.post(f"/accounts/{uid}/credits/top-up", data=form)  # a double click
+    assert "This top-up was done already; nothing changed." in again.text
+    assert _balance(sqlite_db, uid) == 25
