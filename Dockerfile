@@ -24,6 +24,6 @@ RUN groupadd --system --gid 10001 dunning \
 COPY --from=build /opt/dunning /opt/dunning
 USER dunning
 WORKDIR /home/dunning
-EXPOSE 8000 8081
+EXPOSE 8000 8081 8100
 ENTRYPOINT ["dunning"]
 CMD ["--help"]

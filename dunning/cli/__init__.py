@@ -22,6 +22,7 @@ from dunning.cli import (
     stripe,
 )
 from dunning.cli import campaigns as campaigns_cli
+from dunning.cli import console as console_cli
 from dunning.cli import customers as customers_cli
 from dunning.cli import events as events_cli
 from dunning.cli import report as report_cli
@@ -50,6 +51,7 @@ cases.register(app)
 app.command("report")(report_cli.report)
 server.register(app)
 doctor.register(app)
+console_cli.register(app)
 
 
 def main(argv: list[str] | None = None, *, invocation: Invocation | None = None) -> None:

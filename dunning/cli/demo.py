@@ -59,6 +59,7 @@ from dunning.platform.temporal import connect, dev_server_command
 from worker import build_workers, running
 
 ACCOUNT = "demo-acme"
+CONSOLE_USER = "demo@acme.test"
 SENDER = "+14155550100"
 AUTH_ID = "MADEMO00000000000001"
 AUTH_TOKEN = "demo-auth-token"
@@ -178,6 +179,8 @@ class Demo:
         self.pace = pace
         self.data_dir = Path(tempfile.mkdtemp(prefix="dunning-demo-"))
         self.grpc_port, self.ui_port, self.http_port = free_port(), free_port(), free_port()
+        self.console_port = free_port()
+        self.console_password = secrets.token_urlsafe(12)  # a throwaway stack's sign-in
         self.settings = Settings(
             data_dir=self.data_dir,
             temporal_address=f"127.0.0.1:{self.grpc_port}",
@@ -191,6 +194,8 @@ class Demo:
             # Its own plain-text dev server on loopback, whatever TLS the environment sets.
             temporal_tls=False, temporal_tls_ca=None, temporal_tls_cert=None,
             temporal_tls_key=None, temporal_tls_server_name="", temporal_api_key="",
+            console_port=self.console_port,
+            temporal_ui_url=f"http://127.0.0.1:{self.ui_port}",
         )
         self.db = Database(self.settings.effective_database_url)
         self.cases: list[DemoCase] = []
@@ -234,6 +239,10 @@ class Demo:
             ))
         with self.db.session() as s:
             report = import_file(s, ACCOUNT, csv_path)
+        with self.db.session() as s:
+            from dunning.console.access import add_user
+
+            add_user(s, CONSOLE_USER, ACCOUNT, "admin", self.console_password, actor="demo")
         self.log(f"imported {report.imported} numbers, rejected {report.rejected}: "
                  + "; ".join(f"line {e.line} {e.reason}" for e in report.errors))
         with self.db.session() as s:
@@ -300,6 +309,10 @@ class Demo:
         app = create_app(self.settings, self.db, sms_provider=sms, temporal=client)
         server = make_server(self.settings, app, handle_signals=False)
         web = asyncio.create_task(server.serve())
+        from dunning.console.server import make_server as make_console_server
+
+        console_server = make_console_server(self.settings, self.db, handle_signals=False)
+        console_web = asyncio.create_task(console_server.serve())
         with ThreadPoolExecutor(max_workers=16) as ex:
             async with running(build_workers(client.client, self.settings, acts, ex)):
                 summary = await self._scenario(client, as_json)
@@ -311,8 +324,10 @@ class Demo:
                         loop.add_signal_handler(sig, stop.set)
                     await stop.wait()
         server.should_exit = True
+        console_server.should_exit = True
         await web
         await asyncio.to_thread(followups.close)
+        await console_web
         summary["import"] = import_report
         return summary
 
@@ -321,8 +336,17 @@ class Demo:
                f"DUNNING_TEMPORAL_ADDRESS={self.settings.temporal_address} "
                f"DUNNING_TASK_QUEUE=demo")
         return (f"\nThe stack stays up (Ctrl-C stops it). Temporal UI: "
-                f"http://127.0.0.1:{self.ui_port}\nTry: {env} dunning status --account "
+                f"http://127.0.0.1:{self.ui_port}\n{self.console_text()}\n"
+                f"Try: {env} dunning status --account "
                 f"{ACCOUNT} --invoice {self.cases[0].invoice}\n")
+
+    def console_text(self) -> str:
+        return (f"Console: {self.console_url} (sign in as {CONSOLE_USER}, password "
+                f"{self.console_password})")
+
+    @property
+    def console_url(self) -> str:
+        return f"http://127.0.0.1:{self.console_port}"
 
     async def _scenario(self, client: DunningClient, as_json: bool) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -421,6 +445,7 @@ class Demo:
             "credits_left": balance,
             "webhooks": dict(self.webhook_status),
             "temporal_ui": f"http://127.0.0.1:{self.ui_port}",
+            "console": self.console_url,
             "data_dir": str(self.data_dir),
         }
 
@@ -437,6 +462,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     imp = summary.get("import", {})
     table.add_row("import", f"{imp.get('imported')} stored, {imp.get('rejected')} rejected")
     table.add_row("Temporal UI", summary["temporal_ui"])
+    table.add_row("console", summary["console"])
     console.print(table)
 
 
@@ -464,7 +490,7 @@ def run_demo(*, keep: bool = False, as_json: bool = False, smoke: bool = False) 
     demo = Demo(console, keep, SMOKE if smoke else SHOWCASE)
     console.print(f"[bold]dunning demo[/]: dev server on 127.0.0.1:{demo.grpc_port}, UI "
                   f"http://127.0.0.1:{demo.ui_port}, webhooks on :{demo.http_port}, data in "
-                  f"{demo.data_dir}")
+                  f"{demo.data_dir}\n{demo.console_text()}")
     demo.start_server()
     try:
         summary = asyncio.run(demo.run(as_json))

@@ -166,10 +166,17 @@ def up() -> None:
                           "the dev server's UI sends no token, so it shows payloads encrypted. "
                           f'Use `temporal workflow show --codec-endpoint '
                           f'http://127.0.0.1:{codec_port} --codec-auth "Bearer $TOKEN"`.')
+    from dunning.cli.console import listen_problem
+
+    busy = listen_problem(cfg.console_host, cfg.console_port)
+    if busy:  # the engine runs on; only the console is left out
+        err_console.print(f"warning: no console: {busy}")
     console.print(f"worker on task queue '{cfg.task_queue}', webhooks on "
-                  f"http://{cfg.http_host}:{cfg.http_port}; Ctrl-C stops")
+                  f"http://{cfg.http_host}:{cfg.http_port}"
+                  + ("" if busy else f", console on http://{cfg.console_host}:"
+                                     f"{cfg.console_port}") + "; Ctrl-C stops")
     try:
-        asyncio.run(_run_all(cfg, codec and proc is not None))
+        asyncio.run(_run_all(cfg, codec and proc is not None, with_console=not busy))
     except KeyboardInterrupt:
         pass
     finally:
@@ -179,7 +186,8 @@ def up() -> None:
                 proc.wait(timeout=20)
 
 
-async def _run_all(cfg: Any, with_codec: bool) -> None:
+async def _run_all(cfg: Any, with_codec: bool, *, with_console: bool = True) -> None:
+    from dunning.console.server import serve_console
     from dunning.webhooks.server import serve_webhooks
     from worker import run_worker
 
@@ -189,6 +197,8 @@ async def _run_all(cfg: Any, with_codec: bool) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     tasks = [run_worker(cfg, stop), serve_webhooks(cfg, stop)]
+    if with_console:
+        tasks.append(serve_console(cfg, stop))
     if with_codec:
         from dunning.platform.codec_access import CodecGate
         from dunning.platform.codec_server import build_codec_server

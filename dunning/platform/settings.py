@@ -136,6 +136,17 @@ class Settings(BaseSettings):
         "auto", validation_alias=_alias("DUNNING_LOG_FORMAT")
     )
 
+    # The operator console and HTTP API (`dunning console`).
+    console_host: str = Field("127.0.0.1", validation_alias=_alias("DUNNING_CONSOLE_HOST"))
+    console_port: int = Field(8100, ge=1, le=65535,
+                              validation_alias=_alias("DUNNING_CONSOLE_PORT"))
+    # Signs the console's session cookies; empty: a key generated under DUNNING_DATA_DIR.
+    console_secret: str = Field("", validation_alias=_alias("DUNNING_CONSOLE_SECRET"))
+    # The Temporal Web UI the console links each case to.
+    temporal_ui_url: str = Field(
+        "http://localhost:8233", validation_alias=_alias("DUNNING_TEMPORAL_UI_URL")
+    )
+
     # Engine tuning (not part of the contract's table, documented in README).
     activity_workers: int = Field(32, validation_alias=_alias("DUNNING_ACTIVITY_WORKERS"))
     # SMS sends per second across ALL workers (the SMS task queue's rate limit); 0 = no limit.
@@ -319,7 +330,7 @@ class Settings(BaseSettings):
         v = v.strip() or ("INFO" if info.field_name == "log_level" else "auto")
         return v.upper() if info.field_name == "log_level" else v.lower()
 
-    @field_validator("plivo_api_url", "public_url", "stripe_api_url")
+    @field_validator("plivo_api_url", "public_url", "stripe_api_url", "temporal_ui_url")
     @classmethod
     def _check_http_url(cls, v: str) -> str:
         parsed = urlparse(v)
@@ -332,6 +343,13 @@ class Settings(BaseSettings):
     def _check_address(cls, v: str) -> str:
         if not re.match(r"^[A-Za-z0-9.\-_\[\]:]+:\d+$", v):
             raise ValueError("must be host:port, e.g. localhost:7233")
+        return v
+
+    @field_validator("console_secret")
+    @classmethod
+    def _check_console_secret(cls, v: str) -> str:
+        if v and len(v) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
         return v
 
     @model_validator(mode="after")
@@ -416,7 +434,9 @@ def load_settings(**overrides: object) -> Settings:
         var = env_name(loc) if loc in _ENV_NAMES else loc.upper()
         value = err.get("input")
         shown = f" (got {value!r})" if isinstance(value, str | int | float) and value != "" else ""
-        if loc in _SECRET_FIELDS or loc == "database_url":
+        if loc in _SECRET_FIELDS or loc == "database_url" or re.search(
+            r"SECRET|PASSWORD|TOKEN|_KEYS?$", var
+        ):
             shown = ""  # secrets are never echoed; the URL's validator shows it masked
         raise SettingsError(f"invalid setting {var}: {msg}{shown}") from None
     if settings.codec_keys.get_secret_value():
