@@ -136,3 +136,15 @@ async def query_status(handle: WorkflowHandle[Any, Any]) -> dict[str, Any]:
 async def sms_paused(handle: WorkflowHandle[Any, Any]) -> bool:
     """The case's own view: is its SMS lane paused for credits?"""
     return bool((await query_status(handle))["sms_paused"])
+
+
+def plain_text(mail: Any) -> str:
+    """The plain-text part of an email the SMTP sink received (emails are multipart: plain
+    text + HTML), parsed with the standard library's parser."""
+    from email import policy
+    from email.parser import BytesParser
+
+    parsed = BytesParser(policy=policy.default).parsebytes(mail.as_bytes())
+    part = parsed.get_body(("plain",))
+    assert part is not None, "no text/plain part"
+    return str(part.get_content())

@@ -91,13 +91,13 @@ def test_open_invoices_and_total_due(db: Database, uid: str) -> None:
                        failed_at=NOW))
     ctx = TemplateContext("Acme", "https://x", "Jo", "$49.00", "i1", 0, "help")
     with db.session() as s:
-        assert conversation.open_cases(s, account, "c1") == (3, "5,00 € + $59.00")
+        assert conversation.open_cases(s, account, "c1") == (3, "€5.00 + $59.00")
         filled = conversation.with_open_cases(s, ctx, ("You owe {total_due} on "
                                                        "{open_invoices} invoices",),
                                               account, "c1")
         untouched = conversation.with_open_cases(s, ctx, ("{amount}",), account, "c1")
     assert filled.values()["open_invoices"] == "3"
-    assert filled.values()["total_due"] == "5,00 € + $59.00"
+    assert filled.values()["total_due"] == "€5.00 + $59.00"
     assert untouched.values()["open_invoices"] == "1"
     assert untouched.values()["total_due"] == "$49.00"
 

@@ -61,7 +61,7 @@ async def test_new_card_pays_open_invoices_once(
     dunning = DunningClient(temporal_env.client, settings(task_queue=queue), db)
     app = create_app(settings(task_queue=queue), db, ConsoleSmsProvider(), dunning)
     http, post = make_poster(app, account, secret)
-    ids = {i: f"dunning-{account}-{i}" for i in ("in_a", "in_b", "in_c")}
+    ids = {i: f"dunning:{account}:{i}" for i in ("in_a", "in_b", "in_c")}
     async with http, running_worker(temporal_env.client, queue,
                                     real_activities(db, plivo_server, smtp_server)):
         for inv, cus in (("in_a", "cus_1"), ("in_b", "cus_1"), ("in_c", "cus_2")):
