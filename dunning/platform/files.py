@@ -34,13 +34,17 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def private_file(path: Path) -> Path:
+def private_file(path: Path, *, create: bool = True) -> Path:
     """Create `path` empty as 0600 unless it exists; tighten an existing one that is ours.
-    SQLite gives its -wal and -shm files the database file's mode."""
+    SQLite gives its -wal and -shm files the database file's mode. `create=False` for a file
+    another program creates itself (the Temporal dev server takes an existing file, even an
+    empty one, as a database it already set up): then only its directory is made private
+    (0700, which keeps others out of whatever appears in it) and an existing file tightened."""
     if not path.parent.exists():
         private_dir(path.parent)
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
     _tighten(path, FILE_MODE)
     for suffix in ("-wal", "-shm", "-journal"):
         _tighten(path.with_name(path.name + suffix), FILE_MODE)

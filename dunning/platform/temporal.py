@@ -184,7 +184,7 @@ def dev_server_command(
     db_file: str | None = None, codec_endpoint: str | None = None,
 ) -> list[str]:
     data_dir = private_dir(settings.data_dir)
-    db_path = private_file(Path(db_file) if db_file else data_dir / "temporal.db")
+    db_path = private_file(Path(db_file) if db_file else data_dir / "temporal.db", create=False)
     cmd = [
         temporal_binary(), "server", "start-dev",
         "--ip", "127.0.0.1",

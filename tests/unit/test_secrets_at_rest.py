@@ -113,14 +113,21 @@ def test_an_existing_open_data_dir_is_tightened(tmp_path: Path) -> None:
     assert stat.S_IMODE((data / "dunning.db").stat().st_mode) == 0o600
 
 
-def test_the_dev_server_database_file_is_created_private(tmp_path: Path) -> None:
+def test_the_dev_server_database_is_kept_private(tmp_path: Path) -> None:
+    """The dev server creates its own file (an empty file made for it beforehand reads as a
+    database without tables, and the server does not start): its directory is 0700, and an
+    existing file open to others is tightened."""
     from dunning.platform.temporal import dev_server_command
 
     cfg = Settings(data_dir=tmp_path / "dev", _env_file=None)
     cmd = dev_server_command(cfg)
     db_file = Path(cmd[cmd.index("--db-filename") + 1])
-    assert stat.S_IMODE(db_file.stat().st_mode) == 0o600
+    assert not db_file.exists()  # left for the server to create
     assert stat.S_IMODE(db_file.parent.stat().st_mode) == 0o700
+    db_file.write_bytes(b"")
+    os.chmod(db_file, 0o644)
+    dev_server_command(cfg)
+    assert stat.S_IMODE(db_file.stat().st_mode) == 0o600
 
 
 def test_alembic_on_its_own_creates_a_private_sqlite_file(tmp_path: Path) -> None:
