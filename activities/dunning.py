@@ -1,10 +1,11 @@
-"""The activities: every side effect of a dunning case lives here, behind small named functions.
+"""The activities: Temporal glue over the message log (dunning.messages.log) and the recipient
+rules (dunning.messages.recipients): attempt info, heartbeats and error mapping.
 
 Exactly once per (case, step, channel): the `messages` table is the idempotency record.
 1. A send first looks for its row. A finished row (sent, failed, skipped, unknown) is returned as
    recorded, so retries and replays never send again.
-2. Otherwise, in one transaction, it checks eligibility, reserves credits (SMS) and inserts the
-   row as `claimed`. The unique key (workflow, run, step, channel) makes a racing attempt lose.
+2. Otherwise, in one transaction, it checks eligibility, reserves credits (SMS) and claims the
+   row. The unique key (workflow, run, step, channel) makes a racing attempt lose.
 3. It calls the provider, then records the outcome in a second transaction.
 
 The one ambiguous window is a crash between 2 and 3 (or a provider timeout): the provider may or
@@ -16,18 +17,16 @@ goes back to `retry` and Temporal retries with backoff, reusing the same credit 
 
 Provider rate: besides the SMS task queue's rate limit (which lets a burst through after an idle
 spell), the claim's transaction takes the provider's send slot from `dunning.messages.pacing` (one
-row in
-the database, shared by all workers), so provider calls are spaced at least 1/rate apart. While
-it waits for the slot, its row is `retry` with the credits reserved: a crash there is simply
+row in the database, shared by all workers), so provider calls are spaced at least 1/rate apart.
+While it waits for the slot, its row is `retry` with the credits reserved: a crash there is simply
 retried.
 
-Hot path: the statements a send runs on every reminder are built once, at import, as Core
-statements with bind parameters (no ORM unit of work, no per-call statement construction), and
-the account, the customer and the opt-out state come back in one query. A send heartbeats only
-when its database part was slow enough to eat into the heartbeat timeout; otherwise the attempt's
-own start already reset it. On SQLite, which lets one writer in at a time anyway, this process's
-transactions take turns on a lock: SQLite's own busy handler sleeps in growing steps, and a burst
-of sends piles up behind it.
+Hot path: the message log's statements are prebuilt Core statements, and the account, the
+customer and the opt-out state come back in one query. A send heartbeats only when its database
+part was slow enough to eat into the heartbeat timeout; otherwise the attempt's own start already
+reset it. On SQLite, which lets one writer in at a time anyway, this process's transactions take
+turns on a lock: SQLite's own busy handler sleeps in growing steps, and a burst of sends piles up
+behind it.
 """
 
 from __future__ import annotations
@@ -37,29 +36,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import (
-    CursorResult,
-    Insert,
-    Table,
-    and_,
-    bindparam,
-    func,
-    insert,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import Insert, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dunning.accounts.messaging import email_template_for, quote_sms, sms_template_for
 from dunning.credits import ledger, refill
 from dunning.domain.contract import (
     ACT_FINISH_CASE,
@@ -77,108 +63,29 @@ from dunning.domain.contract import (
     SettleRequest,
     parse_schedule,
 )
-from dunning.domain.quiet_hours import next_allowed, zones_for
-from dunning.domain.templates import (
-    TemplateContext,
-    format_amount,
-    render,
-    render_sms,
-)
+from dunning.messages import log as message_log
+from dunning.messages import recipients
+from dunning.messages.log import Claim, ConcurrentSend, LoggedRow, MessageKey, SendLater, note
 from dunning.messages.pacing import SendPacer
 from dunning.platform import metrics
 from dunning.platform.db import Database
-from dunning.platform.db.models import Account, Case, Customer, Message, OptOut, utcnow
-from dunning.platform.providers import (
-    AmbiguousProviderError,
-    PermanentProviderError,
-    ProviderError,
-    TransientProviderError,
-    mask_email,
-    mask_phone,
-)
+from dunning.platform.db.models import Account, Case, Customer, utcnow
+from dunning.platform.providers import mask_email, mask_phone
 from dunning.platform.providers.email import EmailProvider, OutgoingEmail
 from dunning.platform.providers.sms import OutgoingSms, SmsProvider
 
-log = logging.getLogger("dunning.activities")
-
-FINAL = ("sent", "failed", "skipped", "unknown")
-UNKNOWN_REASON = (
-    "outcome unknown: the worker stopped or the provider timed out during the send; "
-    "not resent, to avoid a duplicate"
-)
 # A send heartbeats before the provider call only when this share of its heartbeat timeout has
 # already gone by (a slow database); on the fast path the attempt's start is only just behind it.
 HEARTBEAT_AFTER_SHARE = 0.1
 
-# --- statements, built once ---------------------------------------------------------------
+# --- case bookkeeping statements, built once ----------------------------------------------
 
-_M = cast(Table, Message.__table__)
 _A = cast(Table, Account.__table__)
 _C = cast(Table, Customer.__table__)
-_O = cast(Table, OptOut.__table__)
 _CASES = cast(Table, Case.__table__)
-
-_FIND = select(
-    _M.c.id, _M.c.status, _M.c.reason, _M.c.credits, _M.c.account_id,
-).where(
-    _M.c.workflow_id == bindparam("k_workflow"),
-    _M.c.run_id == bindparam("k_run"),
-    _M.c.step == bindparam("k_step"),
-    _M.c.channel == bindparam("k_channel"),
-)
-
-# The account, the customer and (for SMS) the number's opt-out state, in one round trip.
-_RECIPIENT = (
-    select(
-        _A.c.company_name, _A.c.support_contact, _A.c.email_from, _A.c.sms_enabled,
-        _A.c.sms_steps, _A.c.sms_sender, _A.c.quiet_hours, _A.c.timezone,
-        _C.c.customer_id, _C.c.name, _C.c.email, _C.c.plan, _C.c.phone_e164,
-        _C.c.phone_region, _C.c.phone_time_zones, _O.c.opted_out,
-    )
-    .select_from(
-        _A.outerjoin(
-            _C, and_(_C.c.account_id == _A.c.id, _C.c.customer_id == bindparam("r_customer"))
-        ).outerjoin(
-            _O, and_(_O.c.account_id == _A.c.id, _O.c.phone_e164 == _C.c.phone_e164)
-        )
-    )
-    .where(_A.c.id == bindparam("r_account"))
-)
 
 _ACCOUNT_PLAN = select(_A.c.schedule, _A.c.grace_seconds).where(
     _A.c.id == bindparam("p_account")
-)
-
-_INSERT_MESSAGE = insert(_M)
-
-_CLAIM_RETRY = (
-    update(_M)
-    .where(_M.c.id == bindparam("u_id"), _M.c.status == "retry")
-    .values(status="claimed", attempts=_M.c.attempts + 1, updated_at=bindparam("u_now"))
-)
-
-_SET_OUTCOME = (
-    update(_M)
-    .where(_M.c.id == bindparam("u_id"))
-    .values(
-        status=bindparam("u_status"), reason=bindparam("u_reason"),
-        updated_at=bindparam("u_now"),
-    )
-)
-
-_MARK_SENT = (
-    update(_M)
-    .where(_M.c.id == bindparam("u_id"))
-    .values(
-        status="sent", reason=None, provider_id=bindparam("u_provider_id"),
-        updated_at=bindparam("u_now"),
-    )
-)
-
-_BACK_TO_RETRY = (
-    update(_M)
-    .where(_M.c.id == bindparam("u_id"), _M.c.status == "claimed")
-    .values(status="retry", reason=bindparam("u_reason"), updated_at=bindparam("u_now"))
 )
 
 _FINISH_CASE = (
@@ -223,89 +130,9 @@ def _upserts(dialect: str) -> tuple[Insert, Insert]:
 _UPSERTS: dict[str, tuple[Insert, Insert]] = {}
 
 
-# --- small records ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Key:
-    workflow_id: str
-    run_id: str
-    step: int
-    channel: str
-
-    def params(self) -> dict[str, Any]:
-        return {"k_workflow": self.workflow_id, "k_run": self.run_id, "k_step": self.step,
-                "k_channel": self.channel}
-
-
-@dataclass(frozen=True)
-class _Row:
-    """The parts of a `messages` row a retry needs."""
-
-    id: int
-    status: str
-    reason: str | None
-    credits: int
-    account_id: str
-
-
-@dataclass(frozen=True)
-class _Claimed:
-    """A row this attempt holds as `claimed`: what recording the outcome needs."""
-
-    id: int
-    key: _Key
-    account_id: str
-    credits: int
-    hint: str  # the masked recipient, for logs
-
-
-def _log(level: int, message: str, key: _Key, **fields: Any) -> None:
-    """A structured line about one reminder (see dunning.platform.logs); recipients only masked."""
-    if log.isEnabledFor(level):
-        log.log(level, message, extra={
-            "case": key.workflow_id, "step": key.step, "channel": key.channel, **fields,
-        })
-
-
-def _key(req: MessageRequest, channel: str) -> _Key:
+def _key(req: MessageRequest, channel: str) -> MessageKey:
     info = activity.info()
-    return _Key(req.workflow_id, info.workflow_run_id or "", req.step, channel)
-
-
-def _find(session: Session, key: _Key) -> _Row | None:
-    row = session.execute(_FIND, key.params()).first()
-    if row is None:
-        return None
-    return _Row(int(row.id), row.status, row.reason, int(row.credits or 0), row.account_id)
-
-
-def _recorded(row: _Row) -> MessageResult:
-    status = row.status
-    if status == "unknown":
-        return MessageResult("failed", row.reason or UNKNOWN_REASON, row.credits)
-    return MessageResult(status, row.reason or "", row.credits if status == "sent" else 0)  # type: ignore[arg-type]
-
-
-def _sms_step_on(sms_enabled: bool | None, sms_steps: dict[str, Any] | None, step: int) -> bool:
-    """As `Account.sms_step_on`, on the columns of a query row."""
-    if not sms_enabled:
-        return False
-    return bool((sms_steps or {}).get(str(step), True))
-
-
-def _context(recipient: Any, req: MessageRequest) -> TemplateContext:
-    """The template variables, from a `_RECIPIENT` row."""
-    overdue = max(0, (req.now - req.failed_at).days)
-    return TemplateContext(
-        company_name=recipient.company_name,
-        billing_link=req.billing_link,
-        customer_name=recipient.name or "there",
-        amount=format_amount(req.amount_due, req.currency),
-        invoice_id=req.invoice_id,
-        days_overdue=overdue,
-        support_contact=recipient.support_contact or recipient.email_from or "",
-    )
+    return MessageKey(req.workflow_id, info.workflow_run_id or "", req.step, channel)
 
 
 def _heartbeat_if_slow(started: float) -> None:
@@ -321,6 +148,10 @@ def _heartbeat_if_slow(started: float) -> None:
                       .total_seconds())
     if elapsed >= timeout.total_seconds() * HEARTBEAT_AFTER_SHARE:
         activity.heartbeat()
+
+
+def _concurrent() -> ApplicationError:
+    return ApplicationError("a concurrent attempt is sending this reminder")
 
 
 class DunningActivities:
@@ -410,6 +241,8 @@ class DunningActivities:
             prepared = self._prepare_email(key, req)
         except IntegrityError:  # a concurrent attempt claimed it first; nothing of ours stuck
             return self._reread(key)
+        except ConcurrentSend:
+            raise _concurrent() from None
         if isinstance(prepared, MessageResult):
             return prepared
         claimed, outgoing = prepared
@@ -417,33 +250,20 @@ class DunningActivities:
         return self._deliver(claimed, lambda: self.email.send(outgoing), refund=False)
 
     def _prepare_email(
-        self, key: _Key, req: MessageRequest
-    ) -> tuple[_Claimed, OutgoingEmail] | MessageResult:
+        self, key: MessageKey, req: MessageRequest
+    ) -> tuple[Claim, OutgoingEmail] | MessageResult:
         with self._session() as s:
-            row = _find(s, key)
-            if row is not None and row.status in FINAL:
-                return _recorded(row)
+            row = message_log.find(s, key)
+            if row is not None and message_log.is_final(row):
+                return message_log.recorded(row)
             if row is not None and row.status == "claimed":
-                return self._mark_unknown(s, key, row)
-            who = s.execute(
-                _RECIPIENT, {"r_account": req.account_id, "r_customer": req.customer_id}
-            ).first()
-            if who is None:
-                return self._skip(s, key, req, "account no longer exists")
-            if who.customer_id is None or not who.email:
-                return self._skip(s, key, req, "no email address for this customer")
-            subject_t, body_t = email_template_for(
-                s, req.account_id, req.step, req.plan or who.plan
-            )
-            ctx = _context(who, req)
-            outgoing = OutgoingEmail(
-                sender=who.email_from or self.default_email_from,
-                to=who.email,
-                subject=render(subject_t, ctx),
-                body=render(body_t, ctx),
-                message_id=f"<{key.workflow_id}.{key.run_id[:8]}.{key.step}@dunning>",
-            )
-            claimed = self._claim(s, row, key, req, mask_email(who.email), credits=0)
+                return message_log.mark_unknown(s, key, row)
+            message_id = recipients.email_message_id(key.workflow_id, key.run_id, key.step)
+            outgoing = recipients.email_for(s, req, message_id, self.default_email_from)
+            if isinstance(outgoing, str):
+                return message_log.skip(s, key, req.account_id, req.customer_id, outgoing)
+            claimed = message_log.claim(s, row, key, req.account_id, req.customer_id,
+                                        mask_email(outgoing.to), credits=0)
         return claimed, outgoing
 
     # --- SMS --------------------------------------------------------------------------------
@@ -453,264 +273,147 @@ class DunningActivities:
         started = time.monotonic()
         key = _key(req, "sms")
         try:
-            with self._session() as s:
-                row = _find(s, key)
-                if row is not None and row.status in FINAL:
-                    return _recorded(row)
-                if row is not None and row.status == "claimed":
-                    return self._mark_unknown(s, key, row)
-                plan = self._sms_for(s, req)
-                if isinstance(plan, MessageResult):
-                    # Not sending now (skipped, or held for quiet hours): if this case was
-                    # queued for credits it leaves the queue, so it holds no one back (credits
-                    # a wake granted it go back to the balance).
-                    ledger.leave_queue(s, req.account_id, req.workflow_id, plan.reason)
-                    if plan.status != "skipped":  # quiet hours: nothing recorded, the case waits
-                        _log(logging.INFO, "SMS held for quiet hours", key, reason=plan.reason)
-                        return plan
-                    if row is not None:  # a `retry` row: e.g. opted out since the last try
-                        self._release(s, key, row.id, row.account_id, row.credits, plan.reason,
-                                      status="skipped")
-                        return plan
-                    return self._skip(s, key, req, plan.reason)
-                sms, cost, segments, encoding = plan
-                if row is None:
-                    # Fair: queues the case as a waiter on failure, dequeues it on success.
-                    reservation = ledger.reserve(
-                        s, req.account_id, cost, workflow_id=req.workflow_id, step=req.step,
-                        enqueue=True,
-                    )
-                    # Notices and auto-refill; never raises, acts after the commit.
-                    refill.after_reserve(
-                        s, reservation, self.db, self.email, self.default_email_from
-                    )
-                    if not reservation.ok:
-                        held = (" (held for cases waiting longer)"
-                                if reservation.balance >= cost else "")
-                        reason = f"needs {cost} credits, balance is {reservation.balance}{held}"
-                        _log(logging.INFO, "SMS waiting for credits", key, reason=reason)
-                        return MessageResult("no_credits", reason, cost)
-                if self.pacer is not None and row is None:
-                    # Credits reserved, provider not called yet: a `retry` row, which the claim
-                    # below takes over once a send slot is ours (a crash meanwhile leaves a
-                    # row the next attempt sends from, not an ambiguous one).
-                    row = self._hold(s, key, req, mask_phone(sms.dst), cost, segments, encoding)
-                if self.pacer is None:
-                    claimed = self._claim(
-                        s, row, key, req, mask_phone(sms.dst), credits=cost, segments=segments,
-                        encoding=encoding,
-                    )
-            while self.pacer is not None:
-                # The provider's rate, strict across every worker: the claim's transaction
-                # takes the send slot, and the provider call follows its commit.
-                with self._session() as s:
-                    waited = _find(s, key)
-                    if waited is None or waited.status != "retry":  # settled while we waited
-                        return self._reread(key)
-                    left = self.pacer.take(s)
-                    if not left:
-                        claimed = self._claim(s, waited, key, req, mask_phone(sms.dst),
-                                              credits=cost)
-                        break
-                self.pacer.sleep(left, activity.heartbeat)
-        except IntegrityError:  # a concurrent attempt claimed it first; nothing of ours stuck
+            prepared = self._prepare_sms(key, req)
+        except (IntegrityError, _Settled):  # a concurrent attempt claimed or settled it first
             return self._reread(key)
+        except ConcurrentSend:
+            raise _concurrent() from None
+        if isinstance(prepared, MessageResult):
+            return prepared
+        claimed, sms = prepared
         callback = f"{self.public_url}/webhooks/plivo/status?ref={claimed.id}"
         outgoing = OutgoingSms(sms.src, sms.dst, sms.text, callback)
         _heartbeat_if_slow(started)
         return self._deliver(claimed, lambda: self.sms.send(outgoing), refund=True)
 
-    def _sms_for(
-        self, s: Session, req: MessageRequest
-    ) -> tuple[OutgoingSms, int, int, str] | MessageResult:
-        """The SMS to send now, or why not (skipped, or quiet hours with the time to retry)."""
-        who = s.execute(
-            _RECIPIENT, {"r_account": req.account_id, "r_customer": req.customer_id}
-        ).first()
-        if who is None:
-            return MessageResult("skipped", "account no longer exists")
-        if not who.sms_enabled:
-            return MessageResult("skipped", "SMS is off for this account")
-        if not _sms_step_on(who.sms_enabled, who.sms_steps, req.step):
-            return MessageResult("skipped", f"SMS is off for step {req.step}")
-        if not who.sms_sender:
-            return MessageResult("skipped", "the account has no SMS sender number")
-        if who.customer_id is None or not who.phone_e164:
-            return MessageResult("skipped", "no valid phone number for this customer")
-        if who.opted_out:
-            return MessageResult("skipped", "the number opted out (STOP)")
-        zones = zones_for(who.phone_time_zones, who.timezone)
-        opens = next_allowed(req.now, who.quiet_hours, zones)
-        if opens > req.now:
-            return MessageResult(
-                "quiet_hours", f"quiet hours for the recipient until {opens.isoformat()}",
-                retry_at=opens,
-            )
-        template = sms_template_for(s, req.account_id, req.plan or who.plan)
-        text = render_sms(template, _context(who, req))
-        quote = quote_sms(s, req.account_id, who.phone_region, text)
-        sms = OutgoingSms(who.sms_sender, who.phone_e164, text)
-        return sms, quote.credits, quote.segments, quote.encoding
+    def _prepare_sms(
+        self, key: MessageKey, req: MessageRequest
+    ) -> tuple[Claim, OutgoingSms] | MessageResult:
+        """Eligibility, credits and the claim: the SMS to hand to the provider, or the result."""
+        with self._session() as s:
+            row = message_log.find(s, key)
+            if row is not None and message_log.is_final(row):
+                return message_log.recorded(row)
+            if row is not None and row.status == "claimed":
+                return message_log.mark_unknown(s, key, row)
+            plan = recipients.sms_for(s, req)
+            if isinstance(plan, MessageResult):
+                return self._not_now(s, key, req, row, plan)
+            hint = mask_phone(plan.sms.dst)
+            if row is None:
+                waiting = self._reserve(s, key, req, plan.credits)
+                if waiting is not None:
+                    return waiting
+                if self.pacer is not None:
+                    # Credits reserved, provider not called yet: a `retry` row, which the claim
+                    # below takes over once a send slot is ours (a crash meanwhile leaves a
+                    # row the next attempt sends from, not an ambiguous one).
+                    row = message_log.hold(s, key, req.account_id, req.customer_id, hint,
+                                           plan.credits, plan.segments, plan.encoding)
+            if self.pacer is None:
+                claimed = message_log.claim(
+                    s, row, key, req.account_id, req.customer_id, hint, credits=plan.credits,
+                    segments=plan.segments, encoding=plan.encoding,
+                )
+                return claimed, plan.sms
+        return self._claim_slot(key, req, hint, plan.credits), plan.sms
+
+    def _not_now(self, s: Session, key: MessageKey, req: MessageRequest,
+                 row: LoggedRow | None, plan: MessageResult) -> MessageResult:
+        """Not sending now (skipped, or held for quiet hours): if this case was queued for
+        credits it leaves the queue, so it holds no one back (credits a wake granted it go back
+        to the balance)."""
+        ledger.leave_queue(s, req.account_id, req.workflow_id, plan.reason)
+        if plan.status != "skipped":  # quiet hours: nothing recorded, the case waits
+            note(logging.INFO, "SMS held for quiet hours", key, reason=plan.reason)
+            return plan
+        if row is not None:  # a `retry` row: e.g. opted out since the last try
+            message_log.release(s, key, row.id, row.account_id, row.credits, plan.reason,
+                                status="skipped")
+            return plan
+        return message_log.skip(s, key, req.account_id, req.customer_id, plan.reason)
+
+    def _reserve(self, s: Session, key: MessageKey, req: MessageRequest,
+                 cost: int) -> MessageResult | None:
+        """Reserve the SMS's credits; the `no_credits` result when the balance falls short."""
+        # Fair: queues the case as a waiter on failure, dequeues it on success.
+        reservation = ledger.reserve(
+            s, req.account_id, cost, workflow_id=req.workflow_id, step=req.step, enqueue=True,
+        )
+        # Notices and auto-refill; never raises, acts after the commit.
+        refill.after_reserve(s, reservation, self.db, self.email, self.default_email_from)
+        if reservation.ok:
+            return None
+        held = " (held for cases waiting longer)" if reservation.balance >= cost else ""
+        reason = f"needs {cost} credits, balance is {reservation.balance}{held}"
+        note(logging.INFO, "SMS waiting for credits", key, reason=reason)
+        return MessageResult("no_credits", reason, cost)
+
+    def _claim_slot(self, key: MessageKey, req: MessageRequest, hint: str, cost: int) -> Claim:
+        """The provider's rate, strict across every worker: the claim's transaction takes the
+        send slot, and the provider call follows its commit."""
+        assert self.pacer is not None
+        while True:
+            with self._session() as s:
+                waited = message_log.find(s, key)
+                if waited is None or waited.status != "retry":  # settled while we waited
+                    raise _Settled()
+                left = self.pacer.take(s)
+                if not left:
+                    return message_log.claim(s, waited, key, req.account_id, req.customer_id,
+                                             hint, credits=cost)
+            self.pacer.sleep(left, activity.heartbeat)
 
     @activity.defn(name=ACT_RELEASE_SMS)
     def release_sms(self, req: ReleaseRequest) -> None:
         """The workflow gave up on a send that kept failing transiently: refund its credits."""
-        key = _Key(req.workflow_id, activity.info().workflow_run_id or "", req.step, "sms")
+        key = MessageKey(req.workflow_id, activity.info().workflow_run_id or "", req.step, "sms")
         with self._session() as s:
-            row = _find(s, key)
+            row = message_log.find(s, key)
             if row is not None and row.status == "retry":
-                self._release(s, key, row.id, row.account_id, row.credits, req.reason)
+                message_log.release(s, key, row.id, row.account_id, row.credits, req.reason)
 
     @activity.defn(name=ACT_SETTLE_MESSAGE)
     def settle_message(self, req: SettleRequest) -> MessageResult:
         """The case ended while this send was queued or retrying: report what the message log
         says. Never started: skipped. Waiting for a retry: released (credits back), skipped.
         A claim left by a killed worker: unknown, as everywhere else."""
-        key = _Key(req.workflow_id, activity.info().workflow_run_id or "", req.step, req.channel)
+        key = MessageKey(req.workflow_id, activity.info().workflow_run_id or "", req.step,
+                         req.channel)
         with self._session() as s:
-            row = _find(s, key)
+            row = message_log.find(s, key)
             if row is None:
                 return MessageResult("skipped", req.reason)
-            if row.status in FINAL:
-                return _recorded(row)
+            if message_log.is_final(row):
+                return message_log.recorded(row)
             if row.status == "retry":
-                self._release(s, key, row.id, row.account_id, row.credits, req.reason,
-                              status="skipped")
+                message_log.release(s, key, row.id, row.account_id, row.credits, req.reason,
+                                    status="skipped")
                 return MessageResult("skipped", req.reason)
-            return self._mark_unknown(s, key, row)
+            return message_log.mark_unknown(s, key, row)
 
     # --- shared steps ----------------------------------------------------------------------
 
-    def _release(
-        self, s: Session, key: _Key, row_id: int, account_id: str, amount: int, reason: str,
-        status: str = "failed",
-    ) -> None:
-        """Close a row as `status` and give its credits back."""
-        s.execute(_SET_OUTCOME, {
-            "u_id": row_id, "u_status": status, "u_reason": reason[:400], "u_now": utcnow(),
-        })
-        if amount:
-            ledger.refund(
-                s, account_id, amount, workflow_id=key.workflow_id, step=key.step,
-                message_id=row_id, note=reason[:400],
-            )
-
-    def _skip(self, s: Session, key: _Key, req: MessageRequest, reason: str) -> MessageResult:
-        s.execute(_INSERT_MESSAGE, {
-            "workflow_id": key.workflow_id, "run_id": key.run_id, "step": key.step,
-            "channel": key.channel, "account_id": req.account_id,
-            "customer_id": req.customer_id, "status": "skipped", "reason": reason[:400],
-        })
-        _log(logging.INFO, "reminder skipped", key, reason=reason)
-        return MessageResult("skipped", reason)
-
-    def _claim(
-        self,
-        s: Session,
-        row: _Row | None,
-        key: _Key,
-        req: MessageRequest,
-        hint: str,
-        *,
-        credits: int,
-        segments: int = 0,
-        encoding: str | None = None,
-    ) -> _Claimed:
-        """Hold the row as `claimed` before calling the provider. A new row's INSERT raises
-        IntegrityError when a concurrent attempt inserted the same key; a `retry` row is taken
-        over only if it is still `retry`, keeping its original credit reservation."""
-        now = utcnow()
-        if row is None:
-            result = cast(CursorResult[Any], s.execute(_INSERT_MESSAGE, {
-                "workflow_id": key.workflow_id, "run_id": key.run_id, "step": key.step,
-                "channel": key.channel, "account_id": req.account_id,
-                "customer_id": req.customer_id, "status": "claimed", "recipient_hint": hint,
-                "credits": credits, "segments": segments, "encoding": encoding, "attempts": 1,
-                "created_at": now, "updated_at": now,
-            }))
-            pk = result.inserted_primary_key
-            assert pk is not None
-            return _Claimed(int(pk[0]), key, req.account_id, credits, hint)
-        taken = cast(CursorResult[Any], s.execute(_CLAIM_RETRY, {"u_id": row.id, "u_now": now}))
-        if taken.rowcount != 1:
-            raise ApplicationError("a concurrent attempt is sending this reminder")
-        return _Claimed(row.id, key, row.account_id, row.credits, hint)
-
-    def _hold(self, s: Session, key: _Key, req: MessageRequest, hint: str, cost: int,
-              segments: int, encoding: str | None) -> _Row:
-        """A new SMS row holding its credit reservation while it waits for a send slot."""
-        now = utcnow()
-        s.execute(_INSERT_MESSAGE, {
-            "workflow_id": key.workflow_id, "run_id": key.run_id, "step": key.step,
-            "channel": key.channel, "account_id": req.account_id,
-            "customer_id": req.customer_id, "status": "retry",
-            "reason": "waiting for a send slot (SMS rate limit)", "recipient_hint": hint,
-            "credits": cost, "segments": segments, "encoding": encoding, "attempts": 0,
-            "created_at": now, "updated_at": now,
-        })
-        row = _find(s, key)
-        assert row is not None
-        return row
-
-    def _reread(self, key: _Key) -> MessageResult:
+    def _reread(self, key: MessageKey) -> MessageResult:
         with self._session() as s:
-            row = _find(s, key)
-            if row is None or row.status not in FINAL:
-                raise ApplicationError("a concurrent attempt is sending this reminder")
-            return _recorded(row)
+            row = message_log.find(s, key)
+            if row is None or not message_log.is_final(row):
+                raise _concurrent()
+            return message_log.recorded(row)
 
-    def _mark_unknown(self, s: Session, key: _Key, row: _Row) -> MessageResult:
-        s.execute(_SET_OUTCOME, {
-            "u_id": row.id, "u_status": "unknown", "u_reason": UNKNOWN_REASON,
-            "u_now": utcnow(),
-        })
-        _log(logging.WARNING, "ambiguous send found on retry: outcome unknown, not resent", key)
-        return MessageResult("failed", UNKNOWN_REASON, row.credits)
-
-    def _deliver(
-        self, claimed: _Claimed, call: Callable[[], str], *, refund: bool
-    ) -> MessageResult:
-        key = claimed.key
+    def _deliver(self, claimed: Claim, call: Callable[[], str], *, refund: bool) -> MessageResult:
+        """The provider call and its record (dunning.messages.log.deliver), as Temporal sees
+        it: a provider that refused for now is a retryable `Transient` failure."""
         try:
-            provider_id = call()
-        except TransientProviderError as exc:
-            with self._session() as s:
-                s.execute(_BACK_TO_RETRY, {
-                    "u_id": claimed.id, "u_reason": exc.reason[:400], "u_now": utcnow(),
-                })
+            return message_log.deliver(self._session, claimed, call, refund=refund)
+        except SendLater as exc:
             activity.metric_meter().create_counter(
                 metrics.PROVIDER_RETRIES, metrics.DESCRIPTIONS[metrics.PROVIDER_RETRIES]
-            ).add(1, {"channel": key.channel})
-            _log(logging.WARNING, "provider unavailable: retrying with backoff", key,
-                 to=claimed.hint, reason=exc.reason, attempt=activity.info().attempt)
+            ).add(1, {"channel": claimed.key.channel})
             raise ApplicationError(
                 f"provider unavailable: {exc.reason}", type="Transient"
             ) from None
-        except (PermanentProviderError, AmbiguousProviderError, ProviderError) as exc:
-            with self._session() as s:
-                if isinstance(exc, AmbiguousProviderError):
-                    reason = f"{UNKNOWN_REASON} ({exc.reason})"[:400]
-                    s.execute(_SET_OUTCOME, {
-                        "u_id": claimed.id, "u_status": "unknown", "u_reason": reason,
-                        "u_now": utcnow(),
-                    })
-                    _log(logging.WARNING, "reminder outcome unknown: not resent", key,
-                         to=claimed.hint, reason=exc.reason)
-                    return MessageResult("failed", reason, claimed.credits)
-                if refund:
-                    self._release(s, claimed.key, claimed.id, claimed.account_id,
-                                  claimed.credits, exc.reason)
-                else:
-                    s.execute(_SET_OUTCOME, {
-                        "u_id": claimed.id, "u_status": "failed", "u_reason": exc.reason[:400],
-                        "u_now": utcnow(),
-                    })
-            _log(logging.WARNING, "reminder failed", key, to=claimed.hint, reason=exc.reason)
-            return MessageResult("failed", exc.reason)
-        with self._session() as s:
-            s.execute(_MARK_SENT, {
-                "u_id": claimed.id, "u_provider_id": provider_id[:64] if provider_id else None,
-                "u_now": utcnow(),
-            })
-        _log(logging.INFO, "reminder sent", key, to=claimed.hint, credits=claimed.credits)
-        return MessageResult("sent", "", claimed.credits)
+
+
+class _Settled(Exception):
+    """The row stopped waiting for a send slot (settled by someone else) while we waited."""

@@ -28,8 +28,9 @@ from sqlalchemy.orm import Session
 from dunning.customers import consent
 from dunning.customers.consent import InboundKind
 from dunning.domain.segments import count_segments
+from dunning.messages import log as message_log
 from dunning.messages.inbox import claim_event
-from dunning.platform.db.models import Account, Customer, Message
+from dunning.platform.db.models import Account, Customer
 from dunning.platform.providers import mask_phone
 
 log = logging.getLogger("dunning.webhooks")
@@ -76,16 +77,12 @@ def _plan_reply(
     session: Session, kind: str, account: Account, msg: InboundMessage, text: str
 ) -> PlannedReply:
     info = count_segments(text)
-    row = Message(
-        workflow_id=f"{kind}:{account.id}", run_id=msg.message_uuid[:64], step=0, channel="sms",
-        account_id=account.id,
-        customer_id=_customer_id(session, account.id, msg.from_number) or "",
-        status="claimed", recipient_hint=mask_phone(msg.from_number), credits=0,
-        segments=info.segments, encoding=info.encoding, attempts=1,
+    row_id = message_log.claim_reply(
+        session, kind, account.id, msg.message_uuid,
+        _customer_id(session, account.id, msg.from_number) or "",
+        mask_phone(msg.from_number), info.segments, info.encoding,
     )
-    session.add(row)
-    session.flush()
-    return PlannedReply(row.id, account.sms_sender or msg.to_number, msg.from_number, text)
+    return PlannedReply(row_id, account.sms_sender or msg.to_number, msg.from_number, text)
 
 
 def _help_account(session: Session, accounts: list[Account], phone: str) -> Account:

@@ -41,11 +41,13 @@ from starlette.routing import Route
 from dunning.cases.client import DunningClient
 from dunning.customers.consent import normalize_number
 from dunning.domain.contract import InputError, check_id
+from dunning.messages import log as message_log
 from dunning.messages.delivery import DeliveryReport, process_delivery_report
 from dunning.messages.inbound import InboundMessage, InboundOutcome, PlannedReply, process_inbound
 from dunning.messages.inbox import remember_nonce, request_fingerprint
+from dunning.messages.log import MessageStatus
 from dunning.platform.db import Database
-from dunning.platform.db.models import Account, Message
+from dunning.platform.db.models import Account
 from dunning.platform.providers import AmbiguousProviderError, ProviderError, mask_phone
 from dunning.platform.providers.sms import OutgoingSms, SmsProvider
 from dunning.platform.settings import Settings
@@ -368,7 +370,9 @@ class WebhookApp:
     def _send_reply(self, reply: PlannedReply) -> None:
         """Send a planned reply (at most once: its row is already `claimed`) and record it."""
         callback = f"{self.public_url}{STATUS_PATH}?ref={reply.message_id}"
-        status, provider_id, reason = "sent", None, None
+        status: MessageStatus = "sent"
+        provider_id: str | None = None
+        reason: str | None = None
         try:
             provider_id = self.sms.send(OutgoingSms(reply.src, reply.dst, reply.text, callback))
         except AmbiguousProviderError as exc:
@@ -379,12 +383,7 @@ class WebhookApp:
             status, reason = "failed", f"{type(exc).__name__}: {exc}"
         try:
             with self.db.session() as s:
-                row = s.get(Message, reply.message_id)
-                if row is not None:
-                    row.status = status
-                    row.reason = reason[:400] if reason else None
-                    if provider_id:
-                        row.provider_id = provider_id[:64]
+                message_log.record_reply(s, reply.message_id, status, provider_id, reason)
         except DBAPIError as exc:
             log.error("reply %s: %s, but recording it failed: %s", reply.message_id, status,
                       str(exc.orig or exc).splitlines()[0][:200])

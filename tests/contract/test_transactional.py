@@ -137,12 +137,15 @@ def test_sms_are_built_only_for_reminders_and_compliance_replies() -> None:
     # SmsProvider.send takes an OutgoingSms: whoever sends an SMS has to build one.
     built = {(c.path, c.function) for c in calls("OutgoingSms")}
     assert built == {
-        ("activities/dunning.py", "DunningActivities._sms_for"),  # the reminder's text
+        ("dunning/messages/recipients.py", "sms_for"),  # the reminder's text
         ("activities/dunning.py", "DunningActivities.send_sms"),  # ... with its callback URL
         ("dunning/webhooks/app.py", "WebhookApp._send_reply"),  # HELP / STOP replies
     }
     # The reminder's SMS is made for the send_sms activity alone.
-    assert {(c.path, c.function) for c in calls("_sms_for")} == {
+    assert {(c.path, c.function) for c in calls("sms_for")} == {
+        ("activities/dunning.py", "DunningActivities._prepare_sms")
+    }
+    assert {(c.path, c.function) for c in calls("_prepare_sms")} == {
         ("activities/dunning.py", "DunningActivities.send_sms")
     }
 

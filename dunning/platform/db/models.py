@@ -185,7 +185,7 @@ class Message(Base):
     channel: Mapped[str] = mapped_column(String(8))
     account_id: Mapped[str] = mapped_column(String(128))
     customer_id: Mapped[str] = mapped_column(String(128))
-    # claimed -> sent | failed | unknown ; delivery reports update delivery_status
+    # dunning.messages.log.MessageStatus; only that module writes it (see its docstring)
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(String(400))
     provider_id: Mapped[str | None] = mapped_column(String(64), index=True)

@@ -1,0 +1,437 @@
+"""The message log: every write of a `messages` row, and the exactly-once rules they keep.
+
+One row per (workflow, run, step, channel); the unique key makes a racing attempt lose.
+
+    (none) --claim--> claimed --deliver--> sent | failed | unknown
+    (none) --hold---> retry   --claim----> claimed            (credits reserved, no send slot yet)
+    claimed --back_to_retry--> retry                          (the provider refused for now)
+    retry --release--> failed | skipped                       (credits refunded)
+    (none) --skip---> skipped
+    claimed --mark_unknown--> unknown                         (the ambiguous window, see below)
+    claimed | unknown --delivery report / reconcile--> sent | failed
+
+Final: sent, failed, skipped, unknown. A retry or replay that finds a final row returns it as
+recorded and never sends again.
+
+The ambiguous window is a crash between the claim and the recorded outcome (or a provider
+timeout): the provider may or may not have taken the message. The caller decides what to do
+about a row it finds `claimed` (see activities/dunning.py: SMS are reconciled against the
+provider's own records, emails are resent with the same Message-ID); this module records it.
+
+Services here take an open `Session` and never commit: the caller owns the transaction.
+`deliver` is the exception, it takes a transaction factory because the provider call must sit
+between two transactions.
+
+Hot path: the statements a send runs on every reminder are built once, at import, as Core
+statements with bind parameters (no ORM unit of work, no per-call statement construction).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Literal, cast, get_args
+
+from sqlalchemy import CursorResult, Table, bindparam, insert, select, update
+from sqlalchemy.orm import Session
+
+from dunning.credits import ledger
+from dunning.domain.contract import MessageResult
+from dunning.platform.db.models import Message, utcnow
+from dunning.platform.providers import (
+    AmbiguousProviderError,
+    PermanentProviderError,
+    ProviderError,
+    TransientProviderError,
+)
+
+log = logging.getLogger("dunning.activities")
+
+MessageStatus = Literal["claimed", "retry", "sent", "failed", "skipped", "unknown"]
+STATUSES: tuple[MessageStatus, ...] = get_args(MessageStatus)
+FINAL: frozenset[MessageStatus] = frozenset({"sent", "failed", "skipped", "unknown"})
+UNKNOWN_REASON = (
+    "outcome unknown: the worker stopped or the provider timed out during the send; "
+    "not resent, to avoid a duplicate"
+)
+SLOT_REASON = "waiting for a send slot (SMS rate limit)"
+REASON_MAX = 400
+
+Transaction = Callable[[], AbstractContextManager[Session]]
+
+# --- statements, built once ---------------------------------------------------------------
+
+_M = cast(Table, Message.__table__)
+
+_FIND = select(
+    _M.c.id, _M.c.status, _M.c.reason, _M.c.credits, _M.c.account_id, _M.c.updated_at,
+).where(
+    _M.c.workflow_id == bindparam("k_workflow"),
+    _M.c.run_id == bindparam("k_run"),
+    _M.c.step == bindparam("k_step"),
+    _M.c.channel == bindparam("k_channel"),
+)
+
+_INSERT = insert(_M)
+
+_CLAIM_RETRY = (
+    update(_M)
+    .where(_M.c.id == bindparam("u_id"), _M.c.status == "retry")
+    .values(status="claimed", attempts=_M.c.attempts + 1, updated_at=bindparam("u_now"))
+)
+
+_RECLAIM = (
+    update(_M)
+    .where(_M.c.id == bindparam("u_id"), _M.c.status == "claimed",
+           _M.c.updated_at == bindparam("u_seen"))
+    .values(attempts=_M.c.attempts + 1, updated_at=bindparam("u_now"))
+)
+
+_SET_OUTCOME = (
+    update(_M)
+    .where(_M.c.id == bindparam("u_id"))
+    .values(
+        status=bindparam("u_status"), reason=bindparam("u_reason"),
+        updated_at=bindparam("u_now"),
+    )
+)
+
+_MARK_SENT = (
+    update(_M)
+    .where(_M.c.id == bindparam("u_id"))
+    .values(
+        status="sent", reason=None, provider_id=bindparam("u_provider_id"),
+        updated_at=bindparam("u_now"),
+    )
+)
+
+_BACK_TO_RETRY = (
+    update(_M)
+    .where(_M.c.id == bindparam("u_id"), _M.c.status == "claimed")
+    .values(status="retry", reason=bindparam("u_reason"), updated_at=bindparam("u_now"))
+)
+
+
+# --- records ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MessageKey:
+    """The idempotency key of one reminder: (workflow, run, step, channel)."""
+
+    workflow_id: str
+    run_id: str
+    step: int
+    channel: str
+
+    def params(self) -> dict[str, Any]:
+        return {"k_workflow": self.workflow_id, "k_run": self.run_id, "k_step": self.step,
+                "k_channel": self.channel}
+
+
+@dataclass(frozen=True)
+class LoggedRow:
+    """The parts of a `messages` row a retry needs."""
+
+    id: int
+    status: MessageStatus
+    reason: str | None
+    credits: int
+    account_id: str
+    updated_at: Any = None  # when it was last claimed or changed (the claim's time, if claimed)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A row this attempt holds as `claimed`: what recording the outcome needs."""
+
+    id: int
+    key: MessageKey
+    account_id: str
+    credits: int
+    hint: str  # the masked recipient, for logs
+
+
+class ConcurrentSend(Exception):
+    """Another attempt holds this reminder's row; nothing of ours was written."""
+
+    def __init__(self) -> None:
+        super().__init__("a concurrent attempt is sending this reminder")
+
+
+class SendLater(Exception):
+    """The provider refused for now (nothing was taken): the row is back to `retry`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def note(level: int, message: str, key: MessageKey, **fields: Any) -> None:
+    """A structured line about one reminder (see dunning.platform.logs); recipients masked."""
+    if log.isEnabledFor(level):
+        log.log(level, message, extra={
+            "case": key.workflow_id, "step": key.step, "channel": key.channel, **fields,
+        })
+
+
+def _cut(reason: str) -> str:
+    return reason[:REASON_MAX]
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def find(session: Session, key: MessageKey) -> LoggedRow | None:
+    row = session.execute(_FIND, key.params()).first()
+    if row is None:
+        return None
+    return LoggedRow(int(row.id), row.status, row.reason, int(row.credits or 0), row.account_id,
+                     row.updated_at)
+
+
+def is_final(row: LoggedRow) -> bool:
+    return row.status in FINAL
+
+
+def recorded(row: LoggedRow) -> MessageResult:
+    """What a final row means to the workflow (an `unknown` row counts as failed)."""
+    if row.status == "unknown":
+        return MessageResult("failed", row.reason or UNKNOWN_REASON, row.credits)
+    if row.status == "sent":
+        return MessageResult("sent", row.reason or "", row.credits)
+    if row.status in ("failed", "skipped"):
+        return MessageResult(row.status, row.reason or "", 0)
+    raise ValueError(f"message {row.id} is not final ({row.status})")
+
+
+# --- transitions --------------------------------------------------------------------------
+
+
+def skip(session: Session, key: MessageKey, account_id: str, customer_id: str,
+         reason: str) -> MessageResult:
+    """(none) -> skipped, with its reason."""
+    session.execute(_INSERT, {
+        "workflow_id": key.workflow_id, "run_id": key.run_id, "step": key.step,
+        "channel": key.channel, "account_id": account_id,
+        "customer_id": customer_id, "status": "skipped", "reason": _cut(reason),
+    })
+    note(logging.INFO, "reminder skipped", key, reason=reason)
+    return MessageResult("skipped", reason)
+
+
+def claim(
+    session: Session,
+    row: LoggedRow | None,
+    key: MessageKey,
+    account_id: str,
+    customer_id: str,
+    hint: str,
+    *,
+    credits: int,
+    segments: int = 0,
+    encoding: str | None = None,
+) -> Claim:
+    """(none) | retry -> claimed, before the provider is called. A new row's INSERT raises
+    IntegrityError when a concurrent attempt inserted the same key; a `retry` row is taken over
+    only if it is still `retry` (else ConcurrentSend), keeping its original credit reservation."""
+    now = utcnow()
+    if row is None:
+        result = cast(CursorResult[Any], session.execute(_INSERT, {
+            "workflow_id": key.workflow_id, "run_id": key.run_id, "step": key.step,
+            "channel": key.channel, "account_id": account_id,
+            "customer_id": customer_id, "status": "claimed", "recipient_hint": hint,
+            "credits": credits, "segments": segments, "encoding": encoding, "attempts": 1,
+            "created_at": now, "updated_at": now,
+        }))
+        pk = result.inserted_primary_key
+        assert pk is not None
+        return Claim(int(pk[0]), key, account_id, credits, hint)
+    taken = cast(CursorResult[Any], session.execute(_CLAIM_RETRY, {"u_id": row.id, "u_now": now}))
+    if taken.rowcount != 1:
+        raise ConcurrentSend()
+    return Claim(row.id, key, row.account_id, row.credits, hint)
+
+
+def reclaim(session: Session, row: LoggedRow, key: MessageKey, hint: str) -> Claim:
+    """claimed -> claimed again, by the attempt that decided to send it once more (after an
+    ambiguous crash). Taken only if nobody touched the row since it was read (else
+    ConcurrentSend); its `updated_at` becomes this claim's time."""
+    taken = cast(CursorResult[Any], session.execute(_RECLAIM, {
+        "u_id": row.id, "u_seen": row.updated_at, "u_now": utcnow(),
+    }))
+    if taken.rowcount != 1:
+        raise ConcurrentSend()
+    return Claim(row.id, key, row.account_id, row.credits, hint)
+
+
+def hold(session: Session, key: MessageKey, account_id: str, customer_id: str, hint: str,
+         credits: int, segments: int, encoding: str | None) -> LoggedRow:
+    """(none) -> retry: a new SMS row holding its credit reservation while it waits for a
+    send slot (a crash meanwhile leaves a row the next attempt sends from)."""
+    now = utcnow()
+    session.execute(_INSERT, {
+        "workflow_id": key.workflow_id, "run_id": key.run_id, "step": key.step,
+        "channel": key.channel, "account_id": account_id,
+        "customer_id": customer_id, "status": "retry",
+        "reason": SLOT_REASON, "recipient_hint": hint,
+        "credits": credits, "segments": segments, "encoding": encoding, "attempts": 0,
+        "created_at": now, "updated_at": now,
+    })
+    row = find(session, key)
+    assert row is not None
+    return row
+
+
+def release(
+    session: Session, key: MessageKey, row_id: int, account_id: str, amount: int, reason: str,
+    status: Literal["failed", "skipped"] = "failed",
+) -> None:
+    """retry | claimed -> failed | skipped, and its credits go back."""
+    session.execute(_SET_OUTCOME, {
+        "u_id": row_id, "u_status": status, "u_reason": _cut(reason), "u_now": utcnow(),
+    })
+    if amount:
+        ledger.refund(
+            session, account_id, amount, workflow_id=key.workflow_id, step=key.step,
+            message_id=row_id, note=_cut(reason),
+        )
+
+
+def fail(session: Session, row_id: int, reason: str) -> None:
+    """-> failed, credits untouched (nothing was reserved, or the provider may have billed)."""
+    session.execute(_SET_OUTCOME, {
+        "u_id": row_id, "u_status": "failed", "u_reason": _cut(reason), "u_now": utcnow(),
+    })
+
+
+def mark_unknown(session: Session, key: MessageKey, row: LoggedRow,
+                 reason: str = UNKNOWN_REASON) -> MessageResult:
+    """claimed -> unknown: the credits stay spent (the provider may have billed); a later
+    delivery report for the message (its callback URL names the row) settles it."""
+    reason = _cut(reason)
+    session.execute(_SET_OUTCOME, {
+        "u_id": row.id, "u_status": "unknown", "u_reason": reason, "u_now": utcnow(),
+    })
+    note(logging.WARNING, "send outcome unknown: not resent", key)
+    return MessageResult("failed", reason, row.credits)
+
+
+def mark_sent(session: Session, row_id: int, provider_id: str | None) -> None:
+    """claimed | unknown -> sent, with the provider's id for its message."""
+    session.execute(_MARK_SENT, {
+        "u_id": row_id, "u_provider_id": provider_id[:64] if provider_id else None,
+        "u_now": utcnow(),
+    })
+
+
+def back_to_retry(session: Session, row_id: int, reason: str) -> None:
+    """claimed -> retry: the provider proved it took nothing (5xx, 429, refused connection)."""
+    session.execute(_BACK_TO_RETRY, {"u_id": row_id, "u_reason": _cut(reason), "u_now": utcnow()})
+
+
+def deliver(
+    transaction: Transaction,
+    claimed: Claim,
+    call: Callable[[], str],
+    *,
+    refund: bool,
+    on_accepted: Callable[[str], None] | None = None,
+) -> MessageResult:
+    """Call the provider for a claimed row and record what it answered, in a transaction of
+    its own. `on_accepted(provider_id)` hears the provider's answer before it is recorded (the
+    caller keeps it where a retry finds it, should the record fail).
+
+    Transient: the row goes back to `retry` and SendLater is raised. Permanent: `failed` (and
+    refunded when `refund`). Ambiguous: `unknown` (not resent)."""
+    key = claimed.key
+    try:
+        provider_id = call()
+    except TransientProviderError as exc:
+        with transaction() as s:
+            back_to_retry(s, claimed.id, exc.reason)
+        note(logging.WARNING, "provider unavailable: retrying with backoff", key,
+             to=claimed.hint, reason=exc.reason)
+        raise SendLater(exc.reason) from None
+    except AmbiguousProviderError as exc:
+        reason = _cut(f"{UNKNOWN_REASON} ({exc.reason})")
+        with transaction() as s:
+            s.execute(_SET_OUTCOME, {
+                "u_id": claimed.id, "u_status": "unknown", "u_reason": reason, "u_now": utcnow(),
+            })
+        note(logging.WARNING, "reminder outcome unknown: not resent", key, to=claimed.hint,
+             reason=exc.reason)
+        return MessageResult("failed", reason, claimed.credits)
+    except (PermanentProviderError, ProviderError) as exc:
+        with transaction() as s:
+            if refund:
+                release(s, key, claimed.id, claimed.account_id, claimed.credits, exc.reason)
+            else:
+                fail(s, claimed.id, exc.reason)
+        note(logging.WARNING, "reminder failed", key, to=claimed.hint, reason=exc.reason)
+        return MessageResult("failed", exc.reason)
+    if on_accepted is not None:
+        on_accepted(provider_id)
+    with transaction() as s:
+        mark_sent(s, claimed.id, provider_id)
+    note(logging.INFO, "reminder sent", key, to=claimed.hint, credits=claimed.credits)
+    return MessageResult("sent", "", claimed.credits)
+
+
+# --- compliance replies (HELP answers, STOP confirmations) --------------------------------
+
+
+def claim_reply(session: Session, kind: str, account_id: str, inbound_uuid: str,
+                customer_id: str, hint: str, segments: int, encoding: str) -> int:
+    """(none) -> claimed for a compliance reply: workflow_id `<kind>:<account>`, run_id the
+    inbound MessageUUID, step 0; it costs no credits. Returns the row id."""
+    now = utcnow()
+    result = cast(CursorResult[Any], session.execute(_INSERT, {
+        "workflow_id": f"{kind}:{account_id}", "run_id": inbound_uuid[:64], "step": 0,
+        "channel": "sms", "account_id": account_id, "customer_id": customer_id,
+        "status": "claimed", "recipient_hint": hint, "credits": 0, "segments": segments,
+        "encoding": encoding, "attempts": 1, "created_at": now, "updated_at": now,
+    }))
+    pk = result.inserted_primary_key
+    assert pk is not None
+    return int(pk[0])
+
+
+def record_reply(session: Session, row_id: int, status: MessageStatus,
+                 provider_id: str | None, reason: str | None) -> None:
+    """A compliance reply's outcome: sent (with the provider's id), failed or unknown."""
+    if status == "sent":
+        mark_sent(session, row_id, provider_id)
+        return
+    session.execute(_SET_OUTCOME, {
+        "u_id": row_id, "u_status": status, "u_reason": _cut(reason) if reason else None,
+        "u_now": utcnow(),
+    })
+
+
+# --- delivery reports (rows loaded for update by dunning.messages.delivery) ---------------
+
+
+def adopt_provider_id(row: Message, provider_id: str) -> None:
+    """A row without a provider id (claimed or unknown) takes the one a report names."""
+    row.provider_id = provider_id[:64]
+
+
+def record_delivery(row: Message, status: str, error_code: str | None,
+                    sequence: int | None) -> None:
+    row.delivery_status = status[:16]
+    row.delivery_error = error_code[:16] if error_code else None
+    if sequence is not None:
+        row.delivery_sequence = sequence
+
+
+def settle_unknown(row: Message, delivered: bool, reason: str | None = None) -> None:
+    """unknown -> sent | failed, from the provider's own record of the message."""
+    if row.status != "unknown":
+        return
+    if delivered:
+        row.status, row.reason = "sent", None
+    else:
+        row.status, row.reason = "failed", _cut(reason) if reason else None
