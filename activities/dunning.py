@@ -77,6 +77,8 @@ from dunning.platform.providers.sms import OutgoingSms, SmsProvider
 # A send heartbeats before the provider call only when this share of its heartbeat timeout has
 # already gone by (a slow database); on the fast path the attempt's start is only just behind it.
 HEARTBEAT_AFTER_SHARE = 0.1
+# Heartbeat details of a provider's answer: {"row": messages.id, "provider_id": uuid or Message-ID}
+ANSWER_ROW, ANSWER_ID = "row", "provider_id"
 
 # --- case bookkeeping statements, built once ----------------------------------------------
 
@@ -147,7 +149,31 @@ def _heartbeat_if_slow(started: float) -> None:
         elapsed = max(elapsed, (datetime.now(info.started_time.tzinfo) - info.started_time)
                       .total_seconds())
     if elapsed >= timeout.total_seconds() * HEARTBEAT_AFTER_SHARE:
-        activity.heartbeat()
+        _heartbeat()
+
+
+def _heartbeat() -> None:
+    """A heartbeat that keeps what an earlier attempt left in the details (a provider's answer
+    not yet recorded), so a plain heartbeat never erases it."""
+    activity.heartbeat(*activity.info().heartbeat_details)
+
+
+def _keep_answer(row_id: int) -> Callable[[str], None]:
+    """Keeps a provider's answer in the heartbeat details, which Temporal hands to the next
+    attempt: a failed "mark sent" write is then recorded `sent` on retry, never `unknown`."""
+
+    def keep(provider_id: str) -> None:
+        activity.heartbeat({ANSWER_ROW: row_id, ANSWER_ID: provider_id})
+
+    return keep
+
+
+def _answer_kept(row_id: int) -> str | None:
+    """The provider's answer an earlier attempt kept for this row, if any."""
+    for detail in activity.info().heartbeat_details:
+        if isinstance(detail, dict) and detail.get(ANSWER_ROW) == row_id:
+            return str(detail.get(ANSWER_ID) or "")
+    return None
 
 
 def _concurrent() -> ApplicationError:
@@ -257,7 +283,7 @@ class DunningActivities:
             if row is not None and message_log.is_final(row):
                 return message_log.recorded(row)
             if row is not None and row.status == "claimed":
-                return message_log.mark_unknown(s, key, row)
+                return self._claimed_before(s, key, row)
             message_id = recipients.email_message_id(key.workflow_id, key.run_id, key.step)
             outgoing = recipients.email_for(s, req, message_id, self.default_email_from)
             if isinstance(outgoing, str):
@@ -295,7 +321,7 @@ class DunningActivities:
             if row is not None and message_log.is_final(row):
                 return message_log.recorded(row)
             if row is not None and row.status == "claimed":
-                return message_log.mark_unknown(s, key, row)
+                return self._claimed_before(s, key, row)
             plan = recipients.sms_for(s, req)
             if isinstance(plan, MessageResult):
                 return self._not_now(s, key, req, row, plan)
@@ -362,7 +388,7 @@ class DunningActivities:
                 if not left:
                     return message_log.claim(s, waited, key, req.account_id, req.customer_id,
                                              hint, credits=cost)
-            self.pacer.sleep(left, activity.heartbeat)
+            self.pacer.sleep(left, _heartbeat)
 
     @activity.defn(name=ACT_RELEASE_SMS)
     def release_sms(self, req: ReleaseRequest) -> None:
@@ -394,6 +420,16 @@ class DunningActivities:
 
     # --- shared steps ----------------------------------------------------------------------
 
+    def _claimed_before(self, s: Session, key: MessageKey, row: LoggedRow) -> MessageResult:
+        """A row an earlier attempt claimed and never recorded: sent, when that attempt kept
+        the provider's answer; else the ambiguous window (unknown, not resent)."""
+        answer = _answer_kept(row.id)
+        if answer is not None:
+            message_log.mark_sent(s, row.id, answer or None)
+            note(logging.INFO, "reminder sent (recorded on retry)", key, credits=row.credits)
+            return MessageResult("sent", "", row.credits)
+        return message_log.mark_unknown(s, key, row)
+
     def _reread(self, key: MessageKey) -> MessageResult:
         with self._session() as s:
             row = message_log.find(s, key)
@@ -405,7 +441,8 @@ class DunningActivities:
         """The provider call and its record (dunning.messages.log.deliver), as Temporal sees
         it: a provider that refused for now is a retryable `Transient` failure."""
         try:
-            return message_log.deliver(self._session, claimed, call, refund=refund)
+            return message_log.deliver(self._session, claimed, call, refund=refund,
+                                       on_accepted=_keep_answer(claimed.id))
         except SendLater as exc:
             activity.metric_meter().create_counter(
                 metrics.PROVIDER_RETRIES, metrics.DESCRIPTIONS[metrics.PROVIDER_RETRIES]
