@@ -47,6 +47,8 @@ def build_activities(settings: Settings, db: Database) -> DunningActivities:
         public_url=settings.public_url,
         default_email_from=settings.email_from,
         pacer=pacer_for(db, settings.sms_rate_limit),
+        # An ambiguous send is settled once its provider call has certainly ended.
+        settle_after=max(settings.plivo_timeout, settings.smtp_timeout) + 2.0,
     )
 
 

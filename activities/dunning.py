@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Insert, Table, and_, bindparam, func, or_, select, update
@@ -65,18 +65,33 @@ from dunning.domain.contract import (
 )
 from dunning.messages import log as message_log
 from dunning.messages import recipients
-from dunning.messages.log import Claim, ConcurrentSend, LoggedRow, MessageKey, SendLater, note
+from dunning.messages.log import (
+    Claim,
+    ConcurrentSend,
+    LoggedRow,
+    MessageKey,
+    SendLater,
+    Unsettled,
+    note,
+)
 from dunning.messages.pacing import SendPacer
+from dunning.messages.reconcile import AMBIGUOUS_WINDOWS, SKEW, decide, utc
 from dunning.platform import metrics
 from dunning.platform.db import Database
 from dunning.platform.db.models import Account, Case, Customer, utcnow
-from dunning.platform.providers import mask_email, mask_phone
+from dunning.platform.providers import ProviderError, mask_email, mask_phone
 from dunning.platform.providers.email import EmailProvider, OutgoingEmail
-from dunning.platform.providers.sms import OutgoingSms, SmsProvider
+from dunning.platform.providers.sms import OutgoingSms, SmsProvider, SmsRecords, has_records
 
 # A send heartbeats before the provider call only when this share of its heartbeat timeout has
 # already gone by (a slow database); on the fast path the attempt's start is only just behind it.
 HEARTBEAT_AFTER_SHARE = 0.1
+# An email found `claimed` (a send whose answer was lost) is sent again under the same Message-ID
+# at most until it was claimed this many times; then it is recorded `unknown`.
+MAX_EMAIL_SENDS = 3
+# A claim younger than this may still be inside its provider call (the provider's timeout plus a
+# margin): an ambiguous row is settled only once its claim is older.
+DEFAULT_SETTLE_AFTER = 12.0
 # Heartbeat details of a provider's answer: {"row": messages.id, "provider_id": uuid or Message-ID}
 ANSWER_ROW, ANSWER_ID = "row", "provider_id"
 
@@ -192,9 +207,11 @@ class DunningActivities:
         public_url: str = "http://127.0.0.1:8000",
         default_email_from: str = "billing@localhost",
         pacer: SendPacer | None = None,
+        settle_after: float = DEFAULT_SETTLE_AFTER,
     ) -> None:
         self.db = db
         self.pacer = pacer
+        self.settle_after = timedelta(seconds=settle_after)
         self.sms = sms
         self.email = email
         self.public_url = public_url.rstrip("/")
@@ -283,7 +300,17 @@ class DunningActivities:
             if row is not None and message_log.is_final(row):
                 return message_log.recorded(row)
             if row is not None and row.status == "claimed":
-                return self._claimed_before(s, key, row)
+                answer = self._answer_recorded(s, key, row)
+                if answer is not None:
+                    return answer
+                if row.attempts >= MAX_EMAIL_SENDS:
+                    return message_log.mark_unknown(s, key, row)
+                self._wait_for_settling(row)
+                # Its answer was lost: send it again under the same Message-ID, so a second
+                # copy (if the first did arrive) is the same message to the mail client.
+                row = message_log.unclaim(
+                    s, row, "answer lost: sending again under the same Message-ID")
+                note(logging.WARNING, "email answer lost: resending, same Message-ID", key)
             message_id = recipients.email_message_id(key.workflow_id, key.run_id, key.step)
             outgoing = recipients.email_for(s, req, message_id, self.default_email_from)
             if isinstance(outgoing, str):
@@ -304,6 +331,18 @@ class DunningActivities:
             return self._reread(key)
         except ConcurrentSend:
             raise _concurrent() from None
+        if isinstance(prepared, LoggedRow):  # a claim whose answer was lost
+            settled = self._reconcile_sms(key, req, prepared)
+            if settled is not None:
+                return settled
+            try:  # not at the provider: the row is `retry` again, send it once
+                prepared = self._prepare_sms(key, req)
+            except (IntegrityError, _Settled):
+                return self._reread(key)
+            except ConcurrentSend:
+                raise _concurrent() from None
+            if isinstance(prepared, LoggedRow):
+                raise _concurrent()
         if isinstance(prepared, MessageResult):
             return prepared
         claimed, sms = prepared
@@ -314,14 +353,19 @@ class DunningActivities:
 
     def _prepare_sms(
         self, key: MessageKey, req: MessageRequest
-    ) -> tuple[Claim, OutgoingSms] | MessageResult:
+    ) -> tuple[Claim, OutgoingSms] | MessageResult | LoggedRow:
         """Eligibility, credits and the claim: the SMS to hand to the provider, or the result."""
         with self._session() as s:
             row = message_log.find(s, key)
             if row is not None and message_log.is_final(row):
                 return message_log.recorded(row)
             if row is not None and row.status == "claimed":
-                return self._claimed_before(s, key, row)
+                answer = self._answer_recorded(s, key, row)
+                if answer is not None:
+                    return answer
+                if not has_records(self.sms):
+                    return message_log.mark_unknown(s, key, row)
+                return row  # settled from the provider's records, outside this transaction
             plan = recipients.sms_for(s, req)
             if isinstance(plan, MessageResult):
                 return self._not_now(s, key, req, row, plan)
@@ -420,15 +464,72 @@ class DunningActivities:
 
     # --- shared steps ----------------------------------------------------------------------
 
-    def _claimed_before(self, s: Session, key: MessageKey, row: LoggedRow) -> MessageResult:
+    def _answer_recorded(self, s: Session, key: MessageKey,
+                         row: LoggedRow) -> MessageResult | None:
         """A row an earlier attempt claimed and never recorded: sent, when that attempt kept
-        the provider's answer; else the ambiguous window (unknown, not resent)."""
+        the provider's answer (heartbeat details) or a delivery report named the row."""
         answer = _answer_kept(row.id)
-        if answer is not None:
-            message_log.mark_sent(s, row.id, answer or None)
-            note(logging.INFO, "reminder sent (recorded on retry)", key, credits=row.credits)
-            return MessageResult("sent", "", row.credits)
-        return message_log.mark_unknown(s, key, row)
+        if answer is None and row.provider_id:
+            answer = row.provider_id
+        if answer is None:
+            return None
+        message_log.mark_sent(s, row.id, answer or None)
+        note(logging.INFO, "reminder sent (recorded on retry)", key, credits=row.credits)
+        return MessageResult("sent", "", row.credits)
+
+    def _wait_for_settling(self, row: LoggedRow) -> None:
+        """A claim younger than the settling window may still be inside its provider call
+        (a slow attempt the server gave up on): try again once it has certainly ended."""
+        age = utcnow() - utc(row.updated_at)
+        if age < self.settle_after:
+            raise ApplicationError(
+                "an earlier attempt's send may still be under way", type="Settling",
+                next_retry_delay=self.settle_after - age,
+            )
+
+    def _reconcile_sms(self, key: MessageKey, req: MessageRequest,
+                       row: LoggedRow) -> MessageResult | None:
+        """Settle an SMS whose answer was lost from the provider's message list (see
+        dunning.messages.reconcile): the result when settled, None when it goes out again."""
+        window = self.settle_after * AMBIGUOUS_WINDOWS + SKEW
+        since = utc(row.created_at) - window
+        with self._session() as s:
+            who = recipients.recipient(s, req)
+            if who is None or not who.sms_sender or not who.phone_e164:
+                return message_log.mark_unknown(s, key, row)
+            claims = message_log.open_sms_claims(s, req.account_id, req.customer_id, since)
+        _heartbeat()
+        try:
+            records = cast(SmsRecords, self.sms).outbound_since(
+                who.sms_sender, who.phone_e164, since - SKEW)
+        except ProviderError as exc:
+            raise ApplicationError(f"cannot settle the send yet: {exc.reason}",
+                                   type="Transient") from None
+        with self._session() as s:
+            taken = message_log.taken_provider_ids(s, [r.message_uuid for r in records])
+            current = message_log.find_by_id(s, row.id)
+            if current is None or current.status != "claimed" or (
+                    current.updated_at != row.updated_at):
+                if current is not None and message_log.is_final(current):
+                    return message_log.recorded(current)
+                raise _concurrent()
+            if current.provider_id:  # a delivery report named the row meanwhile
+                return self._answer_recorded(s, key, current)
+            decision = decide(row.id, row.updated_at, claims, records, taken, utcnow(),
+                              self.settle_after)
+            if decision.action == "sent":
+                message_log.mark_sent(s, row.id, decision.provider_id)
+                note(logging.INFO, "ambiguous send found at the provider: sent", key,
+                     credits=row.credits)
+                return MessageResult("sent", "", row.credits)
+            if decision.action == "unknown":
+                return message_log.mark_unknown(s, key, row, decision.reason)
+            if decision.action == "resend":
+                message_log.unclaim(s, row, decision.reason)
+                note(logging.WARNING, "ambiguous send not at the provider: sending once", key)
+                return None
+        raise ApplicationError(decision.reason, type="Settling",
+                               next_retry_delay=decision.delay)
 
     def _reread(self, key: MessageKey) -> MessageResult:
         with self._session() as s:
@@ -441,8 +542,16 @@ class DunningActivities:
         """The provider call and its record (dunning.messages.log.deliver), as Temporal sees
         it: a provider that refused for now is a retryable `Transient` failure."""
         try:
-            return message_log.deliver(self._session, claimed, call, refund=refund,
-                                       on_accepted=_keep_answer(claimed.id))
+            return message_log.deliver(
+                self._session, claimed, call, refund=refund,
+                on_accepted=_keep_answer(claimed.id),
+                keep_ambiguous=claimed.key.channel == "email" or has_records(self.sms),
+            )
+        except Unsettled as exc:
+            raise ApplicationError(
+                f"provider answer lost: {exc.reason}", type="Unsettled",
+                next_retry_delay=self.settle_after,
+            ) from None
         except SendLater as exc:
             activity.metric_meter().create_counter(
                 metrics.PROVIDER_RETRIES, metrics.DESCRIPTIONS[metrics.PROVIDER_RETRIES]

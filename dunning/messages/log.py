@@ -65,9 +65,12 @@ Transaction = Callable[[], AbstractContextManager[Session]]
 
 _M = cast(Table, Message.__table__)
 
-_FIND = select(
+_COLUMNS = (
     _M.c.id, _M.c.status, _M.c.reason, _M.c.credits, _M.c.account_id, _M.c.updated_at,
-).where(
+    _M.c.created_at, _M.c.attempts, _M.c.provider_id,
+)
+_FIND_ID = select(*_COLUMNS).where(_M.c.id == bindparam("k_id"))
+_FIND = select(*_COLUMNS).where(
     _M.c.workflow_id == bindparam("k_workflow"),
     _M.c.run_id == bindparam("k_run"),
     _M.c.step == bindparam("k_step"),
@@ -88,6 +91,22 @@ _RECLAIM = (
            _M.c.updated_at == bindparam("u_seen"))
     .values(attempts=_M.c.attempts + 1, updated_at=bindparam("u_now"))
 )
+
+_UNCLAIM = (
+    update(_M)
+    .where(_M.c.id == bindparam("u_id"), _M.c.status == "claimed",
+           _M.c.updated_at == bindparam("u_seen"))
+    .values(status="retry", reason=bindparam("u_reason"), updated_at=bindparam("u_now"))
+)
+
+_OPEN_SMS_CLAIMS = select(_M.c.id, _M.c.created_at).where(
+    _M.c.account_id == bindparam("o_account"),
+    _M.c.customer_id == bindparam("o_customer"),
+    _M.c.channel == "sms",
+    _M.c.created_at >= bindparam("o_since"),
+    _M.c.status.in_(("claimed", "unknown")),
+    _M.c.provider_id.is_(None),
+).order_by(_M.c.created_at, _M.c.id)
 
 _SET_OUTCOME = (
     update(_M)
@@ -141,6 +160,9 @@ class LoggedRow:
     credits: int
     account_id: str
     updated_at: Any = None  # when it was last claimed or changed (the claim's time, if claimed)
+    created_at: Any = None
+    attempts: int = 0
+    provider_id: str | None = None  # known once sent, or adopted from a delivery report
 
 
 @dataclass(frozen=True)
@@ -159,6 +181,16 @@ class ConcurrentSend(Exception):
 
     def __init__(self) -> None:
         super().__init__("a concurrent attempt is sending this reminder")
+
+
+class Unsettled(Exception):
+    """The provider call ended without an answer (timeout, dropped connection): the row stays
+    `claimed` for the next attempt to settle (SMS: from the provider's records; email: resent
+    under the same Message-ID)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class SendLater(Exception):
@@ -184,12 +216,19 @@ def _cut(reason: str) -> str:
 # --- reading ------------------------------------------------------------------------------
 
 
+def _logged(row: Any) -> LoggedRow:
+    return LoggedRow(int(row.id), row.status, row.reason, int(row.credits or 0), row.account_id,
+                     row.updated_at, row.created_at, int(row.attempts or 0), row.provider_id)
+
+
 def find(session: Session, key: MessageKey) -> LoggedRow | None:
     row = session.execute(_FIND, key.params()).first()
-    if row is None:
-        return None
-    return LoggedRow(int(row.id), row.status, row.reason, int(row.credits or 0), row.account_id,
-                     row.updated_at)
+    return None if row is None else _logged(row)
+
+
+def find_by_id(session: Session, row_id: int) -> LoggedRow | None:
+    row = session.execute(_FIND_ID, {"k_id": row_id}).first()
+    return None if row is None else _logged(row)
 
 
 def is_final(row: LoggedRow) -> bool:
@@ -267,6 +306,39 @@ def reclaim(session: Session, row: LoggedRow, key: MessageKey, hint: str) -> Cla
     return Claim(row.id, key, row.account_id, row.credits, hint)
 
 
+def unclaim(session: Session, row: LoggedRow, reason: str) -> LoggedRow:
+    """claimed -> retry, for a claim the provider proved it never took (not in its records
+    after the settling window, or an email resent under the same Message-ID). Taken only if
+    nobody touched the row since it was read (else ConcurrentSend)."""
+    taken = cast(CursorResult[Any], session.execute(_UNCLAIM, {
+        "u_id": row.id, "u_seen": row.updated_at, "u_reason": _cut(reason), "u_now": utcnow(),
+    }))
+    if taken.rowcount != 1:
+        raise ConcurrentSend()
+    again = find_by_id(session, row.id)
+    assert again is not None
+    return again
+
+
+def open_sms_claims(session: Session, account_id: str, customer_id: str,
+                    since: Any) -> list[tuple[int, Any]]:
+    """(id, created_at) of SMS rows to this customer whose outcome is not settled yet (claimed
+    or unknown, no provider id), oldest first: the claims an ambiguous one might be mixed up
+    with."""
+    return [(int(r.id), r.created_at) for r in session.execute(_OPEN_SMS_CLAIMS, {
+        "o_account": account_id, "o_customer": customer_id, "o_since": since,
+    })]
+
+
+def taken_provider_ids(session: Session, provider_ids: list[str]) -> set[str]:
+    """The ones among `provider_ids` already recorded on a row."""
+    if not provider_ids:
+        return set()
+    return set(session.scalars(
+        select(_M.c.provider_id).where(_M.c.provider_id.in_(provider_ids))
+    ))
+
+
 def hold(session: Session, key: MessageKey, account_id: str, customer_id: str, hint: str,
          credits: int, segments: int, encoding: str | None) -> LoggedRow:
     """(none) -> retry: a new SMS row holding its credit reservation while it waits for a
@@ -339,13 +411,15 @@ def deliver(
     *,
     refund: bool,
     on_accepted: Callable[[str], None] | None = None,
+    keep_ambiguous: bool = False,
 ) -> MessageResult:
     """Call the provider for a claimed row and record what it answered, in a transaction of
     its own. `on_accepted(provider_id)` hears the provider's answer before it is recorded (the
     caller keeps it where a retry finds it, should the record fail).
 
     Transient: the row goes back to `retry` and SendLater is raised. Permanent: `failed` (and
-    refunded when `refund`). Ambiguous: `unknown` (not resent)."""
+    refunded when `refund`). Ambiguous: the row stays `claimed` and Unsettled is raised when
+    `keep_ambiguous` (the caller settles it), else `unknown` (not resent)."""
     key = claimed.key
     try:
         provider_id = call()
@@ -356,6 +430,10 @@ def deliver(
              to=claimed.hint, reason=exc.reason)
         raise SendLater(exc.reason) from None
     except AmbiguousProviderError as exc:
+        if keep_ambiguous:
+            note(logging.WARNING, "provider answer lost: settling on the next attempt", key,
+                 to=claimed.hint, reason=exc.reason)
+            raise Unsettled(exc.reason) from None
         reason = _cut(f"{UNKNOWN_REASON} ({exc.reason})")
         with transaction() as s:
             s.execute(_SET_OUTCOME, {

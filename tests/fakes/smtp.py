@@ -30,10 +30,14 @@ class _Handler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.box.lock:
-            if self.box.fail_next:
-                self.box.fail_next -= 1
+            if self.box.down or self.box.fail_next:
+                self.box.fail_next = max(0, self.box.fail_next - 1)
                 return "451 try again later"
             self.box.messages.append(message_from_bytes(envelope.content))
+            if self.box.drop_after_data:
+                # The message is taken, and the line drops before the client hears "250".
+                self.box.drop_after_data -= 1
+                server.transport.abort()
         return "250 Message accepted"
 
 
@@ -42,6 +46,8 @@ class SmtpSink:
         self.messages: list[Message] = []
         self.reject: set[str] = set()
         self.fail_next = 0
+        self.down = False  # answer every DATA with 451 (a long outage)
+        self.drop_after_data = 0  # take the next N messages, then drop the line unanswered
         self.lock = threading.Lock()
         self.port = free_port()
         self.controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
@@ -62,3 +68,5 @@ class SmtpSink:
             self.messages.clear()
             self.reject.clear()
             self.fail_next = 0
+            self.down = False
+            self.drop_after_data = 0
