@@ -54,6 +54,7 @@ from dunning.domain.contract import (
     ACT_SEND_EMAIL,
     ACT_SEND_SMS,
     ACT_SETTLE_MESSAGE,
+    SEND_RETRY,
     CasePlan,
     FinishCaseRequest,
     MessageRequest,
@@ -191,6 +192,29 @@ def _answer_kept(row_id: int) -> str | None:
     return None
 
 
+def _is_last_attempt() -> bool:
+    """Whether this is the last attempt Temporal starts: the attempts are used up, or the
+    next backoffs end after the schedule-to-close deadline (the give-up)."""
+    info = activity.info()
+    policy = info.retry_policy
+    if policy is None:  # servers that do not tell (the time-skipping test server): ours
+        policy = SEND_RETRY
+    if policy.maximum_attempts and info.attempt >= policy.maximum_attempts:
+        return True
+    if info.schedule_to_close_timeout is None:
+        return False
+    delay = policy.initial_interval.total_seconds() * (
+        policy.backoff_coefficient ** (info.attempt - 1))
+    if policy.maximum_interval is not None:
+        delay = min(delay, policy.maximum_interval.total_seconds())
+    deadline = info.scheduled_time + info.schedule_to_close_timeout
+    # The server's clock (this attempt was scheduled just now), also under time skipping.
+    now = max(datetime.now(deadline.tzinfo), info.current_attempt_scheduled_time)
+    # Two intervals of margin: servers differ on whether a retry that would start just
+    # before the deadline is still scheduled (the give-up comes at most that much early).
+    return now + 2 * timedelta(seconds=delay) >= deadline
+
+
 def _concurrent() -> ApplicationError:
     return ApplicationError("a concurrent attempt is sending this reminder")
 
@@ -267,6 +291,10 @@ class DunningActivities:
     def finish_case(self, req: FinishCaseRequest) -> None:
         with self._session() as s:
             ledger.leave_queue(s, req.account_id, req.workflow_id, f"case {req.outcome}")
+            # A send given up while its row was not final (e.g. the database was down on its
+            # last attempt): the log ends final, credits back.
+            message_log.close_open_rows(s, req.workflow_id, activity.info().workflow_run_id or "",
+                                        req.outcome)
             s.execute(_FINISH_CASE, {
                 "f_workflow": req.workflow_id, "f_state": req.outcome,
                 "f_ended_at": req.ended_at, "f_emails": req.emails_sent, "f_sms": req.sms_sent,
@@ -553,6 +581,11 @@ class DunningActivities:
                 next_retry_delay=self.settle_after,
             ) from None
         except SendLater as exc:
+            if _is_last_attempt():  # no retry would start before the give-up: end it here
+                with self._session() as s:
+                    row = message_log.find_by_id(s, claimed.id)
+                    if row is not None and row.status == "retry":
+                        return message_log.give_up(s, claimed.key, row, exc.reason)
             activity.metric_meter().create_counter(
                 metrics.PROVIDER_RETRIES, metrics.DESCRIPTIONS[metrics.PROVIDER_RETRIES]
             ).add(1, {"channel": claimed.key.channel})

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from temporalio.common import SearchAttributeKey
+from temporalio.common import RetryPolicy, SearchAttributeKey
 
 WORKFLOW_TYPE = "DunningWorkflow"
 
@@ -32,6 +32,12 @@ ACT_SEND_SMS = "send_sms"
 ACT_RELEASE_SMS = "release_sms"
 ACT_FINISH_CASE = "finish_case"
 ACT_SETTLE_MESSAGE = "settle_message"
+
+# Sends: transient provider failures are retried with backoff for up to a day, then given up.
+# (The send activities read them too: the last attempt before the give-up ends the row itself.)
+SEND_GIVE_UP = timedelta(hours=24)
+SEND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
+                         maximum_interval=timedelta(minutes=10))
 
 # Search attributes (contract names). No PII ever goes into one.
 SA_ACCOUNT_ID = SearchAttributeKey.for_keyword("DunningAccountId")

@@ -108,6 +108,12 @@ _OPEN_SMS_CLAIMS = select(_M.c.id, _M.c.created_at).where(
     _M.c.provider_id.is_(None),
 ).order_by(_M.c.created_at, _M.c.id)
 
+_OPEN_ROWS = select(*_COLUMNS, _M.c.step, _M.c.channel).where(
+    _M.c.workflow_id == bindparam("o_workflow"),
+    _M.c.run_id == bindparam("o_run"),
+    _M.c.status.in_(("retry", "claimed")),
+).order_by(_M.c.id)
+
 _SET_OUTCOME = (
     update(_M)
     .where(_M.c.id == bindparam("u_id"))
@@ -229,6 +235,15 @@ def find(session: Session, key: MessageKey) -> LoggedRow | None:
 def find_by_id(session: Session, row_id: int) -> LoggedRow | None:
     row = session.execute(_FIND_ID, {"k_id": row_id}).first()
     return None if row is None else _logged(row)
+
+
+def open_rows(session: Session, workflow_id: str,
+              run_id: str) -> list[tuple[MessageKey, LoggedRow]]:
+    """A case's rows not final yet (retry, claimed), with their keys."""
+    return [
+        (MessageKey(workflow_id, run_id, int(r.step), r.channel), _logged(r))
+        for r in session.execute(_OPEN_ROWS, {"o_workflow": workflow_id, "o_run": run_id})
+    ]
 
 
 def is_final(row: LoggedRow) -> bool:
@@ -377,6 +392,27 @@ def fail(session: Session, row_id: int, reason: str) -> None:
     session.execute(_SET_OUTCOME, {
         "u_id": row_id, "u_status": "failed", "u_reason": _cut(reason), "u_now": utcnow(),
     })
+
+
+def give_up(session: Session, key: MessageKey, row: LoggedRow, reason: str) -> MessageResult:
+    """retry -> failed for good (the send kept failing until it was given up): the provider's
+    last reason, and the credits back (nothing was taken)."""
+    reason = _cut(f"provider kept failing: {reason}")
+    release(session, key, row.id, row.account_id, row.credits, reason)
+    note(logging.WARNING, "reminder given up", key, reason=reason)
+    return MessageResult("failed", reason)
+
+
+def close_open_rows(session: Session, workflow_id: str, run_id: str, outcome: str) -> int:
+    """When a case ends: every row of it still `retry` is given up (credits back) and every
+    row still `claimed` becomes `unknown`, so the log holds only final rows. Returns how many."""
+    rows = open_rows(session, workflow_id, run_id)
+    for key, row in rows:
+        if row.status == "retry":
+            give_up(session, key, row, row.reason or f"case {outcome} before it was sent")
+        else:
+            mark_unknown(session, key, row)
+    return len(rows)
 
 
 def mark_unknown(session: Session, key: MessageKey, row: LoggedRow,
