@@ -18,6 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 from types import CodeType, ModuleType
 
 from temporalio.client import Client
@@ -125,6 +126,9 @@ def build_workers(
     absorb the queue's burst after an idle spell, not a standing backlog."""
     pacer = activities.pacer
     rate = 1 / pacer.interval if pacer is not None else settings.sms_rate_limit
+    # On shutdown (SIGTERM) the workers stop polling at once and let the sends under way finish
+    # for this long before they are cancelled: a rolling deploy loses and duplicates nothing.
+    grace = timedelta(seconds=settings.shutdown_grace_seconds)
     return [
         Worker(
             client,
@@ -135,6 +139,7 @@ def build_workers(
             activities=activities.all(),
             activity_executor=executor,
             max_concurrent_activities=settings.activity_workers,
+            graceful_shutdown_timeout=grace,
         ),
         Worker(
             client,
@@ -143,6 +148,7 @@ def build_workers(
             activity_executor=executor,
             max_concurrent_activities=settings.activity_workers,
             max_task_queue_activities_per_second=rate or None,
+            graceful_shutdown_timeout=grace,
         ),
     ]
 

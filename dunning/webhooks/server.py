@@ -35,6 +35,8 @@ def make_server(
         lifespan="off",
         server_header=False,
         proxy_headers=False,
+        # SIGTERM: stop accepting, let the requests under way finish (within the grace).
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)),
     )
     return uvicorn.Server(config) if handle_signals else _QuietServer(config)
 

@@ -56,6 +56,7 @@ class FakePlivo:
         self.script: deque[Scripted] = deque()
         self.lock = threading.Lock()
         self.list_requests = 0
+        self.arrived = 0  # message requests received, counted before any scripted delay
         self.down = False  # answer every request (sends and lists) with 503
         self.on_message: Any = None  # called with each accepted ReceivedMessage (fault hooks)
         fake = self
@@ -136,6 +137,7 @@ class FakePlivo:
             self._reply(h, 400, {"error": "invalid JSON"})
             return
         with self.lock:
+            self.arrived += 1
             step = self.script.popleft() if self.script and not self.down else Scripted()
         if step.delay:
             time.sleep(step.delay)

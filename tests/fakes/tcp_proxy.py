@@ -20,6 +20,8 @@ class TcpProxy:
         self._open: set[socket.socket] = set()
         self._down = False
         self._closed = False
+        self._flowing = threading.Event()
+        self._flowing.set()
         self.cuts = 0
         self.refused = 0  # connections refused while the line was cut
         self._thread = threading.Thread(target=self._accept, daemon=True)
@@ -44,6 +46,13 @@ class TcpProxy:
             self._down = True
             self.cuts += 1
         self._reset_all()
+
+    def pause(self) -> None:
+        """Hold every byte in both directions (a database that stopped answering)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def restore(self) -> None:
         with self._lock:
@@ -92,6 +101,7 @@ class TcpProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass
