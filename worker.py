@@ -35,7 +35,7 @@ from dunning.platform.db import Database
 from dunning.platform.providers.factory import email_provider, sms_provider
 from dunning.platform.settings import Settings, ensure_data_dir, get_settings
 from dunning.platform.temporal import connect, data_converter
-from workflows import DunningWorkflow
+from workflows import ComplianceReplyWorkflow, DunningWorkflow
 
 log = logging.getLogger("dunning.worker")
 
@@ -133,7 +133,7 @@ def build_workers(
         Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[DunningWorkflow],
+            workflows=[DunningWorkflow, ComplianceReplyWorkflow],
             workflow_runner=workflow_runner(settings.workflow_sandbox),
             max_cached_workflows=settings.max_cached_workflows,
             activities=activities.all(),

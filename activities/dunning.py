@@ -52,6 +52,7 @@ from dunning.domain.contract import (
     ACT_REGISTER_CASE,
     ACT_RELEASE_SMS,
     ACT_SEND_EMAIL,
+    ACT_SEND_REPLY,
     ACT_SEND_SMS,
     ACT_SETTLE_MESSAGE,
     SEND_RETRY,
@@ -61,11 +62,12 @@ from dunning.domain.contract import (
     MessageResult,
     RegisterCaseRequest,
     ReleaseRequest,
+    ReplyRequest,
     SettleRequest,
     parse_schedule,
 )
 from dunning.messages import log as message_log
-from dunning.messages import recipients
+from dunning.messages import recipients, replies
 from dunning.messages.log import (
     Claim,
     ConcurrentSend,
@@ -253,9 +255,9 @@ class DunningActivities:
             yield s
 
     def all(self) -> list[Any]:
-        """Activities of the case's own task queue."""
+        """Activities of the case's own task queue (and of the compliance reply workflow)."""
         return [self.register_case, self.send_email, self.release_sms, self.finish_case,
-                self.settle_message]
+                self.settle_message, self.send_reply]
 
     def sms_queue(self) -> list[Any]:
         """Activities of the rate-limited SMS task queue."""
@@ -489,6 +491,57 @@ class DunningActivities:
                                     status="skipped")
                 return MessageResult("skipped", req.reason)
             return message_log.mark_unknown(s, key, row)
+
+    # --- compliance replies ------------------------------------------------------------------
+
+    @activity.defn(name=ACT_SEND_REPLY)
+    def send_reply(self, req: ReplyRequest) -> MessageResult:
+        """A HELP answer or STOP confirmation (workflows/reply.py), through the message log:
+        claimed, sent, recorded; an earlier attempt's lost answer is settled as for a reminder."""
+        with self._session() as s:
+            prepared = replies.prepare(s, req.message_id, self.public_url)
+        if isinstance(prepared, LoggedRow):
+            settled = self._settle_reply(prepared)
+            if settled is not None:
+                return settled
+            with self._session() as s:
+                prepared = replies.prepare(s, req.message_id, self.public_url)
+            if isinstance(prepared, LoggedRow):
+                raise _concurrent()
+        if isinstance(prepared, MessageResult):
+            return prepared
+        claimed, sms = prepared
+        return self._deliver(claimed, lambda: self.sms.send(sms), refund=False)
+
+    def _settle_reply(self, row: LoggedRow) -> MessageResult | None:
+        """A reply claimed by an attempt whose answer was lost: its kept answer, a delivery
+        report's uuid, or Plivo's list decide; None when it goes out again."""
+        key = MessageKey("reply", str(row.id), 0, "sms")
+        with self._session() as s:
+            answer = self._answer_recorded(s, key, row)
+            if answer is not None:
+                return answer
+            found = message_log.reply_to_send(s, row.id)
+            if found is None or not has_records(self.sms):
+                return message_log.mark_unknown(s, key, row)
+            src, dst = found[1].src, found[1].dst
+        since = utc(row.created_at) - SKEW
+        try:
+            records = cast(SmsRecords, self.sms).outbound_since(src, dst, since)
+        except ProviderError as exc:
+            raise ApplicationError(f"cannot settle the reply yet: {exc.reason}",
+                                   type="Transient") from None
+        with self._session() as s:
+            taken = message_log.taken_provider_ids(s, [r.message_uuid for r in records])
+            decision = decide(row.id, row.updated_at, [(row.id, row.created_at)], records, taken,
+                              utcnow(), self.settle_after)
+            if decision.action == "sent":
+                message_log.mark_sent(s, row.id, decision.provider_id)
+                return MessageResult("sent", "", 0)
+            if decision.action == "resend":
+                message_log.unclaim(s, row, decision.reason)
+                return None
+        raise ApplicationError(decision.reason, type="Settling", next_retry_delay=decision.delay)
 
     # --- shared steps ----------------------------------------------------------------------
 

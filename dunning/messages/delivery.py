@@ -40,6 +40,9 @@ from dunning.platform.providers import mask_phone
 
 log = logging.getLogger("dunning.webhooks")
 
+# Where Plivo posts delivery reports; every SMS names its row in the query (`?ref=<id>`).
+STATUS_PATH = "/webhooks/plivo/status"
+
 FAILURES = frozenset({"failed", "undelivered"})
 SUCCESSES = frozenset({"queued", "sent", "delivered"})
 UNBILLED_ERROR_CODES = frozenset({"200", "420", "450", "900"})

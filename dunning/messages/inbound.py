@@ -14,7 +14,8 @@ Rules:
 - Anything else is kept as a `reply` consent event for the operator.
 - One delivery is handled once: `processed_events` (source `plivo-inbound`, the MessageUUID).
   Replies cost no credits and are recorded as `messages` rows (workflow_id `help:<account>` or
-  `stop:<account>`, run_id = the inbound MessageUUID, step 0) before they are sent, at most once.
+  `stop:<account>`, run_id = the inbound MessageUUID, step 0) before they are sent, with what
+  they send (`compliance_replies`); dunning.messages.replies has them sent.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ class InboundOutcome:
     accounts: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     replies: list[PlannedReply] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)  # a repeat's replies not sent yet
+
+    def reply_ids(self) -> list[int]:
+        """The replies to have sent: planned now, or still pending from the first delivery."""
+        return [r.message_id for r in self.replies] or self.pending
 
 
 def _customer_id(session: Session, account_id: str, phone: str) -> str | None:
@@ -77,12 +83,13 @@ def _plan_reply(
     session: Session, kind: str, account: Account, msg: InboundMessage, text: str
 ) -> PlannedReply:
     info = count_segments(text)
-    row_id = message_log.claim_reply(
+    src = account.sms_sender or msg.to_number
+    row_id = message_log.queue_reply(
         session, kind, account.id, msg.message_uuid,
         _customer_id(session, account.id, msg.from_number) or "",
-        mask_phone(msg.from_number), info.segments, info.encoding,
+        mask_phone(msg.from_number), src, msg.from_number, text, info.segments, info.encoding,
     )
-    return PlannedReply(row_id, account.sms_sender or msg.to_number, msg.from_number, text)
+    return PlannedReply(row_id, src, msg.from_number, text)
 
 
 def _help_account(session: Session, accounts: list[Account], phone: str) -> Account:
@@ -98,6 +105,9 @@ def process_inbound(session: Session, msg: InboundMessage) -> InboundOutcome:
     outcome = InboundOutcome(kind)
     if not claim_event(session, SOURCE, msg.message_uuid):
         outcome.duplicate = True
+        # Plivo retries a delivery it got no answer to: a reply planned by the first one but
+        # never started (the process died in between) is started now.
+        outcome.pending = message_log.pending_replies(session, msg.message_uuid)
         return outcome
     accounts = consent.accounts_for_sender(session, msg.to_number)
     outcome.accounts = [a.id for a in accounts]

@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from dunning.credits import ledger
 from dunning.domain.contract import MessageResult
-from dunning.platform.db.models import Message, utcnow
+from dunning.platform.db.models import ComplianceReply, Message, utcnow
 from dunning.platform.providers import (
     AmbiguousProviderError,
     PermanentProviderError,
@@ -57,6 +57,7 @@ UNKNOWN_REASON = (
     "not resent, to avoid a duplicate"
 )
 SLOT_REASON = "waiting for a send slot (SMS rate limit)"
+REPLY_QUEUED = "queued: the reply workflow sends it"
 REASON_MAX = 400
 
 Transaction = Callable[[], AbstractContextManager[Session]]
@@ -497,32 +498,49 @@ def deliver(
 # --- compliance replies (HELP answers, STOP confirmations) --------------------------------
 
 
-def claim_reply(session: Session, kind: str, account_id: str, inbound_uuid: str,
-                customer_id: str, hint: str, segments: int, encoding: str) -> int:
-    """(none) -> claimed for a compliance reply: workflow_id `<kind>:<account>`, run_id the
-    inbound MessageUUID, step 0; it costs no credits. Returns the row id."""
+def queue_reply(session: Session, kind: str, account_id: str, inbound_uuid: str,
+                customer_id: str, hint: str, src: str, dst: str, text: str, segments: int,
+                encoding: str) -> int:
+    """(none) -> retry for a compliance reply, with what it sends: workflow_id
+    `<kind>:<account>`, run_id the inbound MessageUUID, step 0; it costs no credits. The reply
+    workflow claims and sends it. Returns the row id."""
     now = utcnow()
     result = cast(CursorResult[Any], session.execute(_INSERT, {
         "workflow_id": f"{kind}:{account_id}", "run_id": inbound_uuid[:64], "step": 0,
         "channel": "sms", "account_id": account_id, "customer_id": customer_id,
-        "status": "claimed", "recipient_hint": hint, "credits": 0, "segments": segments,
-        "encoding": encoding, "attempts": 1, "created_at": now, "updated_at": now,
+        "status": "retry", "reason": REPLY_QUEUED, "recipient_hint": hint, "credits": 0,
+        "segments": segments, "encoding": encoding, "attempts": 0, "created_at": now,
+        "updated_at": now,
     }))
     pk = result.inserted_primary_key
     assert pk is not None
-    return int(pk[0])
+    row_id = int(pk[0])
+    session.add(ComplianceReply(message_id=row_id, src=src, dst=dst, text=text))
+    session.flush()
+    return row_id
 
 
-def record_reply(session: Session, row_id: int, status: MessageStatus,
-                 provider_id: str | None, reason: str | None) -> None:
-    """A compliance reply's outcome: sent (with the provider's id), failed or unknown."""
-    if status == "sent":
-        mark_sent(session, row_id, provider_id)
-        return
-    session.execute(_SET_OUTCOME, {
-        "u_id": row_id, "u_status": status, "u_reason": _cut(reason) if reason else None,
-        "u_now": utcnow(),
-    })
+def reply_to_send(session: Session, row_id: int) -> tuple[MessageKey, ComplianceReply] | None:
+    """The key and the content of a compliance reply row."""
+    found = session.execute(
+        select(_M.c.workflow_id, _M.c.run_id, ComplianceReply)
+        .join(ComplianceReply, ComplianceReply.message_id == _M.c.id)
+        .where(_M.c.id == row_id)
+    ).first()
+    if found is None:
+        return None
+    return MessageKey(found.workflow_id, found.run_id, 0, "sms"), found.ComplianceReply
+
+
+def pending_replies(session: Session, inbound_uuid: str) -> list[int]:
+    """Compliance replies to one inbound message not sent yet (`retry`), e.g. when the process
+    that took the message stopped before the reply workflow was started."""
+    return [int(i) for i in session.scalars(
+        select(_M.c.id).where(
+            _M.c.run_id == inbound_uuid[:64], _M.c.step == 0, _M.c.status == "retry",
+            _M.c.workflow_id.like("help:%") | _M.c.workflow_id.like("stop:%"),
+        ).order_by(_M.c.id)
+    )]
 
 
 # --- delivery reports (rows loaded for update by dunning.messages.delivery) ---------------

@@ -240,20 +240,31 @@ def test_email_failure_is_not_refunded(db: Database, account: str, uid: str) -> 
         "failed", "550 mailbox unavailable")
 
 
-def test_reply_claim_and_outcomes(db: Database, account: str, uid: str) -> None:
+def test_reply_queue_and_outcomes(db: Database, account: str, uid: str) -> None:
     with db.session() as s:
-        first = message_log.claim_reply(s, "help", account, f"in-{uid}", "", "+1415***", 1,
+        first = message_log.queue_reply(s, "help", account, f"in-{uid}", "", "+1415***",
+                                        "+14155550100", "+14155552671", "Acme: help", 1,
                                         "GSM-7")
-        second = message_log.claim_reply(s, "stop", account, f"in2-{uid}", "", "+1415***", 1,
+        second = message_log.queue_reply(s, "stop", account, f"in2-{uid}", "", "+1415***",
+                                         "+14155550100", "+14155552671", "Acme: stopped", 1,
                                          "GSM-7")
     row = _row(db, first)
     assert (row.workflow_id, row.run_id, row.step, row.status, row.credits) == (
-        f"help:{account}", f"in-{uid}", 0, "claimed", 0)
+        f"help:{account}", f"in-{uid}", 0, "retry", 0)
     with db.session() as s:
-        message_log.record_reply(s, first, "sent", "uuid-r", None)
-        message_log.record_reply(s, second, "unknown", None, "read timeout")
+        assert message_log.pending_replies(s, f"in-{uid}") == [first]
+        found = message_log.reply_to_send(s, first)
+        assert found is not None
+        key, reply = found
+        assert (key.workflow_id, reply.dst, reply.text) == (
+            f"help:{account}", "+14155552671", "Acme: help")
+        held = message_log.find_by_id(s, first)
+        assert held is not None
+        message_log.claim(s, held, key, account, "", "h", credits=0)
+        message_log.mark_sent(s, first, "uuid-r")
+        assert message_log.pending_replies(s, f"in-{uid}") == []
     assert (_row(db, first).status, _row(db, first).provider_id) == ("sent", "uuid-r")
-    assert (_row(db, second).status, _row(db, second).reason) == ("unknown", "read timeout")
+    assert _row(db, second).status == "retry"  # still pending, for its workflow
 
 
 def test_delivery_report_settles_only_unknown_rows(db: Database, account: str,

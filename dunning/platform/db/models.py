@@ -201,6 +201,20 @@ class Message(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class ComplianceReply(Base):
+    """What a compliance reply (HELP answer, STOP confirmation) sends: kept with its `messages`
+    row so the durable reply workflow (workflows/reply.py) finds it without PII in Temporal."""
+
+    __tablename__ = "compliance_replies"
+
+    message_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    src: Mapped[str] = mapped_column(String(32))
+    dst: Mapped[str] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text)
+
+
 class SmsWaiter(Base):
     """A case whose SMS lane is paused for credits; top-ups serve these in `since` order.
 

@@ -1,0 +1,32 @@
+"""compliance replies
+
+Revision ID: 0004_messages
+Revises: 0003
+Create Date: 2026-11-29 09:00:00
+
+`compliance_replies` keeps what a HELP answer or STOP confirmation sends (sender, number, text)
+beside its `messages` row, so the durable reply workflow sends it without PII in Temporal.
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0004_messages'
+down_revision = '0003'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table('compliance_replies',
+    sa.Column('message_id', sa.Integer(), nullable=False),
+    sa.Column('src', sa.String(length=32), nullable=False),
+    sa.Column('dst', sa.String(length=32), nullable=False),
+    sa.Column('text', sa.Text(), nullable=False),
+    sa.ForeignKeyConstraint(['message_id'], ['messages.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('message_id')
+    )
+
+
+def downgrade() -> None:
+    op.drop_table('compliance_replies')
