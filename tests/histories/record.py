@@ -9,9 +9,11 @@ non-determinism. Re-record only after a deliberate workflow change that is guard
 `workflow.patched(...)` (see workflows/dunning.py), and keep the old histories too (rename them,
 e.g. `full_schedule.v1.json`): they are what cases started before the change look like.
 
-The files: `<name>.json`, recorded by the current workflow; `<name>.v2.json`, recorded before
-the `resume-clears-sms-paused` patch; `<name>.v1.json`, recorded before the
-`end-cancels-queued-sends` patch. Without a patch's marker, a replay takes its old branch.
+`compliance_reply.json` is a ComplianceReplyWorkflow (workflows/reply.py); the others are
+DunningWorkflow cases. The files: `<name>.json`, recorded by the current workflow;
+`<name>.v2.json`, recorded before the `resume-clears-sms-paused` patch; `<name>.v1.json`,
+recorded before the `end-cancels-queued-sends` patch. Without a patch's marker, a replay takes
+its old branch.
 
 The workers use Temporal's default data converter (no payload encryption), so the payloads in
 these files are plain JSON (base64 in the proto JSON); the data is made up.
@@ -33,7 +35,13 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities import DunningActivities
 from dunning.credits import ledger
-from dunning.domain.contract import SEARCH_ATTRIBUTES
+from dunning.domain.contract import (
+    REPLY_WORKFLOW_TYPE,
+    SEARCH_ATTRIBUTES,
+    ReplyRequest,
+    reply_workflow_id,
+)
+from dunning.messages import log as message_log
 from dunning.platform.db import Database
 from dunning.platform.providers.email import ConsoleEmailProvider
 from dunning.platform.providers.sms import ConsoleSmsProvider
@@ -165,6 +173,23 @@ async def quiet_hours(client: Client, db: Database) -> WorkflowHandle[Any, Any]:
     return handle
 
 
+async def compliance_reply(client: Client, db: Database) -> WorkflowHandle[Any, Any]:
+    """A HELP answer handed to its durable workflow (ComplianceReplyWorkflow) and sent."""
+    make_account(db, "reply", schedule="0s", balance=0)
+    with db.session() as s:
+        row_id = message_log.queue_reply(s, "help", "reply", "inbound-uuid-1", "", "+1415***",
+                                         "+14155550100", "+14155550107",
+                                         "Acme Cloud: billing help at help@acme.test.", 1,
+                                         "GSM-7")
+    handle = await client.start_workflow(
+        REPLY_WORKFLOW_TYPE, ReplyRequest(row_id), id=reply_workflow_id("inbound-uuid-1"),
+        task_queue=QUEUE,
+    )
+    result = await handle.result()
+    assert result["status"] == "sent", result
+    return handle
+
+
 SCENARIOS: dict[str, Scenario] = {
     "full_schedule": full_schedule,
     "pause_resume": pause_resume,
@@ -172,6 +197,7 @@ SCENARIOS: dict[str, Scenario] = {
     "cancel": cancel,
     "late_start": late_start,
     "quiet_hours": quiet_hours,
+    "compliance_reply": compliance_reply,
 }
 
 
