@@ -16,6 +16,7 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("bench.bench_credits", [], ["--seconds", "3"]),
     ("bench.bench_wake", ["--cases", "10000"], ["--cases", "500"]),
     ("bench.bench_scale", ["--cases", "10000"], ["--cases", "1000"]),
+    ("bench.chaos", ["--cases", "500"], ["--cases", "60", "--kills", "3", "--outages", "1"]),
 ]
 
 
