@@ -90,8 +90,8 @@ from dunning.platform.providers.sms import OutgoingSms, SmsProvider, SmsRecords,
 # already gone by (a slow database); on the fast path the attempt's start is only just behind it.
 HEARTBEAT_AFTER_SHARE = 0.1
 # An email found `claimed` (a send whose answer was lost) is sent again under the same Message-ID
-# at most until it was claimed this many times; then it is recorded `unknown`.
-MAX_EMAIL_SENDS = 3
+# at most this many times; after that it is recorded `unknown`.
+MAX_EMAIL_RESENDS = 2
 # A claim younger than this may still be inside its provider call (the provider's timeout plus a
 # margin): an ambiguous row is settled only once its claim is older.
 DEFAULT_SETTLE_AFTER = 12.0
@@ -333,7 +333,7 @@ class DunningActivities:
                 answer = self._answer_recorded(s, key, row)
                 if answer is not None:
                     return answer
-                if row.attempts >= MAX_EMAIL_SENDS:
+                if row.resends >= MAX_EMAIL_RESENDS:
                     return message_log.mark_unknown(s, key, row)
                 self._wait_for_settling(row)
                 # Its answer was lost: send it again under the same Message-ID, so a second

@@ -139,13 +139,26 @@ class Workers:
 
 
 async def run(args: argparse.Namespace) -> dict[str, float]:
-    rng = random.Random(args.seed)
-    tmp = Path(tempfile.mkdtemp(prefix="dunning-chaos-"))
     pg_handle = None
     url = args.database_url
     if url is None:
         url, pg_handle = fresh_postgres()
     db = Database(url, pool_size=8)
+    plivo, smtp = FakePlivo().start(), SmtpSink().start()
+    try:
+        return await _run(args, url, db, plivo, smtp)
+    finally:
+        plivo.stop()
+        smtp.stop()
+        db.dispose()
+        if pg_handle is not None:
+            drop_postgres(pg_handle)
+
+
+async def _run(args: argparse.Namespace, url: str, db: Database, plivo: FakePlivo,
+               smtp: SmtpSink) -> dict[str, float]:
+    rng = random.Random(args.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="dunning-chaos-"))
     db.upgrade()
     prepare(db, args.cases)
     parts = urlsplit(url)
@@ -156,7 +169,6 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         netloc = (f"{parts.username}@127.0.0.1:{proxy.port}" if parts.username
                   else f"127.0.0.1:{proxy.port}")
         worker_url = urlunsplit(parts._replace(netloc=netloc))
-    plivo, smtp = FakePlivo().start(), SmtpSink().start()
     # Slower answers keep sends in flight when a fault lands.
     plivo.push(*[Scripted(delay=0.05) for _ in range(args.cases * STEPS)])
     env = await WorkflowEnvironment.start_local(
@@ -173,6 +185,8 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         "DUNNING_EMAIL_BACKEND": "smtp", "DUNNING_SMTP_HOST": "127.0.0.1",
         "DUNNING_SMTP_PORT": str(smtp.port), "DUNNING_SMS_RATE_LIMIT": "0",
         "DUNNING_LOG_LEVEL": "WARNING",
+        # A shared PostgreSQL: each worker keeps at most 2 x 8 connections.
+        "DUNNING_ACTIVITY_WORKERS": "8",
     }
     client = await Client.connect(worker_env["DUNNING_TEMPORAL_ADDRESS"],
                                   data_converter=converter_for(Settings(codec_keys=key)))
@@ -234,11 +248,6 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     figures = count(db, plivo, smtp, args.cases, results)
     figures.update({"kills": kills, "outages": outages, "settled_after_s": settled_after,
                     "workers_started": workers.started})
-    plivo.stop()
-    smtp.stop()
-    db.dispose()
-    if pg_handle is not None:
-        drop_postgres(pg_handle)
     show(args, figures)
     return figures
 
@@ -320,6 +329,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         help="default: a fresh PostgreSQL database on 127.0.0.1:5432")
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args(argv)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: workers, server, database
+
+    signal.signal(signal.SIGTERM, stop)
     return asyncio.run(run(args))
 
 

@@ -68,7 +68,7 @@ _M = cast(Table, Message.__table__)
 
 _COLUMNS = (
     _M.c.id, _M.c.status, _M.c.reason, _M.c.credits, _M.c.account_id, _M.c.updated_at,
-    _M.c.created_at, _M.c.attempts, _M.c.provider_id,
+    _M.c.created_at, _M.c.attempts, _M.c.provider_id, _M.c.resends,
 )
 _FIND_ID = select(*_COLUMNS).where(_M.c.id == bindparam("k_id"))
 _FIND = select(*_COLUMNS).where(
@@ -97,7 +97,8 @@ _UNCLAIM = (
     update(_M)
     .where(_M.c.id == bindparam("u_id"), _M.c.status == "claimed",
            _M.c.updated_at == bindparam("u_seen"))
-    .values(status="retry", reason=bindparam("u_reason"), updated_at=bindparam("u_now"))
+    .values(status="retry", reason=bindparam("u_reason"), updated_at=bindparam("u_now"),
+            resends=_M.c.resends + 1)
 )
 
 _OPEN_SMS_CLAIMS = select(_M.c.id, _M.c.created_at).where(
@@ -170,6 +171,7 @@ class LoggedRow:
     created_at: Any = None
     attempts: int = 0
     provider_id: str | None = None  # known once sent, or adopted from a delivery report
+    resends: int = 0  # sends made again after a lost answer
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,8 @@ def _cut(reason: str) -> str:
 
 def _logged(row: Any) -> LoggedRow:
     return LoggedRow(int(row.id), row.status, row.reason, int(row.credits or 0), row.account_id,
-                     row.updated_at, row.created_at, int(row.attempts or 0), row.provider_id)
+                     row.updated_at, row.created_at, int(row.attempts or 0), row.provider_id,
+                     int(row.resends or 0))
 
 
 def find(session: Session, key: MessageKey) -> LoggedRow | None:

@@ -194,6 +194,9 @@ class Message(Base):
     segments: Mapped[int] = mapped_column(Integer, default=0)
     encoding: Mapped[str | None] = mapped_column(String(8))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Sent again after a send whose answer was lost (not at the provider, or an email resent
+    # under the same Message-ID): bounded, see dunning.messages.log.unclaim.
+    resends: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     delivery_status: Mapped[str | None] = mapped_column(String(16))
     delivery_error: Mapped[str | None] = mapped_column(String(16))
     delivery_sequence: Mapped[int | None] = mapped_column(Integer)

@@ -6,6 +6,7 @@ Create Date: 2026-11-29 09:00:00
 
 `compliance_replies` keeps what a HELP answer or STOP confirmation sends (sender, number, text)
 beside its `messages` row, so the durable reply workflow sends it without PII in Temporal.
+`messages.resends` counts the sends made again after a lost answer (bounded).
 """
 from alembic import op
 import sqlalchemy as sa
@@ -18,6 +19,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('messages', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('resends', sa.Integer(), nullable=False, server_default='0'))
     op.create_table('compliance_replies',
     sa.Column('message_id', sa.Integer(), nullable=False),
     sa.Column('src', sa.String(length=32), nullable=False),
@@ -30,3 +33,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('compliance_replies')
+    with op.batch_alter_table('messages', schema=None) as batch_op:
+        batch_op.drop_column('resends')
