@@ -57,6 +57,7 @@ class FakePlivo:
         self.lock = threading.Lock()
         self.list_requests = 0
         self.arrived = 0  # message requests received, counted before any scripted delay
+        self.arrived_to: list[str] = []  # their destinations, in order of arrival
         self.down = False  # answer every request (sends and lists) with 503
         self.on_message: Any = None  # called with each accepted ReceivedMessage (fault hooks)
         fake = self
@@ -103,6 +104,7 @@ class FakePlivo:
         with self.lock:
             self.requests.clear()
             self.script.clear()
+            self.arrived_to.clear()
             self.down = False
             self.on_message = None
 
@@ -138,6 +140,7 @@ class FakePlivo:
             return
         with self.lock:
             self.arrived += 1
+            self.arrived_to.append(str(payload.get("dst")))
             step = self.script.popleft() if self.script and not self.down else Scripted()
         if step.delay:
             time.sleep(step.delay)
