@@ -40,10 +40,12 @@ def worker_env(temporal_env: WorkflowEnvironment, db_url: str, queue: str, plivo
     }
 
 
-def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_worker(env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    """`python worker.py`; its log goes to `log` (read it when a test fails), else nowhere."""
+    out = log.open("ab") if log is not None else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, str(ROOT / "worker.py")], env=env, cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=out, stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
     )
 
 

@@ -59,7 +59,8 @@ async def test_database_cut_while_sends_are_at_the_providers(
             threading.Timer(OUTAGE_SECONDS, proxy.restore).start()
 
     plivo_server.on_message = cut
-    worker = start_worker(env)
+    log = tmp_path / "worker.log"
+    worker = start_worker(env, log)
     try:
         handles = [
             await client.start_workflow(
@@ -68,8 +69,14 @@ async def test_database_cut_while_sends_are_at_the_providers(
             )
             for cid in phones
         ]
-        results = await asyncio.wait_for(
-            asyncio.gather(*(h.result() for h in handles)), timeout=120)
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(h.result() for h in handles)), timeout=120)
+        except TimeoutError:
+            print("worker log:", log.read_text()[-20000:])
+            for h in handles:
+                print("status:", await h.query("status"))
+            raise
     finally:
         plivo_server.on_message = None
         stop_worker(worker)

@@ -70,8 +70,13 @@ class TcpProxy:
         with self._lock:
             conns, self._open = list(self._open), set()
         for conn in conns:
+            # shutdown() first: it wakes the pipe thread blocked in recv() on this socket (a bare
+            # close() from another thread would not, and the line would hang instead of drop).
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
                 conn.close()
 
     def _accept(self) -> None:
