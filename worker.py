@@ -18,6 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 from types import CodeType, ModuleType
 
 from temporalio.client import Client
@@ -41,7 +42,7 @@ from dunning.platform.providers.email import EmailProvider
 from dunning.platform.providers.factory import email_provider, sms_provider
 from dunning.platform.settings import Settings, ensure_data_dir, get_settings
 from dunning.platform.temporal import connect
-from workflows import DunningWorkflow
+from workflows import ComplianceReplyWorkflow, DunningWorkflow
 from workflows.events import EventDeliveryWorkflow
 
 log = logging.getLogger("dunning.worker")
@@ -80,6 +81,8 @@ def build_activities(
         pacer=pacer_for(db, settings.sms_rate_limit),
         followups=followups,
         links=signer_for(settings),
+        # An ambiguous send is settled once its provider call has certainly ended.
+        settle_after=max(settings.plivo_timeout, settings.smtp_timeout) + 2.0,
     )
 
 
@@ -171,16 +174,20 @@ def build_workers(
     )
     pacer = activities.pacer
     rate = 1 / pacer.interval if pacer is not None else settings.sms_rate_limit
+    # On shutdown (SIGTERM) the workers stop polling at once and let the sends under way finish
+    # for this long before they are cancelled: a rolling deploy loses and duplicates nothing.
+    grace = timedelta(seconds=settings.shutdown_grace_seconds)
     return [
         Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[DunningWorkflow, EventDeliveryWorkflow],
+            workflows=[DunningWorkflow, EventDeliveryWorkflow, ComplianceReplyWorkflow],
             workflow_runner=workflow_runner(settings.workflow_sandbox),
             max_cached_workflows=settings.max_cached_workflows,
             activities=[*activities.all(), *events.all()],
             activity_executor=executor,
             max_concurrent_activities=settings.activity_workers,
+            graceful_shutdown_timeout=grace,
         ),
         Worker(
             client,
@@ -189,6 +196,7 @@ def build_workers(
             activity_executor=executor,
             max_concurrent_activities=settings.activity_workers,
             max_task_queue_activities_per_second=rate or None,
+            graceful_shutdown_timeout=grace,
         ),
     ]
 

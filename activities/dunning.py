@@ -1,10 +1,11 @@
-"""The activities: every side effect of a dunning case lives here, behind small named functions.
+"""The activities: Temporal glue over the message log (dunning.messages.log) and the recipient
+rules (dunning.messages.recipients): attempt info, heartbeats and error mapping.
 
 Exactly once per (case, step, channel): the `messages` table is the idempotency record.
 1. A send first looks for its row. A finished row (sent, failed, skipped, unknown) is returned as
    recorded, so retries and replays never send again.
-2. Otherwise, in one transaction, it checks eligibility, reserves credits (SMS) and inserts the
-   row as `claimed`. The unique key (workflow, run, step, channel) makes a racing attempt lose.
+2. Otherwise, in one transaction, it checks eligibility, reserves credits (SMS) and claims the
+   row. The unique key (workflow, run, step, channel) makes a racing attempt lose.
 3. It calls the provider, then records the outcome in a second transaction.
 
 The one ambiguous window is a crash between 2 and 3 (or a provider timeout): the provider may or
@@ -16,74 +17,53 @@ goes back to `retry` and Temporal retries with backoff, reusing the same credit 
 
 Provider rate: besides the SMS task queue's rate limit (which lets a burst through after an idle
 spell), the claim's transaction takes the provider's send slot from `dunning.messages.pacing` (one
-row in
-the database, shared by all workers), so provider calls are spaced at least 1/rate apart. While
-it waits for the slot, its row is `retry` with the credits reserved: a crash there is simply
+row in the database, shared by all workers), so provider calls are spaced at least 1/rate apart.
+While it waits for the slot, its row is `retry` with the credits reserved: a crash there is simply
 retried.
 
-Hot path: the statements a send runs on every reminder are built once, at import, as Core
-statements with bind parameters (no ORM unit of work, no per-call statement construction), and
-the account, the customer and the opt-out state come back in one query. A send heartbeats only
-when its database part was slow enough to eat into the heartbeat timeout; otherwise the attempt's
-own start already reset it. On SQLite, which lets one writer in at a time anyway, this process's
-transactions take turns on a lock: SQLite's own busy handler sleeps in growing steps, and a burst
-of sends piles up behind it.
+Hot path: the message log's statements are prebuilt Core statements, and the account, the
+customer and the opt-out state come back in one query. A send heartbeats only when its database
+part was slow enough to eat into the heartbeat timeout; otherwise the attempt's own start already
+reset it. On SQLite, which lets one writer in at a time anyway, this process's transactions take
+turns on a lock: SQLite's own busy handler sleeps in growing steps, and a burst of sends piles up
+behind it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import (
-    CursorResult,
-    Insert,
-    Table,
-    and_,
-    bindparam,
-    func,
-    insert,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import Insert, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from dunning.accounts import selectors
-from dunning.accounts.messaging import (
-    case_context,
-    compose_email,
-    email_template_choice,
-    quote_sms,
-    sms_template_choice,
-)
 from dunning.credits import ledger
 from dunning.credits.followups import BalanceFollowups
-from dunning.customers import conversation
 from dunning.domain.contract import (
     ACT_FINISH_CASE,
     ACT_REGISTER_CASE,
     ACT_RELEASE_SMS,
     ACT_SEND_EMAIL,
+    ACT_SEND_REPLY,
     ACT_SEND_SMS,
     ACT_SETTLE_MESSAGE,
+    SEND_RETRY,
     CasePlan,
     FinishCaseRequest,
     MessageRequest,
     MessageResult,
     RegisterCaseRequest,
     ReleaseRequest,
+    ReplyRequest,
     SettleRequest,
     billing_link_host,
     is_link_host_allowed,
@@ -91,72 +71,46 @@ from dunning.domain.contract import (
     parse_schedule,
 )
 from dunning.domain.experiments import assign_arm, assign_variant
-from dunning.domain.locales import locale_chain
-from dunning.domain.quiet_hours import next_allowed, recipient_window, zones_for
-from dunning.domain.templates import TemplateContext, render_sms
+from dunning.messages import log as message_log
+from dunning.messages import recipients, replies
 from dunning.messages.links import LinkSigner, short_link_for
+from dunning.messages.log import (
+    Claim,
+    ConcurrentSend,
+    LoggedRow,
+    MessageKey,
+    SendLater,
+    Unsettled,
+    note,
+)
 from dunning.messages.pacing import SendPacer
+from dunning.messages.reconcile import AMBIGUOUS_WINDOWS, SKEW, decide, utc
 from dunning.platform import metrics
 from dunning.platform.db import Database
-from dunning.platform.db.models import Account, Case, Customer, Message, OptOut, utcnow
-from dunning.platform.providers import (
-    AmbiguousProviderError,
-    PermanentProviderError,
-    ProviderError,
-    TransientProviderError,
-    mask_email,
-    mask_phone,
-)
+from dunning.platform.db.models import Account, Case, Customer, utcnow
+from dunning.platform.providers import ProviderError, mask_email, mask_phone
 from dunning.platform.providers.email import EmailProvider, OutgoingEmail
-from dunning.platform.providers.sms import OutgoingSms, SmsProvider
+from dunning.platform.providers.sms import OutgoingSms, SmsProvider, SmsRecords, has_records
 
-log = logging.getLogger("dunning.activities")
-
-FINAL = ("sent", "failed", "skipped", "unknown")
-UNKNOWN_REASON = (
-    "outcome unknown: the worker stopped or the provider timed out during the send; "
-    "not resent, to avoid a duplicate"
-)
 # A send heartbeats before the provider call only when this share of its heartbeat timeout has
 # already gone by (a slow database); on the fast path the attempt's start is only just behind it.
 HEARTBEAT_AFTER_SHARE = 0.1
+# An email found `claimed` (a send whose answer was lost) is sent again under the same Message-ID
+# at most this many times; after that it is recorded `unknown`.
+MAX_EMAIL_RESENDS = 2
+# A claim younger than this may still be inside its provider call (the provider's timeout plus a
+# margin): an ambiguous row is settled only once its claim is older.
+DEFAULT_SETTLE_AFTER = 12.0
+# Heartbeat details of a provider's answer: {"row": messages.id, "provider_id": uuid or Message-ID}
+ANSWER_ROW, ANSWER_ID = "row", "provider_id"
 
-# --- statements, built once ---------------------------------------------------------------
+# --- case bookkeeping statements, built once ----------------------------------------------
 
-_M = cast(Table, Message.__table__)
+log = logging.getLogger("dunning.activities")
+
 _A = cast(Table, Account.__table__)
 _C = cast(Table, Customer.__table__)
-_O = cast(Table, OptOut.__table__)
 _CASES = cast(Table, Case.__table__)
-
-_FIND = select(
-    _M.c.id, _M.c.status, _M.c.reason, _M.c.credits, _M.c.account_id,
-).where(
-    _M.c.workflow_id == bindparam("k_workflow"),
-    _M.c.run_id == bindparam("k_run"),
-    _M.c.step == bindparam("k_step"),
-    _M.c.channel == bindparam("k_channel"),
-)
-
-# The account, the customer and (for SMS) the number's opt-out state, in one round trip.
-_RECIPIENT = (
-    select(
-        _A.c.company_name, _A.c.support_contact, _A.c.email_from, _A.c.sms_enabled,
-        _A.c.sms_steps, _A.c.sms_sender, _A.c.quiet_hours, _A.c.timezone,
-        _A.c.locale.label("account_locale"), _A.c.track_links,
-        _C.c.customer_id, _C.c.name, _C.c.email, _C.c.plan, _C.c.phone_e164,
-        _C.c.phone_region, _C.c.phone_time_zones, _C.c.locale.label("customer_locale"),
-        _O.c.opted_out,
-    )
-    .select_from(
-        _A.outerjoin(
-            _C, and_(_C.c.account_id == _A.c.id, _C.c.customer_id == bindparam("r_customer"))
-        ).outerjoin(
-            _O, and_(_O.c.account_id == _A.c.id, _O.c.phone_e164 == _C.c.phone_e164)
-        )
-    )
-    .where(_A.c.id == bindparam("r_account"))
-)
 
 _ACCOUNT_PLAN = select(
     _A.c.schedule, _A.c.grace_seconds, _A.c.billing_link_hosts, _A.c.sms_holdout_percent,
@@ -165,39 +119,6 @@ _ACCOUNT_PLAN = select(
 
 _CASE_ARM = select(_CASES.c.arm, _CASES.c.sms_variant).where(
     _CASES.c.workflow_id == bindparam("a_workflow")
-)
-_AB_TEMPLATE = select(_A.c.sms_ab_template).where(_A.c.id == bindparam("b_account"))
-
-_INSERT_MESSAGE = insert(_M)
-
-_CLAIM_RETRY = (
-    update(_M)
-    .where(_M.c.id == bindparam("u_id"), _M.c.status == "retry")
-    .values(status="claimed", attempts=_M.c.attempts + 1, updated_at=bindparam("u_now"))
-)
-
-_SET_OUTCOME = (
-    update(_M)
-    .where(_M.c.id == bindparam("u_id"))
-    .values(
-        status=bindparam("u_status"), reason=bindparam("u_reason"),
-        updated_at=bindparam("u_now"),
-    )
-)
-
-_MARK_SENT = (
-    update(_M)
-    .where(_M.c.id == bindparam("u_id"))
-    .values(
-        status="sent", reason=None, provider_id=bindparam("u_provider_id"),
-        updated_at=bindparam("u_now"),
-    )
-)
-
-_BACK_TO_RETRY = (
-    update(_M)
-    .where(_M.c.id == bindparam("u_id"), _M.c.status == "claimed")
-    .values(status="retry", reason=bindparam("u_reason"), updated_at=bindparam("u_now"))
 )
 
 _FINISH_CASE = (
@@ -242,87 +163,9 @@ def _upserts(dialect: str) -> tuple[Insert, Insert]:
 _UPSERTS: dict[str, tuple[Insert, Insert]] = {}
 
 
-# --- small records ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Key:
-    workflow_id: str
-    run_id: str
-    step: int
-    channel: str
-
-    def params(self) -> dict[str, Any]:
-        return {"k_workflow": self.workflow_id, "k_run": self.run_id, "k_step": self.step,
-                "k_channel": self.channel}
-
-
-@dataclass(frozen=True)
-class _Row:
-    """The parts of a `messages` row a retry needs."""
-
-    id: int
-    status: str
-    reason: str | None
-    credits: int
-    account_id: str
-
-
-@dataclass(frozen=True)
-class _Claimed:
-    """A row this attempt holds as `claimed`: what recording the outcome needs."""
-
-    id: int
-    key: _Key
-    account_id: str
-    credits: int
-    hint: str  # the masked recipient, for logs
-
-
-def _log(level: int, message: str, key: _Key, **fields: Any) -> None:
-    """A structured line about one reminder (see dunning.platform.logs); recipients only masked."""
-    if log.isEnabledFor(level):
-        log.log(level, message, extra={
-            "case": key.workflow_id, "step": key.step, "channel": key.channel, **fields,
-        })
-
-
-def _key(req: MessageRequest, channel: str) -> _Key:
+def _key(req: MessageRequest, channel: str) -> MessageKey:
     info = activity.info()
-    return _Key(req.workflow_id, info.workflow_run_id or "", req.step, channel)
-
-
-def _find(session: Session, key: _Key) -> _Row | None:
-    row = session.execute(_FIND, key.params()).first()
-    if row is None:
-        return None
-    return _Row(int(row.id), row.status, row.reason, int(row.credits or 0), row.account_id)
-
-
-def _recorded(row: _Row) -> MessageResult:
-    status = row.status
-    if status == "unknown":
-        return MessageResult("failed", row.reason or UNKNOWN_REASON, row.credits)
-    return MessageResult(status, row.reason or "", row.credits if status == "sent" else 0)  # type: ignore[arg-type]
-
-
-def _sms_step_on(sms_enabled: bool | None, sms_steps: dict[str, Any] | None, step: int) -> bool:
-    """As `Account.sms_step_on`, on the columns of a query row."""
-    if not sms_enabled:
-        return False
-    return bool((sms_steps or {}).get(str(step), True))
-
-
-def _context(recipient: Any, req: MessageRequest, link: str) -> TemplateContext:
-    """The template variables, from a `_RECIPIENT` row, in the customer's locale."""
-    return case_context(
-        company_name=recipient.company_name,
-        support_contact=recipient.support_contact or recipient.email_from or "",
-        customer_name=recipient.name, amount_due=req.amount_due, currency=req.currency,
-        invoice_id=req.invoice_id, billing_link=link, failed_at=req.failed_at, now=req.now,
-        locale=recipient.customer_locale or recipient.account_locale,
-        decline_code=req.decline_code or "",
-    )
+    return MessageKey(req.workflow_id, info.workflow_run_id or "", req.step, channel)
 
 
 def _heartbeat_if_slow(started: float) -> None:
@@ -337,7 +180,58 @@ def _heartbeat_if_slow(started: float) -> None:
         elapsed = max(elapsed, (datetime.now(info.started_time.tzinfo) - info.started_time)
                       .total_seconds())
     if elapsed >= timeout.total_seconds() * HEARTBEAT_AFTER_SHARE:
-        activity.heartbeat()
+        _heartbeat()
+
+
+def _heartbeat() -> None:
+    """A heartbeat that keeps what an earlier attempt left in the details (a provider's answer
+    not yet recorded), so a plain heartbeat never erases it."""
+    activity.heartbeat(*activity.info().heartbeat_details)
+
+
+def _keep_answer(row_id: int) -> Callable[[str], None]:
+    """Keeps a provider's answer in the heartbeat details, which Temporal hands to the next
+    attempt: a failed "mark sent" write is then recorded `sent` on retry, never `unknown`."""
+
+    def keep(provider_id: str) -> None:
+        activity.heartbeat({ANSWER_ROW: row_id, ANSWER_ID: provider_id})
+
+    return keep
+
+
+def _answer_kept(row_id: int) -> str | None:
+    """The provider's answer an earlier attempt kept for this row, if any."""
+    for detail in activity.info().heartbeat_details:
+        if isinstance(detail, dict) and detail.get(ANSWER_ROW) == row_id:
+            return str(detail.get(ANSWER_ID) or "")
+    return None
+
+
+def _is_last_attempt() -> bool:
+    """Whether this is the last attempt Temporal starts: the attempts are used up, or the
+    next backoffs end after the schedule-to-close deadline (the give-up)."""
+    info = activity.info()
+    policy = info.retry_policy
+    if policy is None:  # servers that do not tell (the time-skipping test server): ours
+        policy = SEND_RETRY
+    if policy.maximum_attempts and info.attempt >= policy.maximum_attempts:
+        return True
+    if info.schedule_to_close_timeout is None:
+        return False
+    delay = policy.initial_interval.total_seconds() * (
+        policy.backoff_coefficient ** (info.attempt - 1))
+    if policy.maximum_interval is not None:
+        delay = min(delay, policy.maximum_interval.total_seconds())
+    deadline = info.scheduled_time + info.schedule_to_close_timeout
+    # The server's clock (this attempt was scheduled just now), also under time skipping.
+    now = max(datetime.now(deadline.tzinfo), info.current_attempt_scheduled_time)
+    # Two intervals of margin: servers differ on whether a retry that would start just
+    # before the deadline is still scheduled (the give-up comes at most that much early).
+    return now + 2 * timedelta(seconds=delay) >= deadline
+
+
+def _concurrent() -> ApplicationError:
+    return ApplicationError("a concurrent attempt is sending this reminder")
 
 
 class DunningActivities:
@@ -354,10 +248,12 @@ class DunningActivities:
         pacer: SendPacer | None = None,
         followups: BalanceFollowups | None = None,
         links: LinkSigner | None = None,
+        settle_after: float = DEFAULT_SETTLE_AFTER,
     ) -> None:
         self.db = db
         self.links = links  # None: billing links go out as given (no tracking)
         self.pacer = pacer
+        self.settle_after = timedelta(seconds=settle_after)
         self.sms = sms
         self.email = email
         # Balance notices, auto-refills and their wakes (built by the worker; without one,
@@ -380,9 +276,9 @@ class DunningActivities:
             yield s
 
     def all(self) -> list[Any]:
-        """Activities of the case's own task queue."""
+        """Activities of the case's own task queue (and of the compliance reply workflow)."""
         return [self.register_case, self.send_email, self.release_sms, self.finish_case,
-                self.settle_message]
+                self.settle_message, self.send_reply]
 
     def sms_queue(self) -> list[Any]:
         """Activities of the rate-limited SMS task queue."""
@@ -431,6 +327,10 @@ class DunningActivities:
     def finish_case(self, req: FinishCaseRequest) -> None:
         with self._session() as s:
             ledger.leave_queue(s, req.account_id, req.workflow_id, f"case {req.outcome}")
+            # A send given up while its row was not final (e.g. the database was down on its
+            # last attempt): the log ends final, credits back.
+            message_log.close_open_rows(s, req.workflow_id, activity.info().workflow_run_id or "",
+                                        req.outcome)
             s.execute(_FINISH_CASE, {
                 "f_workflow": req.workflow_id, "f_state": req.outcome,
                 "f_ended_at": req.ended_at, "f_emails": req.emails_sent, "f_sms": req.sms_sent,
@@ -448,6 +348,8 @@ class DunningActivities:
             prepared = self._prepare_email(key, req)
         except IntegrityError:  # a concurrent attempt claimed it first; nothing of ours stuck
             return self._reread(key)
+        except ConcurrentSend:
+            raise _concurrent() from None
         if isinstance(prepared, MessageResult):
             return prepared
         claimed, outgoing = prepared
@@ -455,49 +357,34 @@ class DunningActivities:
         return self._deliver(claimed, lambda: self.email.send(outgoing), refund=False)
 
     def _prepare_email(
-        self, key: _Key, req: MessageRequest
-    ) -> tuple[_Claimed, OutgoingEmail] | MessageResult:
+        self, key: MessageKey, req: MessageRequest
+    ) -> tuple[Claim, OutgoingEmail] | MessageResult:
         with self._session() as s:
-            row = _find(s, key)
-            if row is not None and row.status in FINAL:
-                return _recorded(row)
+            row = message_log.find(s, key)
+            if row is not None and message_log.is_final(row):
+                return message_log.recorded(row)
             if row is not None and row.status == "claimed":
-                return self._mark_unknown(s, key, row)
-            who = s.execute(
-                _RECIPIENT, {"r_account": req.account_id, "r_customer": req.customer_id}
-            ).first()
-            if who is None:
-                return self._skip(s, key, req, "account no longer exists")
-            if who.customer_id is None or not who.email:
-                return self._skip(s, key, req, "no email address for this customer")
-            held = conversation.hold_for(s, req.account_id, req.customer_id, "email",
-                                         req.workflow_id, req.now)
-            if held is not None:  # nothing recorded: the case waits and tries again
-                _log(logging.INFO, "email held", key, reason=held.reason)
-                return MessageResult("quiet_hours", held.reason, retry_at=held.until)
-            chosen = email_template_choice(
-                s, req.account_id, req.step,
-                selectors.plan_for(s, req.account_id, "email", req.plan or who.plan,
-                                   req.decline_code),
-                step_count=req.step_count,
-                locale=who.customer_locale, account_locale=who.account_locale,
-            )
-            ctx = conversation.with_open_cases(
-                s, _context(who, req, self._link(s, req, "email", who)),
-                (chosen.subject, chosen.body, chosen.html or ""), req.account_id, req.customer_id,
-            )
-            email = compose_email(chosen, ctx)
-            outgoing = OutgoingEmail(
-                sender=who.email_from or self.default_email_from,
-                to=who.email,
-                subject=email.subject,
-                body=email.text,
-                html=email.html,
-                message_id=(  # `:` is not allowed in a Message-ID's left part
-                    f"<{key.workflow_id.replace(':', '.')}.{key.run_id[:8]}.{key.step}@dunning>"
-                ),
-            )
-            claimed = self._claim(s, row, key, req, mask_email(who.email), credits=0)
+                answer = self._answer_recorded(s, key, row)
+                if answer is not None:
+                    return answer
+                if row.resends >= MAX_EMAIL_RESENDS:
+                    return message_log.mark_unknown(s, key, row)
+                self._wait_for_settling(row)
+                # Its answer was lost: send it again under the same Message-ID, so a second
+                # copy (if the first did arrive) is the same message to the mail client.
+                row = message_log.unclaim(
+                    s, row, "answer lost: sending again under the same Message-ID")
+                note(logging.WARNING, "email answer lost: resending, same Message-ID", key)
+            message_id = recipients.email_message_id(key.workflow_id, key.run_id, key.step)
+            outgoing = recipients.email_for(s, req, message_id, self.default_email_from,
+                                            self._link)
+            if isinstance(outgoing, str):
+                return message_log.skip(s, key, req.account_id, req.customer_id, outgoing)
+            if isinstance(outgoing, MessageResult):  # held: nothing recorded, the case waits
+                note(logging.INFO, "email held", key, reason=outgoing.reason)
+                return outgoing
+            claimed = message_log.claim(s, row, key, req.account_id, req.customer_id,
+                                        mask_email(outgoing.to), credits=0)
         return claimed, outgoing
 
     # --- SMS --------------------------------------------------------------------------------
@@ -507,126 +394,113 @@ class DunningActivities:
         started = time.monotonic()
         key = _key(req, "sms")
         try:
-            with self._session() as s:
-                row = _find(s, key)
-                if row is not None and row.status in FINAL:
-                    return _recorded(row)
-                if row is not None and row.status == "claimed":
-                    return self._mark_unknown(s, key, row)
-                plan = self._sms_for(s, req)
-                if isinstance(plan, MessageResult):
-                    # Not sending now (skipped, or held for quiet hours): if this case was
-                    # queued for credits it leaves the queue, so it holds no one back (credits
-                    # a wake granted it go back to the balance).
-                    ledger.leave_queue(s, req.account_id, req.workflow_id, plan.reason)
-                    if plan.status != "skipped":  # quiet hours: nothing recorded, the case waits
-                        _log(logging.INFO, "SMS held", key, reason=plan.reason)
-                        return plan
-                    if row is not None:  # a `retry` row: e.g. opted out since the last try
-                        self._release(s, key, row.id, row.account_id, row.credits, plan.reason,
-                                      status="skipped")
-                        return plan
-                    return self._skip(s, key, req, plan.reason)
-                sms, cost, segments, encoding = plan
-                if row is None:
-                    # Fair: queues the case as a waiter on failure, dequeues it on success.
-                    reservation = ledger.reserve(
-                        s, req.account_id, cost, workflow_id=req.workflow_id, step=req.step,
-                        enqueue=True,
-                    )
-                    # Notices and auto-refill; never raises, acts after the commit.
-                    self.followups.after_reserve(s, reservation)
-                    if not reservation.ok:
-                        held = (" (held for cases waiting longer)"
-                                if reservation.balance >= cost else "")
-                        reason = f"needs {cost} credits, balance is {reservation.balance}{held}"
-                        _log(logging.INFO, "SMS waiting for credits", key, reason=reason)
-                        return MessageResult("no_credits", reason, cost)
-                if self.pacer is not None and row is None:
-                    # Credits reserved, provider not called yet: a `retry` row, which the claim
-                    # below takes over once a send slot is ours (a crash meanwhile leaves a
-                    # row the next attempt sends from, not an ambiguous one).
-                    row = self._hold(s, key, req, mask_phone(sms.dst), cost, segments, encoding)
-                if self.pacer is None:
-                    claimed = self._claim(
-                        s, row, key, req, mask_phone(sms.dst), credits=cost, segments=segments,
-                        encoding=encoding,
-                    )
-            while self.pacer is not None:
-                # The provider's rate, strict across every worker: the claim's transaction
-                # takes the send slot, and the provider call follows its commit.
-                with self._session() as s:
-                    waited = _find(s, key)
-                    if waited is None or waited.status != "retry":  # settled while we waited
-                        return self._reread(key)
-                    left = self.pacer.take(s)
-                    if not left:
-                        claimed = self._claim(s, waited, key, req, mask_phone(sms.dst),
-                                              credits=cost)
-                        break
-                self.pacer.sleep(left, activity.heartbeat)
-        except IntegrityError:  # a concurrent attempt claimed it first; nothing of ours stuck
+            prepared = self._prepare_sms(key, req)
+        except (IntegrityError, _Settled):  # a concurrent attempt claimed or settled it first
             return self._reread(key)
+        except ConcurrentSend:
+            raise _concurrent() from None
+        if isinstance(prepared, LoggedRow):  # a claim whose answer was lost
+            settled = self._reconcile_sms(key, req, prepared)
+            if settled is not None:
+                return settled
+            try:  # not at the provider: the row is `retry` again, send it once
+                prepared = self._prepare_sms(key, req)
+            except (IntegrityError, _Settled):
+                return self._reread(key)
+            except ConcurrentSend:
+                raise _concurrent() from None
+            if isinstance(prepared, LoggedRow):
+                raise _concurrent()
+        if isinstance(prepared, MessageResult):
+            return prepared
+        claimed, sms = prepared
         callback = f"{self.public_url}/webhooks/plivo/status?ref={claimed.id}"
         outgoing = OutgoingSms(sms.src, sms.dst, sms.text, callback)
         _heartbeat_if_slow(started)
         return self._deliver(claimed, lambda: self.sms.send(outgoing), refund=True)
 
-    def _sms_for(
-        self, s: Session, req: MessageRequest
-    ) -> tuple[OutgoingSms, int, int, str] | MessageResult:
-        """The SMS to send now, or why not (skipped, or quiet hours with the time to retry)."""
-        who = s.execute(
-            _RECIPIENT, {"r_account": req.account_id, "r_customer": req.customer_id}
-        ).first()
-        if who is None:
-            return MessageResult("skipped", "account no longer exists")
-        if not who.sms_enabled:
-            return MessageResult("skipped", "SMS is off for this account")
-        if not _sms_step_on(who.sms_enabled, who.sms_steps, req.step):
-            return MessageResult("skipped", f"SMS is off for step {req.step}")
-        if not who.sms_sender:
-            return MessageResult("skipped", "the account has no SMS sender number")
-        if who.customer_id is None or not who.phone_e164:
-            return MessageResult("skipped", "no valid phone number for this customer")
-        if who.opted_out:
-            return MessageResult("skipped", "the number opted out (STOP)")
-        experiment = s.execute(_CASE_ARM, {"a_workflow": req.workflow_id}).first()
-        if experiment is not None and experiment.arm == "holdout":
-            return MessageResult("skipped", "SMS holdout: this case gets email only (experiment)")
-        held = conversation.hold_for(s, req.account_id, req.customer_id, "sms",
-                                     req.workflow_id, req.now)
-        if held is not None:
-            return MessageResult("quiet_hours", held.reason, retry_at=held.until)
-        zones = zones_for(who.phone_time_zones, who.timezone)
-        window = recipient_window(who.quiet_hours, who.phone_e164)
-        opens = next_allowed(req.now, window.window, zones)
-        if opens > req.now:
-            return MessageResult(
-                "quiet_hours",
-                f"quiet hours for the recipient ({window.describe()}) until {opens.isoformat()}",
-                retry_at=opens,
-            )
-        chosen = sms_template_choice(
-            s, req.account_id,
-            selectors.plan_for(s, req.account_id, "sms", req.plan or who.plan, req.decline_code),
-            step=req.step, step_count=req.step_count,
-            locale=who.customer_locale, account_locale=who.account_locale,
-        )
-        if experiment is not None and experiment.sms_variant == "B":
-            template_b = s.execute(_AB_TEMPLATE, {"b_account": req.account_id}).scalar()
-            if template_b:  # the A/B test's template B, in the account's own language
-                chosen = dataclasses.replace(
-                    chosen, body=template_b, chain=locale_chain(None, who.account_locale)
+    def _prepare_sms(
+        self, key: MessageKey, req: MessageRequest
+    ) -> tuple[Claim, OutgoingSms] | MessageResult | LoggedRow:
+        """Eligibility, credits and the claim: the SMS to hand to the provider, or the result."""
+        with self._session() as s:
+            row = message_log.find(s, key)
+            if row is not None and message_log.is_final(row):
+                return message_log.recorded(row)
+            if row is not None and row.status == "claimed":
+                answer = self._answer_recorded(s, key, row)
+                if answer is not None:
+                    return answer
+                if not has_records(self.sms):
+                    return message_log.mark_unknown(s, key, row)
+                return row  # settled from the provider's records, outside this transaction
+            plan = recipients.sms_for(s, req, self._link)
+            if isinstance(plan, MessageResult):
+                return self._not_now(s, key, req, row, plan)
+            hint = mask_phone(plan.sms.dst)
+            if row is None:
+                waiting = self._reserve(s, key, req, plan.credits)
+                if waiting is not None:
+                    return waiting
+                if self.pacer is not None:
+                    # Credits reserved, provider not called yet: a `retry` row, which the claim
+                    # below takes over once a send slot is ours (a crash meanwhile leaves a
+                    # row the next attempt sends from, not an ambiguous one).
+                    row = message_log.hold(s, key, req.account_id, req.customer_id, hint,
+                                           plan.credits, plan.segments, plan.encoding)
+            if self.pacer is None:
+                claimed = message_log.claim(
+                    s, row, key, req.account_id, req.customer_id, hint, credits=plan.credits,
+                    segments=plan.segments, encoding=plan.encoding,
                 )
-        link = self._link(s, req, "sms", who)
-        ctx = conversation.with_open_cases(
-            s, _context(who, req, link), (chosen.body,), req.account_id, req.customer_id
+                return claimed, plan.sms
+        return self._claim_slot(key, req, hint, plan.credits), plan.sms
+
+    def _not_now(self, s: Session, key: MessageKey, req: MessageRequest,
+                 row: LoggedRow | None, plan: MessageResult) -> MessageResult:
+        """Not sending now (skipped, or held for quiet hours): if this case was queued for
+        credits it leaves the queue, so it holds no one back (credits a wake granted it go back
+        to the balance)."""
+        ledger.leave_queue(s, req.account_id, req.workflow_id, plan.reason)
+        if plan.status != "skipped":  # quiet hours: nothing recorded, the case waits
+            note(logging.INFO, "SMS held for quiet hours", key, reason=plan.reason)
+            return plan
+        if row is not None:  # a `retry` row: e.g. opted out since the last try
+            message_log.release(s, key, row.id, row.account_id, row.credits, plan.reason,
+                                status="skipped")
+            return plan
+        return message_log.skip(s, key, req.account_id, req.customer_id, plan.reason)
+
+    def _reserve(self, s: Session, key: MessageKey, req: MessageRequest,
+                 cost: int) -> MessageResult | None:
+        """Reserve the SMS's credits; the `no_credits` result when the balance falls short."""
+        # Fair: queues the case as a waiter on failure, dequeues it on success.
+        reservation = ledger.reserve(
+            s, req.account_id, cost, workflow_id=req.workflow_id, step=req.step, enqueue=True,
         )
-        text = render_sms(chosen.body, ctx, chosen.chain)
-        quote = quote_sms(s, req.account_id, who.phone_region, text)
-        sms = OutgoingSms(who.sms_sender, who.phone_e164, text)
-        return sms, quote.credits, quote.segments, quote.encoding
+        # Notices and auto-refill; never raises, acts after the commit.
+        self.followups.after_reserve(s, reservation)
+        if reservation.ok:
+            return None
+        held = " (held for cases waiting longer)" if reservation.balance >= cost else ""
+        reason = f"needs {cost} credits, balance is {reservation.balance}{held}"
+        note(logging.INFO, "SMS waiting for credits", key, reason=reason)
+        return MessageResult("no_credits", reason, cost)
+
+    def _claim_slot(self, key: MessageKey, req: MessageRequest, hint: str, cost: int) -> Claim:
+        """The provider's rate, strict across every worker: the claim's transaction takes the
+        send slot, and the provider call follows its commit."""
+        assert self.pacer is not None
+        while True:
+            with self._session() as s:
+                waited = message_log.find(s, key)
+                if waited is None or waited.status != "retry":  # settled while we waited
+                    raise _Settled()
+                left = self.pacer.take(s)
+                if not left:
+                    return message_log.claim(s, waited, key, req.account_id, req.customer_id,
+                                             hint, credits=cost)
+            self.pacer.sleep(left, _heartbeat)
 
     def _link(self, s: Session, req: MessageRequest, channel: str, who: Any) -> str:
         """The billing link as sent: a tracked short link when the account wants one."""
@@ -641,162 +515,185 @@ class DunningActivities:
     @activity.defn(name=ACT_RELEASE_SMS)
     def release_sms(self, req: ReleaseRequest) -> None:
         """The workflow gave up on a send that kept failing transiently: refund its credits."""
-        key = _Key(req.workflow_id, activity.info().workflow_run_id or "", req.step, "sms")
+        key = MessageKey(req.workflow_id, activity.info().workflow_run_id or "", req.step, "sms")
         with self._session() as s:
-            row = _find(s, key)
+            row = message_log.find(s, key)
             if row is not None and row.status == "retry":
-                self._release(s, key, row.id, row.account_id, row.credits, req.reason)
+                message_log.release(s, key, row.id, row.account_id, row.credits, req.reason)
 
     @activity.defn(name=ACT_SETTLE_MESSAGE)
     def settle_message(self, req: SettleRequest) -> MessageResult:
         """The case ended while this send was queued or retrying: report what the message log
         says. Never started: skipped. Waiting for a retry: released (credits back), skipped.
         A claim left by a killed worker: unknown, as everywhere else."""
-        key = _Key(req.workflow_id, activity.info().workflow_run_id or "", req.step, req.channel)
+        key = MessageKey(req.workflow_id, activity.info().workflow_run_id or "", req.step,
+                         req.channel)
         with self._session() as s:
-            row = _find(s, key)
+            row = message_log.find(s, key)
             if row is None:
                 return MessageResult("skipped", req.reason)
-            if row.status in FINAL:
-                return _recorded(row)
+            if message_log.is_final(row):
+                return message_log.recorded(row)
             if row.status == "retry":
-                self._release(s, key, row.id, row.account_id, row.credits, req.reason,
-                              status="skipped")
+                message_log.release(s, key, row.id, row.account_id, row.credits, req.reason,
+                                    status="skipped")
                 return MessageResult("skipped", req.reason)
-            return self._mark_unknown(s, key, row)
+            return message_log.mark_unknown(s, key, row)
+
+    # --- compliance replies ------------------------------------------------------------------
+
+    @activity.defn(name=ACT_SEND_REPLY)
+    def send_reply(self, req: ReplyRequest) -> MessageResult:
+        """A HELP answer or STOP confirmation (workflows/reply.py), through the message log:
+        claimed, sent, recorded; an earlier attempt's lost answer is settled as for a reminder."""
+        with self._session() as s:
+            prepared = replies.prepare(s, req.message_id, self.public_url)
+        if isinstance(prepared, LoggedRow):
+            settled = self._settle_reply(prepared)
+            if settled is not None:
+                return settled
+            with self._session() as s:
+                prepared = replies.prepare(s, req.message_id, self.public_url)
+            if isinstance(prepared, LoggedRow):
+                raise _concurrent()
+        if isinstance(prepared, MessageResult):
+            return prepared
+        claimed, sms = prepared
+        return self._deliver(claimed, lambda: self.sms.send(sms), refund=False)
+
+    def _settle_reply(self, row: LoggedRow) -> MessageResult | None:
+        """A reply claimed by an attempt whose answer was lost: its kept answer, a delivery
+        report's uuid, or Plivo's list decide; None when it goes out again."""
+        key = MessageKey("reply", str(row.id), 0, "sms")
+        with self._session() as s:
+            answer = self._answer_recorded(s, key, row)
+            if answer is not None:
+                return answer
+            found = message_log.reply_to_send(s, row.id)
+            if found is None or not has_records(self.sms):
+                return message_log.mark_unknown(s, key, row)
+            src, dst = found[1].src, found[1].dst
+        since = utc(row.created_at) - SKEW
+        try:
+            records = cast(SmsRecords, self.sms).outbound_since(src, dst, since)
+        except ProviderError as exc:
+            raise ApplicationError(f"cannot settle the reply yet: {exc.reason}",
+                                   type="Transient") from None
+        with self._session() as s:
+            taken = message_log.taken_provider_ids(s, [r.message_uuid for r in records])
+            decision = decide(row.id, row.updated_at, [(row.id, row.created_at)], records, taken,
+                              utcnow(), self.settle_after)
+            if decision.action == "sent":
+                message_log.mark_sent(s, row.id, decision.provider_id)
+                return MessageResult("sent", "", 0)
+            if decision.action == "resend":
+                message_log.unclaim(s, row, decision.reason)
+                return None
+        raise ApplicationError(decision.reason, type="Settling", next_retry_delay=decision.delay)
 
     # --- shared steps ----------------------------------------------------------------------
 
-    def _release(
-        self, s: Session, key: _Key, row_id: int, account_id: str, amount: int, reason: str,
-        status: str = "failed",
-    ) -> None:
-        """Close a row as `status` and give its credits back."""
-        s.execute(_SET_OUTCOME, {
-            "u_id": row_id, "u_status": status, "u_reason": reason[:400], "u_now": utcnow(),
-        })
-        if amount:
-            ledger.refund(
-                s, account_id, amount, workflow_id=key.workflow_id, step=key.step,
-                message_id=row_id, note=reason[:400],
+    def _answer_recorded(self, s: Session, key: MessageKey,
+                         row: LoggedRow) -> MessageResult | None:
+        """A row an earlier attempt claimed and never recorded: sent, when that attempt kept
+        the provider's answer (heartbeat details) or a delivery report named the row."""
+        answer = _answer_kept(row.id)
+        if answer is None and row.provider_id:
+            answer = row.provider_id
+        if answer is None:
+            return None
+        message_log.mark_sent(s, row.id, answer or None)
+        note(logging.INFO, "reminder sent (recorded on retry)", key, credits=row.credits)
+        return MessageResult("sent", "", row.credits)
+
+    def _wait_for_settling(self, row: LoggedRow) -> None:
+        """A claim younger than the settling window may still be inside its provider call
+        (a slow attempt the server gave up on): try again once it has certainly ended."""
+        age = utcnow() - utc(row.updated_at)
+        if age < self.settle_after:
+            raise ApplicationError(
+                "an earlier attempt's send may still be under way", type="Settling",
+                next_retry_delay=self.settle_after - age,
             )
 
-    def _skip(self, s: Session, key: _Key, req: MessageRequest, reason: str) -> MessageResult:
-        s.execute(_INSERT_MESSAGE, {
-            "workflow_id": key.workflow_id, "run_id": key.run_id, "step": key.step,
-            "channel": key.channel, "account_id": req.account_id,
-            "customer_id": req.customer_id, "status": "skipped", "reason": reason[:400],
-        })
-        _log(logging.INFO, "reminder skipped", key, reason=reason)
-        return MessageResult("skipped", reason)
-
-    def _claim(
-        self,
-        s: Session,
-        row: _Row | None,
-        key: _Key,
-        req: MessageRequest,
-        hint: str,
-        *,
-        credits: int,
-        segments: int = 0,
-        encoding: str | None = None,
-    ) -> _Claimed:
-        """Hold the row as `claimed` before calling the provider. A new row's INSERT raises
-        IntegrityError when a concurrent attempt inserted the same key; a `retry` row is taken
-        over only if it is still `retry`, keeping its original credit reservation."""
-        now = utcnow()
-        if row is None:
-            result = cast(CursorResult[Any], s.execute(_INSERT_MESSAGE, {
-                "workflow_id": key.workflow_id, "run_id": key.run_id, "step": key.step,
-                "channel": key.channel, "account_id": req.account_id,
-                "customer_id": req.customer_id, "status": "claimed", "recipient_hint": hint,
-                "credits": credits, "segments": segments, "encoding": encoding, "attempts": 1,
-                "created_at": now, "updated_at": now,
-            }))
-            pk = result.inserted_primary_key
-            assert pk is not None
-            return _Claimed(int(pk[0]), key, req.account_id, credits, hint)
-        taken = cast(CursorResult[Any], s.execute(_CLAIM_RETRY, {"u_id": row.id, "u_now": now}))
-        if taken.rowcount != 1:
-            raise ApplicationError("a concurrent attempt is sending this reminder")
-        return _Claimed(row.id, key, row.account_id, row.credits, hint)
-
-    def _hold(self, s: Session, key: _Key, req: MessageRequest, hint: str, cost: int,
-              segments: int, encoding: str | None) -> _Row:
-        """A new SMS row holding its credit reservation while it waits for a send slot."""
-        now = utcnow()
-        s.execute(_INSERT_MESSAGE, {
-            "workflow_id": key.workflow_id, "run_id": key.run_id, "step": key.step,
-            "channel": key.channel, "account_id": req.account_id,
-            "customer_id": req.customer_id, "status": "retry",
-            "reason": "waiting for a send slot (SMS rate limit)", "recipient_hint": hint,
-            "credits": cost, "segments": segments, "encoding": encoding, "attempts": 0,
-            "created_at": now, "updated_at": now,
-        })
-        row = _find(s, key)
-        assert row is not None
-        return row
-
-    def _reread(self, key: _Key) -> MessageResult:
+    def _reconcile_sms(self, key: MessageKey, req: MessageRequest,
+                       row: LoggedRow) -> MessageResult | None:
+        """Settle an SMS whose answer was lost from the provider's message list (see
+        dunning.messages.reconcile): the result when settled, None when it goes out again."""
+        window = self.settle_after * AMBIGUOUS_WINDOWS + SKEW
+        since = utc(row.created_at) - window
         with self._session() as s:
-            row = _find(s, key)
-            if row is None or row.status not in FINAL:
-                raise ApplicationError("a concurrent attempt is sending this reminder")
-            return _recorded(row)
-
-    def _mark_unknown(self, s: Session, key: _Key, row: _Row) -> MessageResult:
-        s.execute(_SET_OUTCOME, {
-            "u_id": row.id, "u_status": "unknown", "u_reason": UNKNOWN_REASON,
-            "u_now": utcnow(),
-        })
-        _log(logging.WARNING, "ambiguous send found on retry: outcome unknown, not resent", key)
-        return MessageResult("failed", UNKNOWN_REASON, row.credits)
-
-    def _deliver(
-        self, claimed: _Claimed, call: Callable[[], str], *, refund: bool
-    ) -> MessageResult:
-        key = claimed.key
+            who = recipients.recipient(s, req)
+            if who is None or not who.sms_sender or not who.phone_e164:
+                return message_log.mark_unknown(s, key, row)
+            claims = message_log.open_sms_claims(s, req.account_id, req.customer_id, since)
+        _heartbeat()
         try:
-            provider_id = call()
-        except TransientProviderError as exc:
-            with self._session() as s:
-                s.execute(_BACK_TO_RETRY, {
-                    "u_id": claimed.id, "u_reason": exc.reason[:400], "u_now": utcnow(),
-                })
+            records = cast(SmsRecords, self.sms).outbound_since(
+                who.sms_sender, who.phone_e164, since - SKEW)
+        except ProviderError as exc:
+            raise ApplicationError(f"cannot settle the send yet: {exc.reason}",
+                                   type="Transient") from None
+        with self._session() as s:
+            taken = message_log.taken_provider_ids(s, [r.message_uuid for r in records])
+            current = message_log.find_by_id(s, row.id)
+            if current is None or current.status != "claimed" or (
+                    current.updated_at != row.updated_at):
+                if current is not None and message_log.is_final(current):
+                    return message_log.recorded(current)
+                raise _concurrent()
+            if current.provider_id:  # a delivery report named the row meanwhile
+                return self._answer_recorded(s, key, current)
+            decision = decide(row.id, row.updated_at, claims, records, taken, utcnow(),
+                              self.settle_after)
+            if decision.action == "sent":
+                message_log.mark_sent(s, row.id, decision.provider_id)
+                note(logging.INFO, "ambiguous send found at the provider: sent", key,
+                     credits=row.credits)
+                return MessageResult("sent", "", row.credits)
+            if decision.action == "unknown":
+                return message_log.mark_unknown(s, key, row, decision.reason)
+            if decision.action == "resend":
+                message_log.unclaim(s, row, decision.reason)
+                note(logging.WARNING, "ambiguous send not at the provider: sending once", key)
+                return None
+        raise ApplicationError(decision.reason, type="Settling",
+                               next_retry_delay=decision.delay)
+
+    def _reread(self, key: MessageKey) -> MessageResult:
+        with self._session() as s:
+            row = message_log.find(s, key)
+            if row is None or not message_log.is_final(row):
+                raise _concurrent()
+            return message_log.recorded(row)
+
+    def _deliver(self, claimed: Claim, call: Callable[[], str], *, refund: bool) -> MessageResult:
+        """The provider call and its record (dunning.messages.log.deliver), as Temporal sees
+        it: a provider that refused for now is a retryable `Transient` failure."""
+        try:
+            return message_log.deliver(
+                self._session, claimed, call, refund=refund,
+                on_accepted=_keep_answer(claimed.id),
+                keep_ambiguous=claimed.key.channel == "email" or has_records(self.sms),
+            )
+        except Unsettled as exc:
+            raise ApplicationError(
+                f"provider answer lost: {exc.reason}", type="Unsettled",
+                next_retry_delay=self.settle_after,
+            ) from None
+        except SendLater as exc:
+            if _is_last_attempt():  # no retry would start before the give-up: end it here
+                with self._session() as s:
+                    row = message_log.find_by_id(s, claimed.id)
+                    if row is not None and row.status == "retry":
+                        return message_log.give_up(s, claimed.key, row, exc.reason)
             activity.metric_meter().create_counter(
                 metrics.PROVIDER_RETRIES, metrics.DESCRIPTIONS[metrics.PROVIDER_RETRIES]
-            ).add(1, {"channel": key.channel})
-            _log(logging.WARNING, "provider unavailable: retrying with backoff", key,
-                 to=claimed.hint, reason=exc.reason, attempt=activity.info().attempt)
+            ).add(1, {"channel": claimed.key.channel})
             raise ApplicationError(
                 f"provider unavailable: {exc.reason}", type="Transient"
             ) from None
-        except (PermanentProviderError, AmbiguousProviderError, ProviderError) as exc:
-            with self._session() as s:
-                if isinstance(exc, AmbiguousProviderError):
-                    reason = f"{UNKNOWN_REASON} ({exc.reason})"[:400]
-                    s.execute(_SET_OUTCOME, {
-                        "u_id": claimed.id, "u_status": "unknown", "u_reason": reason,
-                        "u_now": utcnow(),
-                    })
-                    _log(logging.WARNING, "reminder outcome unknown: not resent", key,
-                         to=claimed.hint, reason=exc.reason)
-                    return MessageResult("failed", reason, claimed.credits)
-                if refund:
-                    self._release(s, claimed.key, claimed.id, claimed.account_id,
-                                  claimed.credits, exc.reason)
-                else:
-                    s.execute(_SET_OUTCOME, {
-                        "u_id": claimed.id, "u_status": "failed", "u_reason": exc.reason[:400],
-                        "u_now": utcnow(),
-                    })
-            _log(logging.WARNING, "reminder failed", key, to=claimed.hint, reason=exc.reason)
-            return MessageResult("failed", exc.reason)
-        with self._session() as s:
-            s.execute(_MARK_SENT, {
-                "u_id": claimed.id, "u_provider_id": provider_id[:64] if provider_id else None,
-                "u_now": utcnow(),
-            })
-        _log(logging.INFO, "reminder sent", key, to=claimed.hint, credits=claimed.credits)
-        return MessageResult("sent", "", claimed.credits)
+
+
+class _Settled(Exception):
+    """The row stopped waiting for a send slot (settled by someone else) while we waited."""

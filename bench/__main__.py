@@ -18,6 +18,7 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("bench.bench_scale", ["--cases", "10000"], ["--cases", "1000"]),
     ("bench.lift_sim", ["--cases", "5000", "--runs", "20"], ["--cases", "1000", "--runs", "5"]),
     ("bench.bench_console", [], ["--customers", "20000", "--cases", "2000", "--repeat", "3"]),
+    ("bench.chaos", ["--cases", "500"], ["--cases", "60", "--kills", "3", "--outages", "1"]),
 ]
 
 

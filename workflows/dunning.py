@@ -49,6 +49,8 @@ with workflow.unsafe.imports_passed_through():
         SA_CUSTOMER_ID,
         SA_SMS_PAUSED,
         SA_STATE,
+        SEND_GIVE_UP,
+        SEND_RETRY,
         SIGNAL_CANCEL,
         SIGNAL_CREDITS_ADDED,
         SIGNAL_PAYMENT_RECOVERED,
@@ -86,13 +88,11 @@ with workflow.unsafe.imports_passed_through():
 BOOKKEEPING_TIMEOUT = timedelta(seconds=30)
 BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
                                 maximum_interval=timedelta(minutes=1))
-# Sends: transient provider failures are retried with backoff for up to a day, then given up.
-# A killed worker's send is noticed by the heartbeat timeout and retried soon.
+# Sends: transient provider failures are retried with backoff for up to a day, then given up
+# (SEND_RETRY, SEND_GIVE_UP in dunning.domain.contract). A killed worker's send is noticed by
+# the heartbeat timeout and retried soon.
 SEND_TIMEOUT = timedelta(seconds=60)
 SEND_HEARTBEAT = timedelta(seconds=15)
-SEND_GIVE_UP = timedelta(hours=24)
-SEND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
-                         maximum_interval=timedelta(minutes=10))
 # Versioning: behaviour changes go behind workflow.patched(...) so running cases replay.
 PATCH_END_CANCELS_SENDS = "end-cancels-queued-sends"
 PATCH_RESUME_CLEARS_PAUSED = "resume-clears-sms-paused"

@@ -12,10 +12,10 @@ field types on every conversion, and string annotations would be re-evaluated ea
 import itertools
 import re
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from temporalio.common import SearchAttributeKey
+from temporalio.common import RetryPolicy, SearchAttributeKey
 
 from dunning.domain.money import check_currency, is_currency
 from dunning.errors import InputError as InputError  # re-exported (its old home)
@@ -35,6 +35,19 @@ ACT_SEND_SMS = "send_sms"
 ACT_RELEASE_SMS = "release_sms"
 ACT_FINISH_CASE = "finish_case"
 ACT_SETTLE_MESSAGE = "settle_message"
+
+# Compliance replies (HELP answers, STOP confirmations): one small durable workflow per inbound
+# message (id `reply-<inbound MessageUUID>`), so a crash of the webhook server loses none and
+# Plivo's retry of the same inbound message starts nothing twice.
+REPLY_WORKFLOW_TYPE = "ComplianceReplyWorkflow"
+ACT_SEND_REPLY = "send_reply"
+REPLY_GIVE_UP = timedelta(hours=1)
+
+# Sends: transient provider failures are retried with backoff for up to a day, then given up.
+# (The send activities read them too: the last attempt before the give-up ends the row itself.)
+SEND_GIVE_UP = timedelta(hours=24)
+SEND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
+                         maximum_interval=timedelta(minutes=10))
 
 # Search attributes (contract names). No PII ever goes into one.
 SA_ACCOUNT_ID = SearchAttributeKey.for_keyword("DunningAccountId")
@@ -451,6 +464,17 @@ class ReleaseRequest:
     workflow_id: str
     step: int
     reason: str
+
+
+@dataclass
+class ReplyRequest:
+    """A compliance reply to send: its `messages` row (what and to whom is in the database)."""
+
+    message_id: int
+
+
+def reply_workflow_id(inbound_uuid: str) -> str:
+    return f"reply-{inbound_uuid}"
 
 
 @dataclass

@@ -34,10 +34,14 @@ from sqlalchemy.orm import Session
 
 from dunning.credits import ledger
 from dunning.customers import consent
+from dunning.messages import log as message_log
 from dunning.platform.db.models import CreditEntry, Customer, Message
 from dunning.platform.providers import mask_phone
 
 log = logging.getLogger("dunning.webhooks")
+
+# Where Plivo posts delivery reports; every SMS names its row in the query (`?ref=<id>`).
+STATUS_PATH = "/webhooks/plivo/status"
 
 FAILURES = frozenset({"failed", "undelivered"})
 SUCCESSES = frozenset({"queued", "sent", "delivered"})
@@ -90,7 +94,7 @@ def _find(session: Session, report: DeliveryReport) -> tuple[Message | None, str
             if row.provider_id not in uuids:
                 return None, "MessageUUID does not match the message"
         elif row.status in ("unknown", "claimed"):
-            row.provider_id = report.message_uuid[:64]
+            message_log.adopt_provider_id(row, report.message_uuid)
         else:
             return None, f"message in status {row.status} was never handed to Plivo"
         return row, ""
@@ -122,19 +126,15 @@ def process_delivery_report(
         return "ignored"
     if not _is_newer(row, report):
         return "stale"
-    row.delivery_status = report.status[:16]
-    row.delivery_error = report.error_code[:16] if report.error_code else None
-    if report.sequence is not None:
-        row.delivery_sequence = report.sequence
+    message_log.record_delivery(row, report.status, report.error_code, report.sequence)
     failed = report.status in FAILURES
-    if row.status == "unknown":
-        if report.status in SUCCESSES:
-            row.status, row.reason = "sent", None
-        elif failed:
-            row.status = "failed"
-            row.reason = f"delivery report: {report.status}" + (
-                f" (error {report.error_code})" if report.error_code else ""
-            )
+    if report.status in SUCCESSES:
+        message_log.settle_unknown(row, delivered=True)
+    elif failed:
+        reason = f"delivery report: {report.status}" + (
+            f" (error {report.error_code})" if report.error_code else ""
+        )
+        message_log.settle_unknown(row, delivered=False, reason=reason)
     if failed and row.credits > 0 and not billed(report) and not _already_refunded(session, row):
         ledger.refund(
             session, row.account_id, row.credits, workflow_id=row.workflow_id, step=row.step,

@@ -14,7 +14,8 @@ Rules:
 - Anything else is kept as a `reply` consent event for the operator.
 - One delivery is handled once: `processed_events` (source `plivo-inbound`, the MessageUUID).
   Replies cost no credits and are recorded as `messages` rows (workflow_id `help:<account>` or
-  `stop:<account>`, run_id = the inbound MessageUUID, step 0) before they are sent, at most once.
+  `stop:<account>`, run_id = the inbound MessageUUID, step 0) before they are sent, with what
+  they send (`compliance_replies`); dunning.messages.replies has them sent.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from sqlalchemy.orm import Session
 from dunning.customers import consent
 from dunning.customers.consent import InboundKind
 from dunning.domain.segments import count_segments
+from dunning.messages import log as message_log
 from dunning.messages.inbox import claim_event
-from dunning.platform.db.models import Account, Customer, Message
+from dunning.platform.db.models import Account, Customer
 from dunning.platform.providers import mask_phone
 
 log = logging.getLogger("dunning.webhooks")
@@ -61,6 +63,11 @@ class InboundOutcome:
     accounts: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     replies: list[PlannedReply] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)  # a repeat's replies not sent yet
+
+    def reply_ids(self) -> list[int]:
+        """The replies to have sent: planned now, or still pending from the first delivery."""
+        return [r.message_id for r in self.replies] or self.pending
 
 
 def _customer_id(session: Session, account_id: str, phone: str) -> str | None:
@@ -76,16 +83,13 @@ def _plan_reply(
     session: Session, kind: str, account: Account, msg: InboundMessage, text: str
 ) -> PlannedReply:
     info = count_segments(text)
-    row = Message(
-        workflow_id=f"{kind}:{account.id}", run_id=msg.message_uuid[:64], step=0, channel="sms",
-        account_id=account.id,
-        customer_id=_customer_id(session, account.id, msg.from_number) or "",
-        status="claimed", recipient_hint=mask_phone(msg.from_number), credits=0,
-        segments=info.segments, encoding=info.encoding, attempts=1,
+    src = account.sms_sender or msg.to_number
+    row_id = message_log.queue_reply(
+        session, kind, account.id, msg.message_uuid,
+        _customer_id(session, account.id, msg.from_number) or "",
+        mask_phone(msg.from_number), src, msg.from_number, text, info.segments, info.encoding,
     )
-    session.add(row)
-    session.flush()
-    return PlannedReply(row.id, account.sms_sender or msg.to_number, msg.from_number, text)
+    return PlannedReply(row_id, src, msg.from_number, text)
 
 
 def _help_account(session: Session, accounts: list[Account], phone: str) -> Account:
@@ -101,6 +105,9 @@ def process_inbound(session: Session, msg: InboundMessage) -> InboundOutcome:
     outcome = InboundOutcome(kind)
     if not claim_event(session, SOURCE, msg.message_uuid):
         outcome.duplicate = True
+        # Plivo retries a delivery it got no answer to: a reply planned by the first one but
+        # never started (the process died in between) is started now.
+        outcome.pending = message_log.pending_replies(session, msg.message_uuid)
         return outcome
     accounts = consent.accounts_for_sender(session, msg.to_number)
     outcome.accounts = [a.id for a in accounts]

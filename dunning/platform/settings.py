@@ -161,6 +161,11 @@ class Settings(BaseSettings):
     # first); it costs about a quarter of a worker's CPU per case, so a deployment that has the
     # replay tests in CI may switch it off (`off`) for throughput.
     workflow_sandbox: bool = Field(True, validation_alias=_alias("DUNNING_WORKFLOW_SANDBOX"))
+    # SIGTERM: a worker stops taking tasks and lets sends under way finish for this long; the
+    # webhook server finishes the requests under way within it.
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, validation_alias=_alias("DUNNING_SHUTDOWN_GRACE_SECONDS")
+    )
     # Cases a worker keeps in memory between their steps. A case not in the cache is replayed
     # from its history when it wakes (a signal, a timer): with many cases waking at once (a
     # top-up serving 10,000 paused cases), a cache that holds them all saves those replays.

@@ -47,14 +47,14 @@ from dunning.cases.client import DunningClient
 from dunning.customers.consent import normalize_number
 from dunning.domain.contract import InputError, check_id
 from dunning.messages import links
-from dunning.messages.delivery import DeliveryReport, process_delivery_report
-from dunning.messages.inbound import InboundMessage, InboundOutcome, PlannedReply, process_inbound
+from dunning.messages.delivery import STATUS_PATH, DeliveryReport, process_delivery_report
+from dunning.messages.inbound import InboundMessage, InboundOutcome, process_inbound
 from dunning.messages.inbox import remember_nonce, request_fingerprint
 from dunning.messages.links import LinkSigner
+from dunning.messages.replies import DurableReplies, InlineReplies, ReplyStarter
 from dunning.platform.db import Database
-from dunning.platform.db.models import Account, Message
-from dunning.platform.providers import AmbiguousProviderError, ProviderError, mask_phone
-from dunning.platform.providers.sms import OutgoingSms, SmsProvider
+from dunning.platform.db.models import Account
+from dunning.platform.providers.sms import SmsProvider
 from dunning.platform.secret_box import (
     SecretBox,
     SecretUnreadable,
@@ -78,7 +78,6 @@ from dunning.webhooks.stripe import (
 log = logging.getLogger("dunning.webhooks")
 
 INBOUND_PATH = "/webhooks/plivo/inbound"
-STATUS_PATH = "/webhooks/plivo/status"
 STRIPE_PATH = "/webhooks/stripe/{account_id}"
 HEALTH_PATH = "/healthz"
 SHORT_LINK_PATH = "/l/{token}"
@@ -228,11 +227,11 @@ def _amount_or_none(raw: str | None) -> Decimal | None:
 
 
 class WebhookApp:
-    """The handlers, bound to settings, a database, the SMS provider used for replies and the
+    """The handlers, bound to settings, a database, who sends the compliance replies and the
     Temporal client used for billing events."""
 
     def __init__(
-        self, settings: Settings, db: Database, sms: SmsProvider, temporal: LazyTemporal,
+        self, settings: Settings, db: Database, replies: ReplyStarter, temporal: LazyTemporal,
         secret_box: SecretBox | None = None,
         links: LinkSigner | None = None,
     ) -> None:
@@ -241,7 +240,7 @@ class WebhookApp:
         self.refusal_log = LogRateLimit(per_minute=settings.http_refusal_logs_per_minute)
         self.links = links
         self.db = db
-        self.sms = sms
+        self.replies = replies
         self.temporal = temporal
         self.stripe_events = StripeEvents(db, temporal, charger=CardUpdateCharger(
             db, StripeBilling(settings.stripe_api_key.get_secret_value(), settings.stripe_api_url)))
@@ -311,11 +310,19 @@ class WebhookApp:
             return self._refused(request, exc)
         except DBAPIError as exc:
             return self._db_down(exc)
-        # Replies go out after the answer, so a slow provider never delays Plivo's webhook.
-        tasks = BackgroundTasks()
-        for reply in outcome.replies:
-            tasks.add_task(self._send_reply, reply)
-        return Response(EMPTY_PLIVO_XML, media_type="application/xml", background=tasks)
+        # Replies are handed to durable work (a workflow per inbound message) before Plivo
+        # gets its answer; when that cannot be arranged now Plivo retries the delivery, and the
+        # repeat (a duplicate by MessageUUID) starts the replies still pending.
+        ids = outcome.reply_ids()
+        if ids:
+            try:
+                await self.replies.start(msg.message_uuid, ids)
+            except Exception as exc:
+                log.error("inbound %s: replies %s not started, Plivo will retry: %s",
+                          msg.message_uuid, ids, str(exc).splitlines()[0][:200] if str(exc)
+                          else type(exc).__name__)
+                return _error(503, "replies not started, retry later")
+        return Response(EMPTY_PLIVO_XML, media_type="application/xml")
 
     async def status(self, request: Request) -> Response:
         try:
@@ -454,56 +461,36 @@ class WebhookApp:
         log.error("database error: %s", str(exc.orig or exc).splitlines()[0][:200])
         return _error(503, "database unavailable")
 
-    def _send_reply(self, reply: PlannedReply) -> None:
-        """Send a planned reply (at most once: its row is already `claimed`) and record it."""
-        callback = f"{self.public_url}{STATUS_PATH}?ref={reply.message_id}"
-        status, provider_id, reason = "sent", None, None
-        try:
-            provider_id = self.sms.send(OutgoingSms(reply.src, reply.dst, reply.text, callback))
-        except AmbiguousProviderError as exc:
-            status, reason = "unknown", exc.reason
-        except ProviderError as exc:
-            status, reason = "failed", exc.reason
-        except Exception as exc:  # a provider bug must not lose the record
-            status, reason = "failed", f"{type(exc).__name__}: {exc}"
-        try:
-            with self.db.session() as s:
-                row = s.get(Message, reply.message_id)
-                if row is not None:
-                    row.status = status
-                    row.reason = reason[:400] if reason else None
-                    if provider_id:
-                        row.provider_id = provider_id[:64]
-        except DBAPIError as exc:
-            log.error("reply %s: %s, but recording it failed: %s", reply.message_id, status,
-                      str(exc.orig or exc).splitlines()[0][:200])
-            return
-        log.info("reply %s to %s: %s%s", reply.message_id, mask_phone(reply.dst), status,
-                 f" ({reason})" if reason else "")
-
-
 def create_app(
     settings: Settings,
     db: Database,
     sms_provider: SmsProvider | None = None,
     temporal: TemporalSource | None = None,
+    *,
+    replies: ReplyStarter | None = None,
 ) -> Starlette:
-    """The webhook app; `sms_provider` (HELP and STOP replies) defaults to the configured one.
+    """The webhook app.
 
     `temporal` (a `starter.DunningClient`, or an async factory of one) starts and signals cases
-    for billing events; by default a client for DUNNING_TEMPORAL_ADDRESS is connected on first
-    use, so the server starts (and serves Plivo webhooks) while Temporal is still down.
+    for billing events and starts the compliance reply workflows; by default a client for
+    DUNNING_TEMPORAL_ADDRESS is connected on first use, so the server starts (and serves Plivo
+    webhooks) while Temporal is still down.
+
+    `replies` sends the HELP answers and STOP confirmations: by default durably, one workflow
+    per inbound message (dunning.messages.replies.DurableReplies), sent by the worker. Given an
+    `sms_provider` instead, they are sent in this process before the answer (InlineReplies:
+    tests and embedding; not durable).
     """
     if temporal is None:
         temporal = _temporal_factory(settings, db)
-    if sms_provider is None:
-        from dunning.platform.providers.factory import sms_provider as build_sms_provider
-
-        sms_provider = build_sms_provider(settings)
+    lazy = LazyTemporal(temporal)
+    if replies is None:
+        replies = (InlineReplies(db, sms_provider, settings.public_url)
+                   if sms_provider is not None else DurableReplies(lazy))
     if not settings.plivo_auth_token.get_secret_value():
         log.warning("PLIVO_AUTH_TOKEN is not set: Plivo webhooks will refuse every request")
-    handlers = WebhookApp(settings, db, sms_provider, LazyTemporal(temporal),
-                          secret_box_for(settings), links=links.signer_for(settings))
+    handlers = WebhookApp(settings, db, replies, lazy, secret_box_for(settings),
+                          links=links.signer_for(settings))
     app = Starlette(
         routes=[
             Route(INBOUND_PATH, handlers.inbound, methods=["POST"]),

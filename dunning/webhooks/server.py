@@ -92,6 +92,8 @@ def make_server(
         http=protocol_for(settings),  # per-request read deadline (DUNNING_HTTP_READ_TIMEOUT)
         limit_concurrency=settings.http_max_connections,  # beyond it: 503 at once
         timeout_keep_alive=5,
+        # SIGTERM: stop accepting, let the requests under way finish (within the grace).
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)),
     )
     return uvicorn.Server(config) if handle_signals else _QuietServer(config)
 

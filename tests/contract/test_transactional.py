@@ -33,8 +33,10 @@ SKIP_DIRS = {"tests", "build", "dist", "node_modules", "__pycache__"}
 ALLOWED_SMS_SENDS = {
     # The reminders of a case: the send_sms activity, once per (case, step).
     ("activities/dunning.py", "DunningActivities.send_sms", "self.sms"),
-    # HELP replies and the STOP confirmation, planned by dunning.webhooks.inbound.
-    ("dunning/webhooks/app.py", "WebhookApp._send_reply", "self.sms"),
+    # HELP replies and the STOP confirmation, planned by dunning.messages.inbound: sent by the
+    # reply workflow's activity, or in the web process when the app is built to (tests, demo).
+    ("activities/dunning.py", "DunningActivities.send_reply", "self.sms"),
+    ("dunning/messages/replies.py", "InlineReplies.send_now", "self.sms"),
 }
 
 
@@ -137,13 +139,20 @@ def test_sms_are_built_only_for_reminders_and_compliance_replies() -> None:
     # SmsProvider.send takes an OutgoingSms: whoever sends an SMS has to build one.
     built = {(c.path, c.function) for c in calls("OutgoingSms")}
     assert built == {
-        ("activities/dunning.py", "DunningActivities._sms_for"),  # the reminder's text
+        ("dunning/messages/recipients.py", "sms_for"),  # the reminder's text
         ("activities/dunning.py", "DunningActivities.send_sms"),  # ... with its callback URL
-        ("dunning/webhooks/app.py", "WebhookApp._send_reply"),  # HELP / STOP replies
+        ("dunning/messages/replies.py", "prepare"),  # HELP / STOP replies
     }
     # The reminder's SMS is made for the send_sms activity alone.
-    assert {(c.path, c.function) for c in calls("_sms_for")} == {
+    assert {(c.path, c.function) for c in calls("sms_for")} == {
+        ("activities/dunning.py", "DunningActivities._prepare_sms")
+    }
+    assert {(c.path, c.function) for c in calls("_prepare_sms")} == {
         ("activities/dunning.py", "DunningActivities.send_sms")
+    }
+    # A reply's SMS is made from a row dunning.messages.inbound planned (HELP / STOP only).
+    assert {(c.path, c.function) for c in calls("queue_reply")} == {
+        ("dunning/messages/inbound.py", "_plan_reply")
     }
 
 

@@ -13,7 +13,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities import DunningActivities
 from dunning.credits import ledger
-from dunning.domain.contract import MessageRequest
+from dunning.domain.contract import SEND_GIVE_UP, SEND_RETRY, MessageRequest
 from dunning.platform.db import Database
 from dunning.platform.db.models import CreditEntry, Message
 from dunning.platform.providers import AmbiguousProviderError, TransientProviderError
@@ -41,7 +41,11 @@ class ScriptedSms:
 
 def _env(run_id: str) -> ActivityEnvironment:
     env = ActivityEnvironment()
-    env.info = dataclasses.replace(env.info, workflow_run_id=run_id, workflow_id="wf")
+    # As the workflow schedules sends: retried with backoff for up to a day.
+    env.info = dataclasses.replace(env.info, workflow_run_id=run_id, workflow_id="wf",
+                                   retry_policy=SEND_RETRY, schedule_to_close_timeout=SEND_GIVE_UP,
+                                   scheduled_time=datetime.now(UTC),
+                                   current_attempt_scheduled_time=datetime.now(UTC))
     return env
 
 

@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from activities import dunning as engine
 from dunning.accounts import messaging
 from dunning.accounts.accounts import AccountOptions, create_account
 from dunning.accounts.pricing import sms_cost
@@ -25,6 +24,7 @@ from dunning.domain.templates import (
     OPT_OUT_LINE,
     SAMPLE_CONTEXT,
 )
+from dunning.messages import recipients as engine
 from dunning.platform.db import Database
 from dunning.platform.db.models import Account, Customer, EmailTemplate, SmsTemplate
 
@@ -302,11 +302,10 @@ def test_preview_matches_what_the_engine_sends_and_charges(db: Database, uid: st
         currency="USD", billing_link=SAMPLE_CONTEXT.billing_link,
         failed_at=now - timedelta(days=SAMPLE_CONTEXT.days_overdue), now=now,
     )
-    acts = engine.DunningActivities(db, None, None)  # type: ignore[arg-type]
     with db.session() as s:
-        sent = acts._sms_for(s, req)
+        sent = engine.sms_for(s, req)
         preview = messaging.preview_sms(s, uid, "pro")
-    assert not isinstance(sent, engine.MessageResult), sent
+    assert isinstance(sent, engine.SmsPlan), sent
     sms, credits, segments, encoding = sent
     assert preview["text"] == sms.text
     assert (preview["segments"], preview["encoding"], preview["credits"]) == (

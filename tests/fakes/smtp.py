@@ -30,10 +30,19 @@ class _Handler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.box.lock:
-            if self.box.fail_next:
-                self.box.fail_next -= 1
+            if self.box.down or self.box.fail_next:
+                self.box.fail_next = max(0, self.box.fail_next - 1)
                 return "451 try again later"
-            self.box.messages.append(message_from_bytes(envelope.content))
+            msg = message_from_bytes(envelope.content)
+            self.box.messages.append(msg)
+            hook = self.box.on_data
+        if hook is not None:  # fault hooks (e.g. kill the sender before it hears "250")
+            hook(msg)
+        with self.box.lock:
+            if self.box.drop_after_data:
+                # The message is taken, and the line drops before the client hears "250".
+                self.box.drop_after_data -= 1
+                server.transport.abort()
         return "250 Message accepted"
 
 
@@ -42,6 +51,9 @@ class SmtpSink:
         self.messages: list[Message] = []
         self.reject: set[str] = set()
         self.fail_next = 0
+        self.down = False  # answer every DATA with 451 (a long outage)
+        self.drop_after_data = 0  # take the next N messages, then drop the line unanswered
+        self.on_data: Any = None  # called with each message taken, before the answer
         self.lock = threading.Lock()
         self.port = free_port()
         self.controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
@@ -62,3 +74,6 @@ class SmtpSink:
             self.messages.clear()
             self.reject.clear()
             self.fail_next = 0
+            self.down = False
+            self.drop_after_data = 0
+            self.on_data = None

@@ -15,6 +15,8 @@ recorded before the `resume-clears-sms-paused` patch; `<name>.v1.json`, recorded
 `end-cancels-queued-sends` patch. Without a patch's marker, a replay takes its old branch.
 `signal_account.json` holds the `signals-name-their-account` marker (a signal for another
 account ignored).
+`compliance_reply.json` is a ComplianceReplyWorkflow (workflows/reply.py); the others are
+DunningWorkflow cases.
 
 The workers use Temporal's default data converter (no payload encryption), so the payloads in
 these files are plain JSON (base64 in the proto JSON); the data is made up.
@@ -38,9 +40,15 @@ from activities import DunningActivities
 from dunning.cases.campaigns import CampaignInput, set_campaign
 from dunning.cases.experiments import set_sms_holdout
 from dunning.credits import ledger
-from dunning.domain.contract import SEARCH_ATTRIBUTES
+from dunning.domain.contract import (
+    REPLY_WORKFLOW_TYPE,
+    SEARCH_ATTRIBUTES,
+    ReplyRequest,
+    reply_workflow_id,
+)
 from dunning.domain.experiments import assign_arm
 from dunning.events import endpoints
+from dunning.messages import log as message_log
 from dunning.platform.db import Database
 from dunning.platform.providers.email import ConsoleEmailProvider
 from dunning.platform.providers.sms import ConsoleSmsProvider
@@ -251,6 +259,23 @@ async def campaign(client: Client, db: Database) -> WorkflowHandle[Any, Any]:
     return handle
 
 
+async def compliance_reply(client: Client, db: Database) -> WorkflowHandle[Any, Any]:
+    """A HELP answer handed to its durable workflow (ComplianceReplyWorkflow) and sent."""
+    make_account(db, "reply", schedule="0s", balance=0)
+    with db.session() as s:
+        row_id = message_log.queue_reply(s, "help", "reply", "inbound-uuid-1", "", "+1415***",
+                                         "+14155550100", "+14155550107",
+                                         "Acme Cloud: billing help at help@acme.test.", 1,
+                                         "GSM-7")
+    handle = await client.start_workflow(
+        REPLY_WORKFLOW_TYPE, ReplyRequest(row_id), id=reply_workflow_id("inbound-uuid-1"),
+        task_queue=QUEUE,
+    )
+    result = await handle.result()
+    assert result["status"] == "sent", result
+    return handle
+
+
 SCENARIOS: dict[str, Scenario] = {
     "full_schedule": full_schedule,
     "pause_resume": pause_resume,
@@ -263,6 +288,7 @@ SCENARIOS: dict[str, Scenario] = {
     "sms_holdout": sms_holdout,
     "outbound_events": outbound_events,
     "campaign": campaign,
+    "compliance_reply": compliance_reply,
 }
 
 

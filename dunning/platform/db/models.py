@@ -225,7 +225,7 @@ class Message(Base):
     channel: Mapped[str] = mapped_column(String(8))
     account_id: Mapped[str] = mapped_column(String(128))
     customer_id: Mapped[str] = mapped_column(String(128))
-    # claimed -> sent | failed | unknown ; delivery reports update delivery_status
+    # dunning.messages.log.MessageStatus; only that module writes it (see its docstring)
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(String(400))
     provider_id: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -234,11 +234,28 @@ class Message(Base):
     segments: Mapped[int] = mapped_column(Integer, default=0)
     encoding: Mapped[str | None] = mapped_column(String(8))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Sent again after a send whose answer was lost (not at the provider, or an email resent
+    # under the same Message-ID): bounded, see dunning.messages.log.unclaim.
+    resends: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     delivery_status: Mapped[str | None] = mapped_column(String(16))
     delivery_error: Mapped[str | None] = mapped_column(String(16))
     delivery_sequence: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ComplianceReply(Base):
+    """What a compliance reply (HELP answer, STOP confirmation) sends: kept with its `messages`
+    row so the durable reply workflow (workflows/reply.py) finds it without PII in Temporal."""
+
+    __tablename__ = "compliance_replies"
+
+    message_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    src: Mapped[str] = mapped_column(String(32))
+    dst: Mapped[str] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text)
 
 
 class SmsWaiter(Base):

@@ -6,7 +6,8 @@ import logging
 import re
 import threading
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 import requests
 
@@ -37,6 +38,29 @@ class SmsProvider(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class SentSms:
+    """One outbound message in the provider's own records."""
+
+    message_uuid: str
+    sent_at: datetime  # UTC
+    state: str = ""
+
+
+class SmsRecords(Protocol):
+    """A provider that can say which messages it took (to settle an ambiguous send)."""
+
+    def outbound_since(self, src: str, dst: str, since: datetime) -> list[SentSms]:
+        """Outbound messages from `src` to `dst` taken at or after `since`, oldest first.
+        Raises a ProviderError (TransientProviderError when it cannot tell now)."""
+        ...
+
+
+def has_records(provider: object) -> bool:
+    """Whether the provider can list the messages it took (see SmsRecords)."""
+    return callable(getattr(provider, "outbound_since", None))
+
+
 class ConsoleSmsProvider:
     """Prints each message (number masked; numbers, addresses and link paths in the text
     masked too) and remembers it; sends nothing."""
@@ -48,12 +72,19 @@ class ConsoleSmsProvider:
         self._count = 0
         self.echo = echo
         self.sent: list[OutgoingSms] = []
+        self._records: list[tuple[OutgoingSms, SentSms]] = []
+
+    def outbound_since(self, src: str, dst: str, since: datetime) -> list[SentSms]:
+        with self._lock:
+            return [r for m, r in self._records
+                    if m.src == src and m.dst == dst and r.sent_at >= since]
 
     def send(self, sms: OutgoingSms) -> str:
         with self._lock:
             self._count += 1
             self.sent.append(sms)
             msg_id = f"console-{self._count}"
+            self._records.append((sms, SentSms(msg_id, datetime.now(UTC), "sent")))
         if self.echo:
             # Masked: the text holds a billing link, maybe a number or an address.
             print(f"[sms {msg_id}] to {mask_phone(sms.dst)}: {redact_urls(sms.text)}",
@@ -140,3 +171,60 @@ class PlivoSmsProvider:
         msg_id = str(uuids[0]) if uuids else ""
         log.info("sms handed to plivo to=%s uuid=%s", mask_phone(sms.dst), msg_id)
         return msg_id
+
+    def outbound_since(self, src: str, dst: str, since: datetime) -> list[SentSms]:
+        """Plivo's message list (outbound, from `src` to `dst`, message_time >= since), all
+        pages of 20, oldest first."""
+        from plivo import exceptions as pe
+
+        client = self._client()
+        found: list[SentSms] = []
+        offset = 0
+        gte = since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        while True:
+            try:
+                page = client.messages.list(  # type: ignore[attr-defined]
+                    message_direction="outbound", from_number=src.lstrip("+"),
+                    to_number=dst.lstrip("+"), message_time__gte=gte, limit=PAGE, offset=offset,
+                )
+            except (requests.RequestException, pe.PlivoRestError) as exc:
+                raise TransientProviderError(
+                    f"cannot read Plivo's message list: {type(exc).__name__}"
+                ) from None
+            objects = list(getattr(page, "objects", None) or [])
+            for obj in objects:
+                record = _sent_record(obj)
+                if record is not None and record.sent_at >= since - timedelta(seconds=1):
+                    found.append(record)
+            meta = getattr(page, "meta", None)
+            more = _meta_next(meta)
+            if not more or len(objects) < PAGE or offset >= MAX_LISTED:
+                break
+            offset += PAGE
+        return sorted(found, key=lambda r: r.sent_at)
+
+
+PAGE = 20  # plivo 4.63 validates 0 < limit <= 20
+MAX_LISTED = 1000  # a reminder's number never takes this many messages in a settling window
+
+
+def _meta_next(meta: Any) -> bool:
+    if meta is None:
+        return False
+    value = meta.get("next") if isinstance(meta, dict) else getattr(meta, "next", None)
+    return bool(value)
+
+
+def _sent_record(obj: Any) -> SentSms | None:
+    """A message object of Plivo's list; None when it has no usable uuid or time."""
+    uuid = str(getattr(obj, "message_uuid", "") or "")
+    raw = str(getattr(obj, "message_time", "") or "")
+    if not uuid or not raw:
+        return None
+    try:
+        when = datetime.fromisoformat(raw.replace(" ", "T", 1))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return SentSms(uuid, when.astimezone(UTC), str(getattr(obj, "message_state", "") or ""))

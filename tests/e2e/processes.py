@@ -1,0 +1,65 @@
+"""Real worker processes for the fault tests: the environment of `python worker.py` wired to the
+session's Temporal dev server, a database and the loopback providers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from dunning.platform.codec import converter_for
+from dunning.platform.settings import Settings
+from tests.fakes.plivo import FakePlivo
+from tests.fakes.smtp import SmtpSink
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "k1:" + "ab" * 32
+
+
+def worker_env(temporal_env: WorkflowEnvironment, db_url: str, queue: str, plivo: FakePlivo,
+               smtp: SmtpSink, data_dir: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DUNNING_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+        "DUNNING_TASK_QUEUE": queue,
+        "DUNNING_DATABASE_URL": db_url,
+        "DUNNING_DATA_DIR": str(data_dir),
+        "DUNNING_CODEC_KEYS": KEY,
+        "DUNNING_SMS_BACKEND": "plivo",
+        "PLIVO_AUTH_ID": plivo.auth_id,
+        "PLIVO_AUTH_TOKEN": plivo.auth_token,
+        "DUNNING_PLIVO_API_URL": plivo.url,
+        "DUNNING_EMAIL_BACKEND": "smtp",
+        "DUNNING_SMTP_HOST": "127.0.0.1",
+        "DUNNING_SMTP_PORT": str(smtp.port),
+        **extra,
+    }
+
+
+def start_worker(env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    """`python worker.py`; its log goes to `log` (read it when a test fails), else nowhere."""
+    out = log.open("ab") if log is not None else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "worker.py")], env=env, cwd=ROOT,
+        stdout=out, stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
+    )
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def client_for(env: dict[str, str], data_dir: Path) -> Client:
+    settings = Settings(codec_keys=KEY, data_dir=data_dir)
+    return await Client.connect(env["DUNNING_TEMPORAL_ADDRESS"],
+                                data_converter=converter_for(settings))
