@@ -213,7 +213,7 @@ def _pause_after_first_miss(monkeypatch: pytest.MonkeyPatch, reached: threading.
             assert go.wait(10)
         return result
 
-    monkeypatch.setattr(credits, "_apply", patched)
+    monkeypatch.setattr(ledger, "_apply", patched)
 
 
 def _topup_then_read_waiters(db: Database, account_id: str) -> list[str]:
@@ -282,7 +282,7 @@ def test_race_topup_waits_for_the_queued_case_and_then_sees_it(
         queued.set()  # waiter inserted, account row locked, not committed yet
         assert go.wait(10)
 
-    monkeypatch.setattr(credits, "add_waiter", add_then_hold)
+    monkeypatch.setattr(ledger, "add_waiter", add_then_hold)
     with ThreadPoolExecutor(2) as ex:
         case = ex.submit(reserve, db, uid, 2, "case")
         assert queued.wait(10)
