@@ -8,12 +8,17 @@ Exactly once per (case, step, channel): the `messages` table is the idempotency 
    row. The unique key (workflow, run, step, channel) makes a racing attempt lose.
 3. It calls the provider, then records the outcome in a second transaction.
 
-The one ambiguous window is a crash between 2 and 3 (or a provider timeout): the provider may or
-may not have taken the message. Policy: at most once. The next attempt finds the row `claimed`,
-marks it `unknown` and does not send again; the credits stay spent (the provider may have
-billed) and a later delivery report for the message (its callback URL carries the row id) settles
-it. A transient provider error (5xx, 429, refused connection) proves nothing was taken: the row
-goes back to `retry` and Temporal retries with backoff, reusing the same credit reservation.
+The one ambiguous window is a crash between 2 and 3 (or a provider timeout or dropped line):
+the provider may or may not have taken the message. It is settled, not guessed:
+- the provider's answer, once received, is kept in the heartbeat details before it is recorded,
+  so a retry after a failed "mark sent" write records `sent` (`_keep_answer`);
+- an SMS found `claimed` is looked up in the delivery reports (a report adopts its uuid onto
+  the row its callback URL names) and in Plivo's message list (dunning.messages.reconcile):
+  found, `sent`; not found after the settling window, back to `retry` and sent once;
+- an email found `claimed` is sent again under the same Message-ID (bounded, then `unknown`).
+A transient provider error (5xx, 429, refused connection) proves nothing was taken: the row goes
+back to `retry` and Temporal retries with backoff, reusing the same credit reservation; the last
+attempt before the give-up records it `failed` with the provider's reason (credits back).
 
 Provider rate: besides the SMS task queue's rate limit (which lets a burst through after an idle
 spell), the claim's transaction takes the provider's send slot from `dunning.messages.pacing` (one
