@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -315,18 +315,15 @@ async def remote_env(request: pytest.FixtureRequest) -> WorkflowEnvironment:
     return WorkflowEnvironment.from_client(client)
 
 
-@pytest.fixture
-async def scripted_case(
-    request: pytest.FixtureRequest, workflow_env: WorkflowEnvironment, uid: str
+@asynccontextmanager
+async def _scripted_cases(
+    env: WorkflowEnvironment, time_skipping: bool, uid: str
 ) -> AsyncIterator[Callable[..., ScriptedCase]]:
-    """A factory: scripted_case(offsets=[0, 3], grace=2) -> ScriptedCase (see above). Workers
-    stop and unfinished cases are terminated when the test ends."""
-    time_skipping = request.config.getoption("--workflow-environment") == "time-skipping"
     async with AsyncExitStack() as stack:
         made: list[ScriptedCase] = []
 
         def make(offsets: list[int] | tuple[int, ...] = (0,), grace: int = 1) -> ScriptedCase:
-            case = ScriptedCase(workflow_env, time_skipping, f"scripted-{uid}-{len(made)}",
+            case = ScriptedCase(env, time_skipping, f"scripted-{uid}-{len(made)}",
                                 stack, list(offsets), grace)
             made.append(case)
             return case
@@ -340,3 +337,25 @@ async def scripted_case(
                         await case.handle.terminate("test over")
                     except Exception:  # already closed, as it should be
                         pass
+
+
+@pytest.fixture
+async def scripted_case(
+    request: pytest.FixtureRequest, workflow_env: WorkflowEnvironment, uid: str
+) -> AsyncIterator[Callable[..., ScriptedCase]]:
+    """A factory: scripted_case(offsets=[0, 3], grace=2) -> ScriptedCase (see above). Workers
+    stop and unfinished cases are terminated when the test ends."""
+    time_skipping = request.config.getoption("--workflow-environment") == "time-skipping"
+    async with _scripted_cases(workflow_env, time_skipping, uid) as make:
+        yield make
+
+
+@pytest.fixture
+async def real_time_scripted_case(
+    temporal_env: WorkflowEnvironment, uid: str
+) -> AsyncIterator[Callable[..., ScriptedCase]]:
+    """`scripted_case` on the dev server in real time, for a rule whose test the time-skipping
+    test server cannot run reliably: a case that ends while an activity is still running can
+    stop that server from answering queries (seen: 'query deadline exceeded' under load)."""
+    async with _scripted_cases(temporal_env, False, uid) as make:
+        yield make

@@ -486,10 +486,12 @@ async def test_a_woken_case_is_not_shown_paused_while_its_send_runs(scripted_cas
     assert result["sms_sent"] == 1
 
 
-async def test_a_send_running_when_the_case_ends_finishes_and_counts(scripted_case: Any) -> None:
+async def test_a_send_running_when_the_case_ends_finishes_and_counts(
+    real_time_scripted_case: Any,
+) -> None:
     """The case ends while SMS step 1 is with the provider: the send is not cut off, its own
     result is recorded (nothing to settle), and the later step is skipped."""
-    case: ScriptedCase = scripted_case(offsets=[0, 30], grace=1)
+    case: ScriptedCase = real_time_scripted_case(offsets=[0, 30], grace=1)
     in_send, release = asyncio.Event(), asyncio.Event()
 
     async def sms(req: MessageRequest, attempt: int) -> MessageResult:
