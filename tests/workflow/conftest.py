@@ -346,8 +346,18 @@ async def scripted_case(
     """A factory: scripted_case(offsets=[0, 3], grace=2) -> ScriptedCase (see above). Workers
     stop and unfinished cases are terminated when the test ends."""
     time_skipping = request.config.getoption("--workflow-environment") == "time-skipping"
-    async with _scripted_cases(workflow_env, time_skipping, uid) as make:
-        yield make
+    if not time_skipping:
+        async with _scripted_cases(workflow_env, False, uid) as make:
+            yield make
+        return
+    # A time-skipping server of its own (about a second to start): one test's case that ends
+    # while an activity runs can leave a shared server's clock stuck for every later test.
+    env = await start_time_skipping_server()
+    try:
+        async with _scripted_cases(env, True, uid) as make:
+            yield make
+    finally:
+        await env.shutdown()
 
 
 @pytest.fixture
