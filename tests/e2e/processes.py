@@ -22,9 +22,16 @@ KEY = "k1:" + "ab" * 32
 
 def worker_env(temporal_env: WorkflowEnvironment, db_url: str, queue: str, plivo: FakePlivo,
                smtp: SmtpSink, data_dir: Path, **extra: str) -> dict[str, str]:
+    return env_at(temporal_env.client.service_client.config.target_host, db_url, queue, plivo,
+                  smtp, data_dir, **extra)
+
+
+def env_at(address: str, db_url: str, queue: str, plivo: FakePlivo, smtp: SmtpSink,
+           data_dir: Path, **extra: str) -> dict[str, str]:
+    """The worker's environment against the Temporal frontend at `address` (host:port)."""
     return {
         **os.environ,
-        "DUNNING_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+        "DUNNING_TEMPORAL_ADDRESS": address,
         "DUNNING_TASK_QUEUE": queue,
         "DUNNING_DATABASE_URL": db_url,
         "DUNNING_DATA_DIR": str(data_dir),
