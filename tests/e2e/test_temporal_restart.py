@@ -15,91 +15,32 @@ PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
-from temporalio.client import WorkflowHandle
-from temporalio.service import RPCError
 
 from dunning.platform.db import Database
 from dunning.platform.db.models import Message
-from dunning.platform.settings import Settings
-from dunning.platform.temporal import dev_server_command
 from tests.db.test_credits import assert_ledger_exact
-from tests.e2e.processes import client_for, env_at, start_worker, stop_worker
+from tests.e2e.processes import (
+    DevServer,
+    client_for,
+    env_at,
+    result_across_restarts,
+    start_worker,
+    stop_worker,
+)
 from tests.fakes.plivo import FakePlivo, Scripted
-from tests.fakes.smtp import SmtpSink, free_port
+from tests.fakes.smtp import SmtpSink
 from tests.helpers import add_customer, case_input, make_account, wait_for
 
 CASES = 10
 STEPS = 2
 BALANCE = 1000
 DOWN = 4.0  # seconds the server stays dead
-
-
-class DevServer:
-    """`temporal server start-dev` on a fixed port and database file: start, SIGKILL, start."""
-
-    def __init__(self, data_dir: Path, log: Path) -> None:
-        self.port = free_port()
-        self.cmd = dev_server_command(Settings(data_dir=data_dir), port=self.port,
-                                      headless=True, db_file=str(data_dir / "temporal.db"))
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.kills = 0
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-2000:]
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError("the Temporal dev server did not come up")
-
-    def kill(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            return False
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.kills += 1
-        return True
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        if self.proc is not None:
-            self.proc.wait()
-
-
-async def _result(handle: WorkflowHandle[Any, Any], timeout: float) -> Any:
-    """The workflow's result, asking again while the server is away."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            return await handle.result()
-        except RPCError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.5)
 
 
 @pytest.mark.slow
@@ -148,7 +89,7 @@ async def test_temporal_server_killed_mid_send_and_restarted_loses_and_repeats_n
         assert worker.poll() is None  # the worker rides out the outage
         await asyncio.to_thread(server.start)  # same port, same database file
         results = await asyncio.wait_for(
-            asyncio.gather(*(_result(h, 90) for h in handles)), timeout=100)
+            asyncio.gather(*(result_across_restarts(h, 90) for h in handles)), timeout=100)
         statuses = [await h.query("status") for h in handles]
     finally:
         smtp_server.on_data = None
