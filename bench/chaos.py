@@ -1,21 +1,20 @@
 """A chaos run that counts at the providers: N cases (default 500, two steps on both channels) on
 PostgreSQL with two worker processes, while a seeded schedule SIGKILLs workers (a new one is
 started in its place) and cuts the database (a TCP proxy between the workers and PostgreSQL
-resets every connection and refuses new ones for a few seconds). The loopback Plivo (with its
-message list) and SMTP server count what reached them.
+resets every connection and refuses new ones for a few seconds) and SIGKILLs the Temporal dev
+server (restarted a few seconds later on the same port and database file). The loopback Plivo
+(with its message list) and SMTP server count what reached them.
 
-Prints: kills, database outages, SMS and emails at the providers, duplicates (an SMS twice; an
-email twice under one Message-ID, the documented at-most-one repeat per kill inside an SMTP
-transaction, counted apart), lost (a reminder recorded sent that no provider got, or one left
-without a final record), rows left `unknown`, the ledger check (balance = sum of the ledger =
-top-up minus the credits of the SMS sent) and how long the last case took to settle after the
-last fault.
+Prints: kills, Temporal restarts, database outages, SMS and emails at the providers, duplicates
+(an SMS twice; an email twice under one Message-ID, the documented at-most-one repeat per kill
+inside an SMTP transaction, counted apart), lost (a reminder recorded sent that no provider got,
+or one left without a final record), rows left `unknown`, the ledger check (balance = sum of the
+ledger = top-up minus the credits of the SMS sent) and how long the last case took to settle after
+the last fault.
 
     python -m bench.chaos [--cases 500] [--seed 7] [--kills 6] [--outages 2]
-                          [--outage-seconds 5] [--database-url URL]
-
-Not covered here: restarting the Temporal server (the run uses Temporal's dev server in
-memory).
+                          [--outage-seconds 5] [--temporal-restarts 1]
+                          [--restart-down-seconds 3] [--database-url URL]
 """
 
 from __future__ import annotations
@@ -36,17 +35,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import select
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 
 from bench.common import ROOT, table
 from dunning.accounts.accounts import AccountOptions, create_account
 from dunning.credits import ledger
-from dunning.domain.contract import SEARCH_ATTRIBUTES
 from dunning.platform.codec import converter_for
 from dunning.platform.db import Database
 from dunning.platform.db.models import Account, Customer, Message
 from dunning.platform.settings import Settings
-from dunning.platform.temporal import temporal_binary
+from tests.e2e.processes import DevServer, result_across_restarts
 from tests.fakes.plivo import FakePlivo, Scripted
 from tests.fakes.smtp import SmtpSink
 from tests.fakes.tcp_proxy import TcpProxy
@@ -171,13 +168,12 @@ async def _run(args: argparse.Namespace, url: str, db: Database, plivo: FakePliv
         worker_url = urlunsplit(parts._replace(netloc=netloc))
     # Slower answers keep sends in flight when a fault lands.
     plivo.push(*[Scripted(delay=0.05) for _ in range(args.cases * STEPS)])
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(), search_attributes=list(SEARCH_ATTRIBUTES),
-        dev_server_log_level="error",
-    )
+    # A dev server of our own on a database file, so it can be killed and restarted on it.
+    server = DevServer(tmp, tmp / "temporal.log")
+    await asyncio.to_thread(server.start)
     key = "k1:" + os.urandom(32).hex()
     worker_env = {
-        **os.environ, "DUNNING_TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
+        **os.environ, "DUNNING_TEMPORAL_ADDRESS": server.address,
         "DUNNING_TASK_QUEUE": QUEUE, "DUNNING_DATABASE_URL": worker_url,
         "DUNNING_DATA_DIR": str(tmp), "DUNNING_CODEC_KEYS": key,
         "DUNNING_SMS_BACKEND": "plivo", "PLIVO_AUTH_ID": plivo.auth_id,
@@ -191,7 +187,7 @@ async def _run(args: argparse.Namespace, url: str, db: Database, plivo: FakePliv
     client = await Client.connect(worker_env["DUNNING_TEMPORAL_ADDRESS"],
                                   data_converter=converter_for(Settings(codec_keys=key)))
     workers = Workers(worker_env, tmp)
-    kills = outages = 0
+    kills = outages = restarts = 0
     last_fault = time.monotonic()
     done = asyncio.Event()
     supervisor: asyncio.Task[None] | None = None
@@ -216,6 +212,9 @@ async def _run(args: argparse.Namespace, url: str, db: Database, plivo: FakePliv
             [(rng.uniform(0.5, horizon), "kill") for _ in range(args.kills)]
             + [(rng.uniform(1.0, horizon), "outage") for _ in range(args.outages if proxy
                                                                     else 0)]
+            # Temporal restarts are aimed at a step's sends (its first seconds), not its sleep.
+            + [(rng.choice((0.0, 40.0)) + rng.uniform(0.5, 2.5), "restart")
+               for _ in range(args.temporal_restarts)]
         )
         for at, kind in faults:
             await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
@@ -227,27 +226,37 @@ async def _run(args: argparse.Namespace, url: str, db: Database, plivo: FakePliv
                     victim.wait()
                     kills += 1
                     workers.supervise()
+            elif kind == "restart":
+                server.kill()
+                await asyncio.to_thread(server.proc.wait)  # type: ignore[union-attr]
+                restarts += 1
+                await asyncio.sleep(args.restart_down_seconds)
+                await asyncio.to_thread(server.start)  # same port, same database file
             elif proxy is not None:
                 proxy.cut()
                 outages += 1
                 await asyncio.sleep(args.outage_seconds)
                 proxy.restore()
             last_fault = time.monotonic()
-            print(f"  ... {at:5.1f}s {kind}", flush=True)
+            # What the providers had taken when the fault ended: a fault that lands while a
+            # step's sends are going out shows counts between 0 and a multiple of the cases.
+            print(f"  ... {at:5.1f}s {kind} (providers so far: {len(plivo.accepted())} SMS, "
+                  f"{len(smtp.messages)} emails)", flush=True)
         results = await asyncio.wait_for(
-            asyncio.gather(*(h.result() for h in handles)), timeout=args.timeout)
+            asyncio.gather(*(result_across_restarts(h, args.timeout) for h in handles)),
+            timeout=args.timeout)
         settled_after = time.monotonic() - last_fault
     finally:
         done.set()
         if supervisor is not None:
             await supervisor
         workers.stop_all()
-        await env.shutdown()
+        server.stop()
         if proxy is not None:
             proxy.stop()
     figures = count(db, plivo, smtp, args.cases, results)
-    figures.update({"kills": kills, "outages": outages, "settled_after_s": settled_after,
-                    "workers_started": workers.started})
+    figures.update({"kills": kills, "outages": outages, "restarts": restarts,
+                    "settled_after_s": settled_after, "workers_started": workers.started})
     show(args, figures)
     return figures
 
@@ -302,6 +311,8 @@ def show(args: argparse.Namespace, f: dict[str, float]) -> None:
     table(f"chaos: {args.cases} cases x {STEPS} steps x 2 channels, seed {args.seed}", [
         ("kills (SIGKILL, worker replaced)", f"{f['kills']:.0f} "
                                              f"({f['workers_started']:.0f} workers started)"),
+        ("Temporal server restarts (SIGKILL)", f"{f['restarts']:.0f} x "
+                                               f"{args.restart_down_seconds:g} s down"),
         ("database outages", f"{f['outages']:.0f} x {args.outage_seconds:g} s"),
         ("SMS at Plivo / recorded sent", f"{f['sms_at_provider']:.0f} / "
                                          f"{f['sms_sent_rows']:.0f}"),
@@ -325,6 +336,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--kills", type=int, default=6)
     parser.add_argument("--outages", type=int, default=2)
     parser.add_argument("--outage-seconds", type=float, default=5.0)
+    parser.add_argument("--temporal-restarts", type=int, default=1,
+                        help="times the Temporal dev server is SIGKILLed and restarted")
+    parser.add_argument("--restart-down-seconds", type=float, default=3.0)
     parser.add_argument("--database-url", default=None,
                         help="default: a fresh PostgreSQL database on 127.0.0.1:5432")
     parser.add_argument("--timeout", type=float, default=900)
