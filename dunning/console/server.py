@@ -10,6 +10,7 @@ import uvicorn
 
 from dunning.console.app import create_app
 from dunning.platform.db import Database
+from dunning.platform.serving import serve_until
 from dunning.platform.settings import Settings
 
 
@@ -37,15 +38,7 @@ async def serve_console(settings: Settings, stop: asyncio.Event | None = None,
     database = db or Database(settings.effective_database_url)
     try:
         server = make_server(settings, database, handle_signals=stop is None)
-        if stop is None:
-            await server.serve()
-            return
-        task = asyncio.create_task(server.serve())
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        server.should_exit = True
-        stopper.cancel()
-        await task
+        await serve_until(server, stop)
     finally:
         if own_db:
             database.dispose()

@@ -14,6 +14,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from dunning.platform.db import Database
 from dunning.platform.providers.sms import SmsProvider
+from dunning.platform.serving import serve_until
 from dunning.platform.settings import Settings
 from dunning.webhooks.app import create_app
 from dunning.webhooks.stripe import TemporalSource
@@ -116,15 +117,7 @@ async def serve_webhooks(
     try:
         server = make_server(settings, create_app(settings, database, sms_provider, temporal),
                              handle_signals=stop is None)
-        if stop is None:
-            await server.serve()
-            return
-        task = asyncio.create_task(server.serve())
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        server.should_exit = True
-        stopper.cancel()
-        await task
+        await serve_until(server, stop)
     finally:
         if own_db:
             database.dispose()
