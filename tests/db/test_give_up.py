@@ -86,7 +86,7 @@ def test_the_last_attempt_before_the_give_up_ends_both_channels_failed(
     email_result = last.run(acts.send_email, _request(account))
     assert sms_result.status == email_result.status == "failed"
     assert "provider kept failing: Plivo unavailable" in sms_result.reason
-    assert "provider kept failing: message deferred (451)" in email_result.reason
+    assert "provider kept failing: message deferred: 451" in email_result.reason
     rows = _rows(db, account)
     assert {c: (r.status, r.reason) for c, r in rows.items()} == {
         "sms": ("failed", sms_result.reason), "email": ("failed", email_result.reason)}
