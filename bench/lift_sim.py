@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from temporalio.testing import ActivityEnvironment
+
 from activities import DunningActivities
 from dunning.accounts.accounts import AccountOptions, create_account
 from dunning.cases.experiments import experiment_report, set_sms_holdout
@@ -43,16 +45,17 @@ def simulate(
         create_account(s, account, AccountOptions(company_name="Sim Co"))
         set_sms_holdout(s, account, holdout)
     acts = DunningActivities(db, ConsoleSmsProvider(echo=False), ConsoleEmailProvider(echo=False))
+    env = ActivityEnvironment()  # the activities run as the worker runs them (activity.info())
     failed = datetime(2026, 11, 1, tzinfo=UTC)
     ended = datetime(2026, 11, 20, tzinfo=UTC)
     for n in range(cases):
         wid = f"dunning:{account}:inv{n}"
-        plan = acts.register_case(RegisterCaseRequest(
+        plan = env.run(acts.register_case, RegisterCaseRequest(
             wid, account, f"cus{n}", f"inv{n}", 4900, "USD", failed,
         ))
         p = base if plan.arm == "holdout" else base + lift
         recovered = rng.random() < p
-        acts.finish_case(FinishCaseRequest(
+        env.run(acts.finish_case, FinishCaseRequest(
             wid, account, "recovered" if recovered else "exhausted", 3, 0 if plan.arm ==
             "holdout" else 3, 0, ended, 4900 if recovered else 0, "email",
         ))

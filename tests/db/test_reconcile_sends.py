@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -18,7 +18,7 @@ from dunning.credits import ledger
 from dunning.domain.contract import MessageRequest
 from dunning.messages import log as message_log
 from dunning.platform.db import Database
-from dunning.platform.db.models import Message
+from dunning.platform.db.models import Account, Message
 from dunning.platform.providers.email import OutgoingEmail, SmtpEmailProvider
 from dunning.platform.providers.sms import OutgoingSms, PlivoSmsProvider
 from tests.fakes.plivo import FakePlivo, Scripted
@@ -162,6 +162,8 @@ def test_two_cases_to_one_number_are_not_mistaken_for_each_other(
     not: the second is not settled by the first's message (it is sent once)."""
     account, phone = f"rc4-{uid}", _phone(uid, 4)
     _setup(db, account, phone)
+    with db.session() as s:  # both invoices text today: no one-conversation-a-day limit
+        s.execute(update(Account).where(Account.id == account).values(daily_message_limit=0))
     env = _env(f"run-{uid}")
     took = DunningActivities(db, DiesAfter(plivo), smtp)
     lost = DunningActivities(db, DiesAfter(plivo, before=True), smtp)
