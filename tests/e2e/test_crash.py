@@ -44,10 +44,16 @@ class Killer:
         self.sms_at = 0
         self.email_at = 0
         self._sms_seen = self._emails_seen = 0
+        self._killed: set[int] = set()
 
     def _kill(self, what: str, ident: str) -> bool:
         if self.worker is None or self.worker.poll() is not None:
             return False  # between workers: the next message is the one
+        if self.worker.pid in self._killed:
+            # Killed a moment ago and not reaped yet (poll() still says running): a message it
+            # had in flight is not a second kill; the next worker's is.
+            return False
+        self._killed.add(self.worker.pid)
         os.kill(self.worker.pid, signal.SIGKILL)
         self.kills.append((what, ident))
         return True
