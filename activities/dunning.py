@@ -76,6 +76,8 @@ from dunning.domain.contract import (
     parse_schedule,
 )
 from dunning.domain.experiments import assign_arm, assign_variant
+from dunning.domain.outbound import RecordEventsRequest
+from dunning.events import outbox
 from dunning.messages import log as message_log
 from dunning.messages import recipients, replies
 from dunning.messages.links import LinkSigner, short_link_for
@@ -331,6 +333,11 @@ class DunningActivities:
     @activity.defn(name=ACT_FINISH_CASE)
     def finish_case(self, req: FinishCaseRequest) -> None:
         with self._session() as s:
+            if req.events:  # the case's last events, with its end (patch `events-batched`)
+                batch = RecordEventsRequest(req.workflow_id, activity.info().workflow_run_id or "",
+                                            req.account_id, req.events)
+                outbox.record_case_events(s, req.account_id, req.workflow_id,
+                                          outbox.case_event_rows(batch))
             ledger.leave_queue(s, req.account_id, req.workflow_id, f"case {req.outcome}")
             # A send given up while its row was not final (e.g. the database was down on its
             # last attempt): the log ends final, credits back.

@@ -76,16 +76,9 @@ class EventActivities:
     @activity.defn(name=ACT_RECORD_EVENTS)
     def record_events(self, req: RecordEventsRequest) -> int:
         """Record a case's events, in order; each once (keyed by case run and event key)."""
-        recorded = 0
         with self.db.session() as s:
-            for ev in req.events:
-                if outbox.record(
-                    s, req.account_id, ev.type, ev.data, case_id=req.workflow_id,
-                    occurred_at=ev.occurred_at,
-                    dedupe_key=f"{req.workflow_id}:{req.run_id}:{ev.key}",
-                ) is not None:
-                    recorded += 1
-        return recorded
+            return outbox.record_case_events(s, req.account_id, req.workflow_id,
+                                             outbox.case_event_rows(req))
 
     @activity.defn(name=ACT_DRAIN_ENDPOINT)
     def drain_endpoint(self, req: DrainRequest) -> DrainResult:

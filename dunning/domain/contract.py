@@ -11,13 +11,14 @@ field types on every conversion, and string annotations would be re-evaluated ea
 
 import itertools
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from temporalio.common import RetryPolicy, SearchAttributeKey
 
 from dunning.domain.money import check_currency, is_currency
+from dunning.domain.outbound import CaseEvent
 from dunning.errors import InputError as InputError  # re-exported (its old home)
 
 WORKFLOW_TYPE = "DunningWorkflow"
@@ -498,6 +499,9 @@ class FinishCaseRequest:
     ended_at: datetime
     recovered_amount: int = 0
     last_channel: str | None = None
+    # The case's last events (patch `events-batched`): recorded with the case's end, in its
+    # transaction, after every event the flusher recorded before them.
+    events: list[CaseEvent] = field(default_factory=list)
 
 
 @dataclass

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Table, bindparam, func, insert, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dunning.domain.contract import InputError
+from dunning.domain.outbound import RecordEventsRequest
 from dunning.events.catalog import EVENT_TYPES, is_subscribed
 from dunning.platform.db.models import (
     Case,
@@ -85,6 +88,62 @@ def record(
                                       status="pending", attempts=0))
     session.flush()
     return event
+
+
+_EVENTS = cast(Table, OutboxEvent.__table__)
+_DELIVERIES = cast(Table, EventDelivery.__table__)
+_ACCOUNT_ENDPOINTS = select(WebhookEndpoint.id, WebhookEndpoint.event_types).where(
+    WebhookEndpoint.account_id == bindparam("e_account"), WebhookEndpoint.enabled.is_(True)
+)
+
+
+def record_case_events(
+    session: Session,
+    account_id: str,
+    case_id: str,
+    events: Sequence[tuple[str, str, datetime, dict[str, Any]]],
+) -> int:
+    """A case's events (dedupe key, type, occurred_at, data), in order, in the caller's
+    transaction; each key once. The hot path of `record` for a batch: one statement per event
+    (insert unless the key is recorded; a concurrent recording of the same key is a no-op, not
+    an error) and one look-up of the account's endpoints. Returns how many were new."""
+    if not events:
+        return 0
+    for _key, event_type, _at, _data in events:
+        if event_type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {event_type!r}")
+    dialect = session.get_bind().dialect.name
+    make_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (make_insert(_EVENTS).on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(_EVENTS.c.seq))
+    conn = session.connection()
+    endpoints = conn.execute(_ACCOUNT_ENDPOINTS, {"e_account": account_id}).all()
+    recorded = 0
+    deliveries: list[dict[str, Any]] = []
+    for key, event_type, occurred_at, data in events:
+        seq = conn.execute(stmt, {
+            "event_id": _event_id(key), "dedupe_key": key, "account_id": account_id,
+            "case_id": case_id, "type": event_type, "occurred_at": occurred_at,
+            "data": {"account_id": account_id, "case_id": case_id, **data},
+        }).scalar()
+        if seq is None:  # recorded before (a retried batch)
+            continue
+        recorded += 1
+        deliveries.extend(
+            {"event_seq": seq, "endpoint_id": endpoint_id, "status": "pending", "attempts": 0}
+            for endpoint_id, types in endpoints if is_subscribed(types, event_type)
+        )
+    if deliveries:
+        conn.execute(insert(_DELIVERIES), deliveries)
+    return recorded
+
+
+def case_event_rows(
+    req: RecordEventsRequest,
+) -> list[tuple[str, str, datetime, dict[str, Any]]]:
+    """A workflow's batch as `record_case_events` takes it: keyed by case run and event key."""
+    return [(f"{req.workflow_id}:{req.run_id}:{ev.key}", ev.type, ev.occurred_at, ev.data)
+            for ev in req.events]
 
 
 def event_json(session: Session, event: OutboxEvent) -> dict[str, Any]:

@@ -19,9 +19,10 @@ import hmac
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Row, Table, literal_column, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from dunning.platform.db.models import LinkClick, ShortLink, utcnow
@@ -94,23 +95,19 @@ def short_link_for(
     channel: str,
     target: str,
 ) -> str:
-    """The short URL of this reminder's billing link (made on first use)."""
-    existing = session.scalar(
-        select(ShortLink.token).where(
-            ShortLink.workflow_id == workflow_id, ShortLink.step == step,
-            ShortLink.channel == channel,
-        )
-    )
-    if existing is not None:
-        return short_url(public_url, existing)
+    """The short URL of this reminder's billing link (made on first use: one statement,
+    a look-up only when an earlier attempt made it)."""
     token = signer.new_token()
-    try:
-        with session.begin_nested():
-            session.add(ShortLink(
-                token=token, account_id=account_id, workflow_id=workflow_id, step=step,
-                channel=channel, target=target, created_at=utcnow(),
-            ))
-    except IntegrityError:  # a concurrent attempt made it first
+    dialect = session.get_bind().dialect.name
+    make_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    made: Row[tuple[int]] | None = session.execute(
+        make_insert(cast(Table, ShortLink.__table__)).values(
+            token=token, account_id=account_id, workflow_id=workflow_id, step=step,
+            channel=channel, target=target, created_at=utcnow(),
+        ).on_conflict_do_nothing(index_elements=["workflow_id", "step", "channel"])
+        .returning(literal_column("1"))
+    ).first()
+    if made is None:  # made before (a retry, or a concurrent attempt)
         token = session.scalar(
             select(ShortLink.token).where(
                 ShortLink.workflow_id == workflow_id, ShortLink.step == step,

@@ -46,20 +46,19 @@ RECIPIENT = (
         _A.c.locale.label("account_locale"), _A.c.track_links,
         _C.c.customer_id, _C.c.name, _C.c.email, _C.c.plan, _C.c.phone_e164,
         _C.c.phone_region, _C.c.phone_time_zones, _C.c.locale.label("customer_locale"),
-        _O.c.opted_out,
+        _O.c.opted_out, _CASES.c.arm, _CASES.c.sms_variant,
     )
     .select_from(
         _A.outerjoin(
             _C, and_(_C.c.account_id == _A.c.id, _C.c.customer_id == bindparam("r_customer"))
         ).outerjoin(
             _O, and_(_O.c.account_id == _A.c.id, _O.c.phone_e164 == _C.c.phone_e164)
+        ).outerjoin(
+            # the case's experiment arms, recorded at registration (same round trip)
+            _CASES, _CASES.c.workflow_id == bindparam("r_workflow")
         )
     )
     .where(_A.c.id == bindparam("r_account"))
-)
-# The case's experiment arms (SMS holdout, SMS template A/B), recorded at registration.
-CASE_ARM = select(_CASES.c.arm, _CASES.c.sms_variant).where(
-    _CASES.c.workflow_id == bindparam("a_workflow")
 )
 _AB_TEMPLATE = select(_A.c.sms_ab_template).where(_A.c.id == bindparam("b_account"))
 
@@ -84,7 +83,8 @@ class SmsPlan(NamedTuple):
 def recipient(session: Session, req: MessageRequest) -> Any:
     """The `RECIPIENT` row of a request; None when the account no longer exists."""
     return session.execute(
-        RECIPIENT, {"r_account": req.account_id, "r_customer": req.customer_id}
+        RECIPIENT, {"r_account": req.account_id, "r_customer": req.customer_id,
+                    "r_workflow": req.workflow_id},
     ).first()
 
 
@@ -126,8 +126,7 @@ def sms_for(
         return MessageResult("skipped", "no valid phone number for this customer")
     if who.opted_out:
         return MessageResult("skipped", "the number opted out (STOP)")
-    experiment = session.execute(CASE_ARM, {"a_workflow": req.workflow_id}).first()
-    if experiment is not None and experiment.arm == "holdout":
+    if who.arm == "holdout":
         return MessageResult("skipped", "SMS holdout: this case gets email only (experiment)")
     held = conversation.hold_for(session, req.account_id, req.customer_id, "sms",
                                  req.workflow_id, req.now)
@@ -149,7 +148,7 @@ def sms_for(
         step=req.step, step_count=req.step_count,
         locale=who.customer_locale, account_locale=who.account_locale,
     )
-    if experiment is not None and experiment.sms_variant == "B":
+    if who.sms_variant == "B":
         template_b = session.execute(_AB_TEMPLATE, {"b_account": req.account_id}).scalar()
         if template_b:  # the A/B test's template B, in the account's own language
             chosen = dataclasses.replace(
