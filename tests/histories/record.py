@@ -13,7 +13,8 @@ The files: `<name>.json`, recorded by the current workflow (all but `iso_currenc
 the `iso-currency` patch, whose marker only `iso_currency.json` carries); `<name>.v2.json`,
 recorded before the `resume-clears-sms-paused` patch; `<name>.v1.json`, recorded before the
 `end-cancels-queued-sends` patch. Without a patch's marker, a replay takes its old branch.
-`signal_account.json` holds the `signals-name-their-account` marker (a signal for another
+`outbound_events.json` was recorded before the `events-batched` patch, `events_batched.json`
+after it. `signal_account.json` holds the `signals-name-their-account` marker (a signal for another
 account ignored).
 `compliance_reply.json` is a ComplianceReplyWorkflow (workflows/reply.py); the others are
 DunningWorkflow cases.
@@ -247,6 +248,27 @@ async def outbound_events(client: Client, db: Database) -> WorkflowHandle[Any, A
     return handle
 
 
+async def events_batched(client: Client, db: Database) -> WorkflowHandle[Any, Any]:
+    """With the `events-batched` patch: the same case as `outbound_events` (a pause for credits
+    at step 2, resumed by a top-up); its events wait for the sends under way and the last ones
+    ride on finish_case."""
+    make_account(db, "batched", schedule="0s,1s", grace="1s", balance=1)
+    add_customer(db, "batched", "c1", phone="+14155550109")
+    with db.session() as s:
+        endpoints.add_endpoint(s, "batched", "https://hooks.example/events", [])
+    handle = await _start(client, "batched")
+
+    async def paused() -> bool:
+        return bool((await query_status(handle))["sms_paused"])
+
+    await wait_for(paused, timeout=30)
+    with db.session() as s:
+        ledger.top_up(s, "batched", 10)
+    await handle.signal("credits_added", {"balance": 10})
+    await handle.result()
+    return handle
+
+
 async def campaign(client: Client, db: Database) -> WorkflowHandle[Any, Any]:
     """With the `campaign-snapshot` patch: the plan's campaign (two steps a second apart, SMS on
     step 1 only) replaces the account's long schedule; then exhausted."""
@@ -287,6 +309,7 @@ SCENARIOS: dict[str, Scenario] = {
     "iso_currency": iso_currency,
     "sms_holdout": sms_holdout,
     "outbound_events": outbound_events,
+    "events_batched": events_batched,
     "campaign": campaign,
     "compliance_reply": compliance_reply,
 }
