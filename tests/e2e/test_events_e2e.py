@@ -158,3 +158,35 @@ async def test_sustained_failure_disables_the_endpoint(
                                 .where(EventDelivery.endpoint_id == endpoint_id)).all()
         assert delivery.status == "failed" and delivery.attempts >= 2
     assert receiver.refused == delivery.attempts and receiver.accepted == []
+
+
+async def test_a_case_records_its_events_without_a_batch_of_its_own(
+    temporal_env: WorkflowEnvironment, db: Database, plivo_server: FakePlivo,
+    smtp_server: SmtpSink, uid: str,
+) -> None:
+    """Patch `events-batched`: events wait while a send is under way and the last ones ride on
+    finish_case, so a short case records every event, in order, with no local activity of its
+    own for them (register, campaign snapshot and finish are the only local activities)."""
+    client = temporal_env.client
+    account, queue = f"evb-{uid}", f"evb-q-{uid}"
+    make_account(db, account, schedule="0s,0s", grace="0s", balance=100)
+    add_customer(db, account, "c1", phone=f"+1415556{int(uid[:4], 16) % 1000:03d}1",
+                 email=f"c1.{uid}@example.com")
+    async with running_worker(client, queue, real_activities(db, plivo_server, smtp_server)):
+        handle = await client.start_workflow(
+            "DunningWorkflow", case_input(account, "inv1", "c1"),
+            id=f"dunning-{account}-inv1", task_queue=queue,
+        )
+        result = await handle.result()
+    assert result["outcome"] == "exhausted"
+    assert (result["emails_sent"], result["sms_sent"]) == (1, 1)
+    types = [t for _, _, t in _outbox(db, account)]
+    assert types[0] == "case.started" and types[-1] == "case.exhausted"
+    assert sorted(types[1:-1]) == ["reminder.sent"] * 2 + ["reminder.skipped"] * 2
+    assert types.index("reminder.skipped") < types.index("reminder.sent")
+    markers = [
+        e.marker_recorded_event_attributes.marker_name
+        async for e in handle.fetch_history_events()
+        if e.HasField("marker_recorded_event_attributes")
+    ]
+    assert markers.count("core_local_activity") == 3, markers
