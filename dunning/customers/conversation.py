@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, literal_column, or_, select
 from sqlalchemy.orm import Session
 
 from dunning.accounts.accounts import get_account
@@ -32,6 +32,32 @@ PAUSE_RECHECK = timedelta(hours=1)  # a pause without an end is checked again th
 # reserved, waiting for a send slot or a retry).
 COUNTED = ("sent", "claimed", "unknown", "retry")
 
+# The hot path's statements, built once (a send asks both).
+_A = cast(Table, Account.__table__)
+_C = cast(Table, Customer.__table__)
+_M = cast(Table, Message.__table__)
+# The customer's row, locked (two cases of one customer never both pass), with the account's
+# limit: one round trip.
+_CUSTOMER_HOLD = (
+    select(_C.c.paused, _C.c.paused_until, _A.c.daily_message_limit)
+    .select_from(_C.join(_A, _A.c.id == _C.c.account_id))
+    .where(_C.c.account_id == bindparam("h_account"),
+           _C.c.customer_id == bindparam("h_customer"))
+    .with_for_update(of=_C)
+)
+# The customer's other cases' sends in the window, newest first (the statuses inlined: an
+# expanding IN would be rendered again on every execution).
+_RECENT_SENDS = (
+    select(_M.c.created_at)
+    .where(_M.c.account_id == bindparam("h_account"),
+           _M.c.customer_id == bindparam("h_customer"),
+           _M.c.channel == bindparam("h_channel"), _M.c.workflow_id != bindparam("h_workflow"),
+           or_(*(_M.c.status == literal_column(f"'{status}'") for status in COUNTED)),
+           _M.c.created_at > bindparam("h_since"))
+    .order_by(_M.c.created_at.desc())
+    .limit(bindparam("h_limit"))
+)
+
 
 @dataclass(frozen=True)
 class Hold:
@@ -42,14 +68,8 @@ class Hold:
 def hold_for(session: Session, account_id: str, customer_id: str, channel: str,
              workflow_id: str, now: datetime) -> Hold | None:
     """Whether this reminder must wait (operator pause, or the customer's daily limit)."""
-    # The customer's row, locked (two cases of one customer never both pass), with the
-    # account's limit: one round trip.
-    customer = session.execute(
-        select(Customer.paused, Customer.paused_until, Account.daily_message_limit)
-        .join(Account, Account.id == Customer.account_id)
-        .where(Customer.account_id == account_id, Customer.customer_id == customer_id)
-        .with_for_update(of=Customer)
-    ).first()
+    params = {"h_account": account_id, "h_customer": customer_id}
+    customer = session.execute(_CUSTOMER_HOLD, params).first()
     if customer is not None and customer.paused:
         until = customer.paused_until
         if until is None:
@@ -61,13 +81,10 @@ def hold_for(session: Session, account_id: str, customer_id: str, channel: str,
         select(Account.daily_message_limit).where(Account.id == account_id))
     if not limit:
         return None
-    recent = session.scalars(
-        select(Message.created_at).where(
-            Message.account_id == account_id, Message.customer_id == customer_id,
-            Message.channel == channel, Message.workflow_id != workflow_id,
-            Message.status.in_(COUNTED), Message.created_at > now - WINDOW,
-        ).order_by(Message.created_at.desc()).limit(limit)
-    ).all()
+    recent = session.scalars(_RECENT_SENDS, {
+        **params, "h_channel": channel, "h_workflow": workflow_id, "h_since": now - WINDOW,
+        "h_limit": limit,
+    }).all()
     if len(recent) < limit:
         return None
     until = _aware(min(recent)) + WINDOW
