@@ -1,6 +1,7 @@
 """Scale: N concurrent dunning cases asleep on a local dev server with the real worker process.
 
     python -m bench.bench_scale [--cases 10000] [--concurrency 200] [--database-url URL]
+    python -m bench.bench_scale --cases 100000 --postgres   # on a throwaway PostgreSQL database
 
 The account's schedule is `0s,30d` with SMS off: each case sends its first email at once, then
 sleeps for 30 days. The benchmark starts its own dev server (`temporal server start-dev`, headless,
@@ -32,7 +33,15 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from bench.common import ROOT, Stopwatch, cpu_seconds, peak_rss_mb, rss_mb, table
+from bench.common import (
+    ROOT,
+    Stopwatch,
+    cpu_seconds,
+    peak_rss_mb,
+    rss_mb,
+    table,
+    throwaway_postgres,
+)
 from dunning.accounts.accounts import AccountOptions, create_account
 from dunning.platform.codec import converter_for
 from dunning.platform.db import Database
@@ -266,6 +275,7 @@ async def run(cases: int, concurrency: int, database_url: str | None,
         "step1_settled_seconds": all_settled,
         "running_after_step1": running,
         "worker_rss_mb": asleep["worker"],
+        "worker_rss_mb_per_1000": (asleep["worker"] - worker_idle) / cases * 1000,
         "worker_peak_rss_mb": max(peaks["worker"], rss.top["worker"]),
         "worker_idle_rss_mb": worker_idle,
         "server_rss_mb": asleep["server"],
@@ -288,6 +298,9 @@ async def run(cases: int, concurrency: int, database_url: str | None,
         ("running (visibility)", f"{running} (expected {cases}; visibility lags 1-2 s)"),
         ("worker RSS", f"{asleep['worker']:.0f} MB asleep, peak {figures['worker_peak_rss_mb']:.0f}"
                        f" MB (idle {worker_idle:.0f} MB)"),
+        ("worker RSS per 1,000", f"{figures['worker_rss_mb_per_1000']:.1f} MB per 1,000 sleeping "
+                                 f"cases (asleep - idle; the cache holds "
+                                 f"{Settings().max_cached_workflows:,} of them)"),
         ("server RSS", f"{asleep['server']:.0f} MB asleep, peak {figures['server_peak_rss_mb']:.0f}"
                        f" MB (idle {server_idle:.0f} MB)"),
         ("CPU to step 1 settled", f"worker {cpu_sent[0]:.1f} s, server {cpu_sent[1]:.1f} s"),
@@ -303,6 +316,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--cases", type=int, default=10000)
     parser.add_argument("--concurrency", type=int, default=200,
                         help="starts and signals in flight at once")
+    parser.add_argument("--postgres", action="store_true",
+                        help="on a throwaway PostgreSQL database (DUNNING_BENCH_POSTGRES_URL)")
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
     parser.add_argument("--sms-rate-limit", default="0",
                         help="DUNNING_SMS_RATE_LIMIT for the worker (default 0: no limit; "
@@ -313,6 +328,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     if args.cases < 1 or args.concurrency < 1:
         parser.error("--cases and --concurrency must be positive")
+    if args.postgres:
+        with throwaway_postgres("dunning_bench_scale") as url:
+            return asyncio.run(run(args.cases, args.concurrency, url, args.keep,
+                                   args.server_db, args.sms_rate_limit))
     return asyncio.run(run(args.cases, args.concurrency, args.database_url, args.keep,
                            args.server_db, args.sms_rate_limit))
 
