@@ -51,6 +51,7 @@ from sqlalchemy.orm import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from dunning.cases.campaigns import case_snapshot
 from dunning.credits import ledger
 from dunning.credits.followups import BalanceFollowups
 from dunning.domain.contract import (
@@ -328,12 +329,14 @@ class DunningActivities:
             recorded = s.execute(_CASE_ARM, {"a_workflow": req.workflow_id}).first()
             return CasePlan(parse_schedule(account.schedule), int(account.grace_seconds),
                             arm=recorded.arm if recorded else arm,
-                            sms_variant=recorded.sms_variant if recorded else variant)
+                            sms_variant=recorded.sms_variant if recorded else variant,
+                            campaign=case_snapshot(s, req.account_id, req.customer_id, req.plan)
+                            if req.with_campaign else None)
 
     @activity.defn(name=ACT_FINISH_CASE)
     def finish_case(self, req: FinishCaseRequest) -> None:
         with self._session() as s:
-            if req.events:  # the case's last events, with its end (patch `events-batched`)
+            if req.events:  # the case's last events, with its end (patch `batched-bookkeeping`)
                 batch = RecordEventsRequest(req.workflow_id, activity.info().workflow_run_id or "",
                                             req.account_id, req.events)
                 outbox.record_case_events(s, req.account_id, req.workflow_id,

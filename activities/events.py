@@ -11,9 +11,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from dunning.cases.billing import BillingUnavailable, StripeBilling
-from dunning.cases.campaigns import snapshot_for
+from dunning.cases.campaigns import case_snapshot
 from dunning.cases.end_actions import EndActions
-from dunning.customers import conversation
 from dunning.domain.outbound import (
     ACT_CAMPAIGN_FOR_CASE,
     ACT_DISABLE_ENDPOINT,
@@ -54,12 +53,7 @@ class EventActivities:
         """The plan's campaign now, and whether the customer is excluded (a local activity
         right after the case registers)."""
         with self.db.session() as s:
-            snap = snapshot_for(s, req.account_id, req.customer_id, req.plan)
-            excluded = conversation.is_excluded(s, req.account_id, req.customer_id)
-        if snap is None:
-            return CampaignSnapshot(False, excluded=excluded)
-        return CampaignSnapshot(True, snap.plan, snap.offsets, snap.grace_seconds,
-                                snap.sms_steps, snap.on_exhausted, excluded)
+            return case_snapshot(s, req.account_id, req.customer_id, req.plan)
 
     @activity.defn(name=ACT_END_ACTION)
     def end_action(self, req: EndActionRequest) -> EndActionResult:

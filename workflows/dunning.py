@@ -101,9 +101,10 @@ PATCH_SIGNAL_ACCOUNT = "signals-name-their-account"
 PATCH_ISO_CURRENCY = "iso-currency"
 PATCH_OUTBOUND_EVENTS = "outbound-events"
 PATCH_CAMPAIGN_SNAPSHOT = "campaign-snapshot"
-# Events wait while a send is under way (or the case is ending) and go out in one batch; the
-# last ones ride on finish_case. Fewer local activities per case, same order.
-PATCH_EVENTS_BATCHED = "events-batched"
+# Fewer round trips per case, same guarantees: events wait while a send is under way (or the
+# case is ending) and go out in one batch, the last ones riding on finish_case; the campaign
+# snapshot comes back with register_case; the end action is a local activity.
+PATCH_BATCHED = "batched-bookkeeping"
 EVENTS_HOLD = timedelta(seconds=30)  # the longest a held event waits for its batch
 CREDITS_RECHECK = timedelta(hours=1)  # safety net for a lost `credits_added` signal
 
@@ -137,7 +138,7 @@ class DunningWorkflow:
         self._outbox: list[CaseEvent] = []
         self._events_closing = False
         self._flusher: asyncio.Task[None] | None = None
-        self._events_batched = False
+        self._batched = False
         self._sending = 0  # sends under way (events wait for them, up to EVENTS_HOLD)
         self._event_ids: dict[str, str] = {}
         self._pauses = 0
@@ -153,7 +154,7 @@ class DunningWorkflow:
         # put them (a patch asked between local activities fails queries after an eviction).
         use_campaign = workflow.patched(PATCH_CAMPAIGN_SNAPSHOT)
         self._events_on = workflow.patched(PATCH_OUTBOUND_EVENTS)
-        self._events_batched = self._events_on and workflow.patched(PATCH_EVENTS_BATCHED)
+        self._batched = use_campaign and self._events_on and workflow.patched(PATCH_BATCHED)
         failed_at = self._failed_at = case.failed_at or workflow.now()
         workflow.upsert_search_attributes([
             SA_ACCOUNT_ID.value_set(case.account_id),
@@ -166,7 +167,7 @@ class DunningWorkflow:
             RegisterCaseRequest(
                 workflow.info().workflow_id, case.account_id, case.customer_id, case.invoice_id,
                 case.amount_due, case.currency, failed_at, case.customer_email,
-                case.customer_name, case.plan, case.billing_link,
+                case.customer_name, case.plan, case.billing_link, with_campaign=self._batched,
             ),
             result_type=CasePlan,
             start_to_close_timeout=BOOKKEEPING_TIMEOUT,
@@ -178,12 +179,14 @@ class DunningWorkflow:
         self._sms_variant = plan.sms_variant
         if use_campaign:
             # The plan's campaign as it is now: kept in this history, never re-read.
-            snapshot: CampaignSnapshot = await workflow.execute_local_activity(
-                ACT_CAMPAIGN_FOR_CASE,
-                CampaignRequest(case.account_id, case.customer_id, case.plan or None),
-                result_type=CampaignSnapshot,
-                start_to_close_timeout=BOOKKEEPING_TIMEOUT,
-                retry_policy=BOOKKEEPING_RETRY,
+            snapshot = plan.campaign if self._batched and plan.campaign else (
+                await workflow.execute_local_activity(
+                    ACT_CAMPAIGN_FOR_CASE,
+                    CampaignRequest(case.account_id, case.customer_id, case.plan or None),
+                    result_type=CampaignSnapshot,
+                    start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+                    retry_policy=BOOKKEEPING_RETRY,
+                )
             )
             if snapshot.found:
                 self._campaign = snapshot
@@ -551,20 +554,20 @@ class DunningWorkflow:
 
     async def _flush_events(self, account_id: str) -> None:
         """Record queued events, in emission order, batch by batch (one local activity each);
-        keys make a retried batch idempotent. Batched (patch `events-batched`): a batch waits
+        keys make a retried batch idempotent. Batched (patch `batched-bookkeeping`): a batch waits
         while a send is under way or the case is ending (up to EVENTS_HOLD), and what is left
         when the case ends rides on finish_case."""
         info = workflow.info()
         while True:
             await workflow.wait_condition(lambda: bool(self._outbox) or self._events_closing)
-            if self._events_batched and not self._events_closing and not self._flush_now():
+            if self._batched and not self._events_closing and not self._flush_now():
                 try:
                     await workflow.wait_condition(
                         lambda: self._events_closing or self._flush_now(), timeout=EVENTS_HOLD
                     )
                 except TimeoutError:
                     pass  # held long enough (a send retrying through an outage): record them
-            if not self._outbox or (self._events_batched and self._events_closing):
+            if not self._outbox or (self._batched and self._events_closing):
                 return
             batch, self._outbox = self._outbox, []
             await workflow.execute_local_activity(
@@ -584,13 +587,17 @@ class DunningWorkflow:
         """The account's end-of-dunning action through Stripe (dunning.cases.end_actions):
         once, retried with backoff while Stripe is unreachable, for up to a day."""
         self._describe("case", "taking the end-of-dunning action")
+        request = EndActionRequest(
+            workflow.info().workflow_id, case.account_id, case.invoice_id,
+            self._campaign.on_exhausted if self._campaign else None,
+        )
+        # Batched: a local activity (most accounts have none: no round trip through the server
+        # to learn that); retried with backoff as before, the same idempotency key at Stripe.
+        run = workflow.execute_local_activity if self._batched else workflow.execute_activity
         try:
-            result: EndActionResult = await workflow.execute_activity(
+            result: EndActionResult = await run(
                 ACT_END_ACTION,
-                EndActionRequest(
-                    workflow.info().workflow_id, case.account_id, case.invoice_id,
-                    self._campaign.on_exhausted if self._campaign else None,
-                ),
+                request,
                 result_type=EndActionResult,
                 start_to_close_timeout=SEND_TIMEOUT,
                 schedule_to_close_timeout=SEND_GIVE_UP,

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from dunning.accounts.accounts import get_account
 from dunning.cases.end_actions import check_action
+from dunning.customers import conversation
 from dunning.domain.contract import (
     InputError,
     check_id,
@@ -25,6 +26,7 @@ from dunning.domain.contract import (
     parse_duration,
     parse_schedule,
 )
+from dunning.domain.outbound import CampaignSnapshot
 from dunning.platform.db.models import Campaign, Customer, utcnow
 
 MAX_GRACE = 365 * 86400
@@ -115,6 +117,18 @@ class Snapshot:
     grace_seconds: int
     sms_steps: list[int] | None
     on_exhausted: str | None
+
+
+def case_snapshot(session: Session, account_id: str, customer_id: str,
+                  plan: str | None) -> CampaignSnapshot:
+    """What a starting case keeps: its plan's campaign as it is now (or `found` False: the
+    account's schedule), and whether the operator excluded the customer."""
+    snap = snapshot_for(session, account_id, customer_id, plan)
+    excluded = conversation.is_excluded(session, account_id, customer_id)
+    if snap is None:
+        return CampaignSnapshot(False, excluded=excluded)
+    return CampaignSnapshot(True, snap.plan, snap.offsets, snap.grace_seconds, snap.sms_steps,
+                            snap.on_exhausted, excluded)
 
 
 def snapshot_for(session: Session, account_id: str, customer_id: str,

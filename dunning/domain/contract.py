@@ -18,7 +18,7 @@ from typing import Any, Literal
 from temporalio.common import RetryPolicy, SearchAttributeKey
 
 from dunning.domain.money import check_currency, is_currency
-from dunning.domain.outbound import CaseEvent
+from dunning.domain.outbound import CampaignSnapshot, CaseEvent
 from dunning.errors import InputError as InputError  # re-exported (its old home)
 
 WORKFLOW_TYPE = "DunningWorkflow"
@@ -417,6 +417,9 @@ class RegisterCaseRequest:
     customer_name: str | None = None
     plan: str | None = None
     billing_link: str | None = None  # checked against the account's --billing-link-hosts
+    # Patch `batched-bookkeeping`: also take the campaign snapshot (CasePlan.campaign), in the
+    # same local activity and transaction.
+    with_campaign: bool = False
 
 
 @dataclass
@@ -428,6 +431,7 @@ class CasePlan:
     error: str | None = None  # e.g. unknown account: fails the workflow without retries
     arm: str | None = None  # SMS holdout experiment: "sms" | "holdout"; None: no experiment
     sms_variant: str | None = None  # SMS template A/B test: "A" | "B"; None: no test
+    campaign: CampaignSnapshot | None = None  # asked with RegisterCaseRequest.with_campaign
 
 
 @dataclass
@@ -499,7 +503,7 @@ class FinishCaseRequest:
     ended_at: datetime
     recovered_amount: int = 0
     last_channel: str | None = None
-    # The case's last events (patch `events-batched`): recorded with the case's end, in its
+    # The case's last events (patch `batched-bookkeeping`): recorded with the case's end, in its
     # transaction, after every event the flusher recorded before them.
     events: list[CaseEvent] = field(default_factory=list)
 

@@ -164,9 +164,10 @@ async def test_a_case_records_its_events_without_a_batch_of_its_own(
     temporal_env: WorkflowEnvironment, db: Database, plivo_server: FakePlivo,
     smtp_server: SmtpSink, uid: str,
 ) -> None:
-    """Patch `events-batched`: events wait while a send is under way and the last ones ride on
+    """Patch `batched-bookkeeping`: events wait while a send is under way and the last ones ride on
     finish_case, so a short case records every event, in order, with no local activity of its
-    own for them (register, campaign snapshot and finish are the only local activities)."""
+    own for them: register (with the campaign snapshot), the end action and finish are the
+    case's only local activities."""
     client = temporal_env.client
     account, queue = f"evb-{uid}", f"evb-q-{uid}"
     make_account(db, account, schedule="0s,0s", grace="0s", balance=100)

@@ -13,9 +13,9 @@ The files: `<name>.json`, recorded by the current workflow (all but `iso_currenc
 the `iso-currency` patch, whose marker only `iso_currency.json` carries); `<name>.v2.json`,
 recorded before the `resume-clears-sms-paused` patch; `<name>.v1.json`, recorded before the
 `end-cancels-queued-sends` patch. Without a patch's marker, a replay takes its old branch.
-`outbound_events.json` was recorded before the `events-batched` patch, `events_batched.json`
-after it. `signal_account.json` holds the `signals-name-their-account` marker (a signal for another
-account ignored).
+`outbound_events.json` was recorded before the `batched-bookkeeping` patch,
+`batched_bookkeeping.json` after it. `signal_account.json` holds the
+`signals-name-their-account` marker (a signal for another account ignored).
 `compliance_reply.json` is a ComplianceReplyWorkflow (workflows/reply.py); the others are
 DunningWorkflow cases.
 
@@ -248,15 +248,17 @@ async def outbound_events(client: Client, db: Database) -> WorkflowHandle[Any, A
     return handle
 
 
-async def events_batched(client: Client, db: Database) -> WorkflowHandle[Any, Any]:
-    """With the `events-batched` patch: the same case as `outbound_events` (a pause for credits
-    at step 2, resumed by a top-up); its events wait for the sends under way and the last ones
-    ride on finish_case."""
-    make_account(db, "batched", schedule="0s,1s", grace="1s", balance=1)
+async def batched_bookkeeping(client: Client, db: Database) -> WorkflowHandle[Any, Any]:
+    """With the `batched-bookkeeping` patch: a case of the `gold` campaign (its snapshot comes
+    back with register_case) pauses for credits at step 2 and is resumed by a top-up; its events
+    wait for the sends under way, the last ones ride on finish_case, and the end action (none)
+    is a local activity."""
+    make_account(db, "batched", schedule="0s,30s", grace="1h", balance=1)
     add_customer(db, "batched", "c1", phone="+14155550109")
     with db.session() as s:
         endpoints.add_endpoint(s, "batched", "https://hooks.example/events", [])
-    handle = await _start(client, "batched")
+        set_campaign(s, "batched", "gold", CampaignInput("0s,1s", "1s", None, None))
+    handle = await _start(client, "batched", plan="gold")
 
     async def paused() -> bool:
         return bool((await query_status(handle))["sms_paused"])
@@ -309,7 +311,7 @@ SCENARIOS: dict[str, Scenario] = {
     "iso_currency": iso_currency,
     "sms_holdout": sms_holdout,
     "outbound_events": outbound_events,
-    "events_batched": events_batched,
+    "batched_bookkeeping": batched_bookkeeping,
     "campaign": campaign,
     "compliance_reply": compliance_reply,
 }
