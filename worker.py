@@ -258,7 +258,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
 
 def main() -> None:
     settings = get_settings()
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format, queued=True)
     asyncio.run(run_worker(settings))
 
 

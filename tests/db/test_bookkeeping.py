@@ -4,6 +4,7 @@ its customer is kept, what it leaves out is not erased, and repeating a call cha
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from temporalio.testing import ActivityEnvironment
 
@@ -29,7 +30,7 @@ def test_register_case_upserts_the_customer_and_the_case_once(db: Database, uid:
     add_customer(db, account, "known", email="old@example.com", name="Old Name", plan="pro")
     acts, env = _acts(db), ActivityEnvironment()
 
-    def register(wid: str, customer: str, **extra: str) -> CasePlan:
+    def register(wid: str, customer: str, **extra: Any) -> CasePlan:
         return env.run(acts.register_case, RegisterCaseRequest(
             f"{wid}-{uid}", account, customer, "inv1", 4900, "USD", NOW, **extra))
 
@@ -72,3 +73,27 @@ def test_finish_case_records_the_outcome_and_leaves_the_queue(db: Database, uid:
     assert (case.state, case.emails_sent, case.sms_sent, case.credits_spent,
             case.recovered_amount, case.last_channel) == ("recovered", 2, 1, 1, 4900, "sms")
     assert case.ended_at is not None
+
+
+def test_register_case_brings_the_campaign_snapshot_when_asked(db: Database, uid: str) -> None:
+    """Patch `batched-bookkeeping`: the campaign snapshot rides on register_case (one local
+    activity and transaction instead of two), the same snapshot `campaign_for_case` gives."""
+    from dunning.cases.campaigns import CampaignInput, case_snapshot, set_campaign
+
+    account = f"bkc-{uid}"
+    make_account(db, account, schedule="0s,1d", grace="2d")
+    add_customer(db, account, "c1", plan="gold")
+    with db.session() as s:
+        set_campaign(s, account, "gold", CampaignInput("0s,2h", "1h", "1", "mark-uncollectible"))
+    acts, env = _acts(db), ActivityEnvironment()
+    plain = env.run(acts.register_case, RegisterCaseRequest(
+        f"w1-{uid}", account, "c1", "inv1", 4900, "USD", NOW))
+    assert plain.campaign is None  # not asked: the old path takes its own local activity
+    plan = env.run(acts.register_case, RegisterCaseRequest(
+        f"w2-{uid}", account, "c1", "inv2", 4900, "USD", NOW, with_campaign=True))
+    assert plan.campaign is not None and plan.campaign.found
+    assert (plan.campaign.plan, plan.campaign.offsets, plan.campaign.grace_seconds,
+            plan.campaign.sms_steps, plan.campaign.on_exhausted) == (
+        "gold", [0, 7200], 3600, [1], "mark-uncollectible")
+    with db.session() as s:
+        assert plan.campaign == case_snapshot(s, account, "c1", None)
