@@ -40,48 +40,9 @@ def test_queued_logging_holds_no_lock_and_writes_every_record() -> None:
         assert mine == list(range(200))
 
 
-def test_a_thread_interrupted_while_logging_does_not_stop_the_others() -> None:
-    """What Temporal's deadlock detector does to a workflow thread (an exception raised into
-    it): with the queued handler, the other threads' logs still go out."""
-    stream = io.StringIO()
-    logs.configure("INFO", "json", stream, queued=True)
-    log = logging.getLogger("dunning.test")
-    started = threading.Event()
-
-    def victim() -> None:
-        started.set()
-        try:
-            while True:
-                log.info("victim")
-        except RuntimeError:
-            pass
-
-    t = threading.Thread(target=victim)
-    t.start()
-    started.wait()
-    time.sleep(0.05)
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident or 0),
-                                               ctypes.py_object(RuntimeError))
-    t.join(5)
-    assert not t.is_alive()
-    done = threading.Event()
-
-    def survivor() -> None:
-        log.info("after the interruption")
-        done.set()
-
-    threading.Thread(target=survivor, daemon=True).start()
-    try:
-        assert done.wait(5), "logging is stuck"
-    finally:
-        logs._stop_listener()
-        logs.configure("INFO", "json", io.StringIO())
-    assert "after the interruption" in stream.getvalue()
-
-
 def _interrupt_while_acquiring(log: logging.Logger, lock: Any) -> None:
-    """A thread logs while `lock` (the handler's, when it has one) is held elsewhere, and an
-    exception is raised into it meanwhile, as Temporal's deadlock detector does."""
+    """A thread logs while the handler's `lock` is held here, and an exception is raised into
+    it while it waits for the lock, as Temporal's deadlock detector does."""
     entered = threading.Event()
 
     def victim() -> None:
@@ -91,16 +52,15 @@ def _interrupt_while_acquiring(log: logging.Logger, lock: Any) -> None:
         except RuntimeError:
             pass
 
-    if lock is not None:
-        lock.acquire()
+    log.info("warm")  # the level cache filled: the victim's way to the lock takes no other lock
+    lock.acquire()
     t = threading.Thread(target=victim)
     t.start()
     entered.wait()
-    time.sleep(0.05)  # the victim is now waiting for the lock
+    time.sleep(0.2)  # the victim is now waiting for the lock
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident or 0),
                                                ctypes.py_object(RuntimeError))
-    if lock is not None:
-        lock.release()
+    lock.release()
     t.join(5)
 
 
@@ -134,13 +94,17 @@ def test_a_plain_handler_is_left_locked_and_the_queued_one_is_not() -> None:
         plain_log.removeHandler(plain)
         plain.createLock()  # a fresh lock, so that logging's shutdown at exit does not hang
 
+    # The queued handler has no lock for such a thread to keep; a log call still goes out.
+    # (An exception raised into a thread at a random point of logging could land in the
+    # logging module's own lock, which no handler can help: not done here.)
     stream = io.StringIO()
-    logs.configure("INFO", "json", stream, queued=True)
+    handler = logs.configure("INFO", "json", stream, queued=True)
     try:
+        assert handler.lock is None
         queued_log = logging.getLogger("dunning.test.queued")
         queued_log.setLevel(logging.INFO)
-        _interrupt_while_acquiring(queued_log, None)
         assert _logs_within(queued_log, 5)
     finally:
         logs._stop_listener()
         logs.configure("INFO", "json", io.StringIO())
+    assert "after" in stream.getvalue()
