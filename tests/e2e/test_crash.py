@@ -152,7 +152,9 @@ async def test_sigkill_inside_provider_calls_loses_nothing_and_sends_no_sms_twic
         row = next(r for r in rows if r.channel == "email"
                    and message_id.startswith(f"<{r.workflow_id}.")
                    and message_id.endswith(f".{r.step}@dunning>"))
-        assert row.attempts == 2, (message_id, row.attempts)
+        # Claimed once more per kill that caught it in flight: the SMTP kill, and the SMS kill
+        # when it lands while this email's resend is claimed but not yet at the server.
+        assert 2 <= row.attempts <= 1 + killer.count(), (message_id, row.attempts)
     assert killed["email"] in set(ids)
     killed_sms = killed["sms"]
     found = [r for r in rows if r.provider_id == killed_sms]
