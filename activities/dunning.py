@@ -44,8 +44,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Insert, Table, and_, bindparam, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Insert, Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from temporalio import activity
@@ -54,6 +53,7 @@ from temporalio.exceptions import ApplicationError
 from dunning.cases.campaigns import case_snapshot
 from dunning.credits import ledger
 from dunning.credits.followups import BalanceFollowups
+from dunning.customers.customers import record_case_customer
 from dunning.domain.contract import (
     ACT_FINISH_CASE,
     ACT_REGISTER_CASE,
@@ -77,7 +77,6 @@ from dunning.domain.contract import (
     parse_schedule,
 )
 from dunning.domain.experiments import assign_arm, assign_variant
-from dunning.domain.outbound import RecordEventsRequest
 from dunning.events import outbox
 from dunning.messages import log as message_log
 from dunning.messages import recipients, replies
@@ -94,7 +93,7 @@ from dunning.messages.log import (
 from dunning.messages.pacing import SendPacer
 from dunning.messages.reconcile import AMBIGUOUS_WINDOWS, SKEW, decide, utc
 from dunning.platform import metrics
-from dunning.platform.db import Database
+from dunning.platform.db import Database, insert_for
 from dunning.platform.db.models import Account, Case, Customer, utcnow
 from dunning.platform.providers import ProviderError, mask_email, mask_phone
 from dunning.platform.providers.email import EmailProvider, OutgoingEmail
@@ -141,34 +140,13 @@ _FINISH_CASE = (
 )
 
 
-def _upserts(dialect: str) -> tuple[Insert, Insert]:
-    """(customer upsert, case insert-if-missing) for a dialect with INSERT ... ON CONFLICT."""
-    ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    customer = ins(_C).values(
-        account_id=bindparam("c_account"), customer_id=bindparam("c_customer"),
-        email=bindparam("c_email"), name=bindparam("c_name"), plan=bindparam("c_plan"),
-        source="case", updated_at=bindparam("c_now"),
-    )
-    new = customer.excluded
-    changed = [
-        and_(new[c].is_not(None), new[c].is_distinct_from(_C.c[c]))
-        for c in ("email", "name", "plan")
-    ]
-    customer_upsert = customer.on_conflict_do_update(
-        index_elements=[_C.c.account_id, _C.c.customer_id],
-        set_={
-            "email": func.coalesce(new.email, _C.c.email),
-            "name": func.coalesce(new.name, _C.c.name),
-            "plan": func.coalesce(new.plan, _C.c.plan),
-            "updated_at": new.updated_at,
-        },
-        where=or_(*changed),  # a case repeating what is known writes nothing
-    )
-    case_insert = ins(_CASES).on_conflict_do_nothing(index_elements=[_CASES.c.workflow_id])
-    return customer_upsert, case_insert
+def _case_insert(dialect: str) -> Insert:
+    """The case row, inserted unless a retried registration already did."""
+    return cast(Insert, insert_for(dialect)(_CASES).on_conflict_do_nothing(
+        index_elements=[_CASES.c.workflow_id]))
 
 
-_UPSERTS: dict[str, tuple[Insert, Insert]] = {}
+_CASE_INSERTS: dict[str, Insert] = {}
 
 
 def _key(req: MessageRequest, channel: str) -> MessageKey:
@@ -297,9 +275,9 @@ class DunningActivities:
     @activity.defn(name=ACT_REGISTER_CASE)
     def register_case(self, req: RegisterCaseRequest) -> CasePlan:
         dialect = self.db.dialect
-        if dialect not in _UPSERTS:
-            _UPSERTS[dialect] = _upserts(dialect)
-        customer_upsert, case_insert = _UPSERTS[dialect]
+        if dialect not in _CASE_INSERTS:
+            _CASE_INSERTS[dialect] = _case_insert(dialect)
+        case_insert = _CASE_INSERTS[dialect]
         with self._session() as s:
             account = s.execute(_ACCOUNT_PLAN, {"p_account": req.account_id}).first()
             if account is None:
@@ -313,11 +291,8 @@ class DunningActivities:
             now = utcnow()
             arm = assign_arm(req.workflow_id, account.sms_holdout_percent)
             variant = assign_variant(req.workflow_id, account.sms_ab_percent)
-            s.execute(customer_upsert, {
-                "c_account": req.account_id, "c_customer": req.customer_id,
-                "c_email": req.customer_email or None, "c_name": req.customer_name or None,
-                "c_plan": req.plan or None, "c_now": now,
-            })
+            record_case_customer(s, req.account_id, req.customer_id, email=req.customer_email,
+                                 name=req.customer_name, plan=req.plan, now=now)
             s.execute(case_insert, {
                 "workflow_id": req.workflow_id, "account_id": req.account_id,
                 "customer_id": req.customer_id, "invoice_id": req.invoice_id,
@@ -337,10 +312,9 @@ class DunningActivities:
     def finish_case(self, req: FinishCaseRequest) -> None:
         with self._session() as s:
             if req.events:  # the case's last events, with its end (patch `batched-bookkeeping`)
-                batch = RecordEventsRequest(req.workflow_id, activity.info().workflow_run_id or "",
-                                            req.account_id, req.events)
-                outbox.record_case_events(s, req.account_id, req.workflow_id,
-                                          outbox.case_event_rows(batch))
+                rows = outbox.case_event_rows(req.workflow_id, activity.info().workflow_run_id
+                                              or "", req.events)
+                outbox.record_case_events(s, req.account_id, req.workflow_id, rows)
             ledger.leave_queue(s, req.account_id, req.workflow_id, f"case {req.outcome}")
             # A send given up while its row was not final (e.g. the database was down on its
             # last attempt): the log ends final, credits back.

@@ -72,7 +72,8 @@ class EventActivities:
         """Record a case's events, in order; each once (keyed by case run and event key)."""
         with self.db.session() as s:
             return outbox.record_case_events(s, req.account_id, req.workflow_id,
-                                             outbox.case_event_rows(req))
+                                             outbox.case_event_rows(req.workflow_id, req.run_id,
+                                                                    req.events))
 
     @activity.defn(name=ACT_DRAIN_ENDPOINT)
     def drain_endpoint(self, req: DrainRequest) -> DrainResult:

@@ -19,13 +19,12 @@ import argparse
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
-from bench.common import table
+from bench.common import table, throwaway_postgres
 from dunning.accounts.accounts import AccountOptions, create_account
 from dunning.credits import ledger
 from dunning.platform.db import Database
@@ -106,44 +105,35 @@ def our_worker(db: Database) -> Callable[[int], Callable[[], bool]]:
 
 
 def run(admin_url: str, seconds: float, reservers: int, rounds: int) -> dict[str, Any]:
-    name = f"dunning_bench_credits_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = psycopg.connect(admin_url, autocommit=True)
-    admin.execute(f'CREATE DATABASE "{name}"')
-    base = admin_url.rsplit("/", 1)[0]
-    dsn = f"{base}/{name}"
-    url = dsn.replace("postgresql://", "postgresql+psycopg://", 1)
-    db = Database(url, pool_size=reservers)
-    try:
-        db.upgrade()
-        with db.session() as s:
-            create_account(s, ACCOUNT, AccountOptions(company_name="Bench Co"))
-            ledger.top_up(s, ACCOUNT, START_BALANCE)
-        raw_total = ours_total = 0
-        raw_time = ours_time = 0.0
-        for _ in range(rounds):  # short interleaved slices: both see the same machine
-            slice_s = seconds / rounds
-            opened: list[psycopg.Connection[Any]] = []
+    with throwaway_postgres("dunning_bench_credits", admin_url) as url:
+        dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        db = Database(url, pool_size=reservers)
+        try:
+            db.upgrade()
+            with db.session() as s:
+                create_account(s, ACCOUNT, AccountOptions(company_name="Bench Co"))
+                ledger.top_up(s, ACCOUNT, START_BALANCE)
+            raw_total = ours_total = 0
+            raw_time = ours_time = 0.0
+            for _ in range(rounds):  # short interleaved slices: both see the same machine
+                slice_s = seconds / rounds
+                opened: list[psycopg.Connection[Any]] = []
 
-            def close_all(conns: list[psycopg.Connection[Any]] = opened) -> None:
-                for c in conns:
-                    c.close()
+                def close_all(conns: list[psycopg.Connection[Any]] = opened) -> None:
+                    for c in conns:
+                        c.close()
 
-            n, t = hammer(reservers, slice_s, raw_worker(dsn, opened), close_all)
-            raw_total, raw_time = raw_total + n, raw_time + t
-            n, t = hammer(reservers, slice_s, our_worker(db), db.engine.dispose)
-            ours_total, ours_time = ours_total + n, ours_time + t
-        with db.session() as s:
-            balance = ledger.balance_of(s, ACCOUNT)
-            exact = ledger.ledger_sum(s, ACCOUNT) - raw_total == balance
-        assert balance == START_BALANCE - raw_total - ours_total
-        assert exact, "the ledger does not add up"
-    finally:
-        db.dispose()
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-        )
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
+                n, t = hammer(reservers, slice_s, raw_worker(dsn, opened), close_all)
+                raw_total, raw_time = raw_total + n, raw_time + t
+                n, t = hammer(reservers, slice_s, our_worker(db), db.engine.dispose)
+                ours_total, ours_time = ours_total + n, ours_time + t
+            with db.session() as s:
+                balance = ledger.balance_of(s, ACCOUNT)
+                exact = ledger.ledger_sum(s, ACCOUNT) - raw_total == balance
+            assert balance == START_BALANCE - raw_total - ours_total
+            assert exact, "the ledger does not add up"
+        finally:
+            db.dispose()
     raw_rate, ours_rate = raw_total / raw_time, ours_total / ours_time
     ratio = ours_rate / raw_rate
     table(f"credit reservations: {reservers} reservers on one account, PostgreSQL, "

@@ -89,16 +89,17 @@ POSTGRES_ADMIN_URL = os.environ.get(
 
 
 @contextmanager
-def throwaway_postgres(prefix: str) -> Iterator[str]:
-    """A new PostgreSQL database for one benchmark run (DUNNING_BENCH_POSTGRES_URL names the
-    server's admin database); its SQLAlchemy URL, dropped afterwards."""
+def throwaway_postgres(prefix: str, admin_url: str = POSTGRES_ADMIN_URL) -> Iterator[str]:
+    """A new PostgreSQL database for one benchmark run (`admin_url`, by default
+    DUNNING_BENCH_POSTGRES_URL, names the server's admin database); its SQLAlchemy URL,
+    dropped afterwards."""
     import psycopg
 
     name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True)
+    admin = psycopg.connect(admin_url, autocommit=True)
     admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace(
+        yield admin_url.rsplit("/", 1)[0].replace(
             "postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
     finally:
         admin.execute(

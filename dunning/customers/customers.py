@@ -27,12 +27,12 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from sqlalchemy import Insert, Table, and_, bindparam, func, or_
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from dunning.domain.contract import EMAIL_RE, InputError, check_id
 from dunning.domain.phones import PhoneInfo
 from dunning.domain.quiet_hours import UNKNOWN_ZONE
+from dunning.platform.db import insert_for
 from dunning.platform.db.models import Customer
 
 Outcome = Literal["imported", "updated", "unchanged"]
@@ -327,8 +327,7 @@ __all__ = [
 def _case_customer_upsert(dialect: str) -> Insert:
     """INSERT ... ON CONFLICT for the customer a case names: given values (not None) replace
     the stored ones; a case repeating what is known writes nothing."""
-    ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    customer = ins(_TABLE).values(
+    customer = insert_for(dialect)(_TABLE).values(
         account_id=bindparam("c_account"), customer_id=bindparam("c_customer"),
         email=bindparam("c_email"), name=bindparam("c_name"), plan=bindparam("c_plan"),
         source="case", updated_at=bindparam("c_now"),

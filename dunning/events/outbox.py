@@ -14,13 +14,13 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, func, insert, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dunning.domain.contract import InputError
-from dunning.domain.outbound import RecordEventsRequest
+from dunning.domain.outbound import CaseEvent
 from dunning.events.catalog import EVENT_TYPES, is_subscribed
+from dunning.platform.db import insert_for
 from dunning.platform.db.models import (
     Case,
     DeliveryAttempt,
@@ -112,8 +112,7 @@ def record_case_events(
     for _key, event_type, _at, _data in events:
         if event_type not in EVENT_TYPES:
             raise ValueError(f"unknown event type {event_type!r}")
-    dialect = session.get_bind().dialect.name
-    make_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    make_insert = insert_for(session.get_bind().dialect.name)
     stmt = (make_insert(_EVENTS).on_conflict_do_nothing(index_elements=["dedupe_key"])
             .returning(_EVENTS.c.seq))
     conn = session.connection()
@@ -139,11 +138,11 @@ def record_case_events(
 
 
 def case_event_rows(
-    req: RecordEventsRequest,
+    workflow_id: str, run_id: str, events: Sequence[CaseEvent],
 ) -> list[tuple[str, str, datetime, dict[str, Any]]]:
-    """A workflow's batch as `record_case_events` takes it: keyed by case run and event key."""
-    return [(f"{req.workflow_id}:{req.run_id}:{ev.key}", ev.type, ev.occurred_at, ev.data)
-            for ev in req.events]
+    """A case's events as `record_case_events` takes them: keyed by case run and event key."""
+    return [(f"{workflow_id}:{run_id}:{ev.key}", ev.type, ev.occurred_at, ev.data)
+            for ev in events]
 
 
 def event_json(session: Session, event: OutboxEvent) -> dict[str, Any]:

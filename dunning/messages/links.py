@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import cast
 
 from sqlalchemy import Row, Table, literal_column, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from dunning.platform.db import insert_for
 from dunning.platform.db.models import LinkClick, ShortLink, utcnow
 from dunning.platform.settings import Settings
 
@@ -98,8 +98,7 @@ def short_link_for(
     """The short URL of this reminder's billing link (made on first use: one statement,
     a look-up only when an earlier attempt made it)."""
     token = signer.new_token()
-    dialect = session.get_bind().dialect.name
-    make_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    make_insert = insert_for(session.get_bind().dialect.name)
     made: Row[tuple[int]] | None = session.execute(
         make_insert(cast(Table, ShortLink.__table__)).values(
             token=token, account_id=account_id, workflow_id=workflow_id, step=step,

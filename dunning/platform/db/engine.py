@@ -90,6 +90,13 @@ def _ping_when_idle(engine: Engine, after: float) -> None:
             raise DisconnectionError(f"idle connection failed its ping: {exc}") from exc
 
 
+def insert_for(dialect: str) -> Any:
+    """`insert()` with ON CONFLICT for a dialect (PostgreSQL's, else SQLite's)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
 def alembic_config(url: str) -> Any:
     from alembic.config import Config
 
