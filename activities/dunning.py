@@ -5,7 +5,11 @@ Exactly once per (case, step, channel): the `messages` table is the idempotency 
 1. A send first looks for its row. A finished row (sent, failed, skipped, unknown) is returned as
    recorded, so retries and replays never send again.
 2. Otherwise, in one transaction, it checks eligibility, reserves credits (SMS) and claims the
-   row. The unique key (workflow, run, step, channel) makes a racing attempt lose.
+   row. The unique key (workflow, run, step, channel) makes a racing attempt lose. On
+   PostgreSQL an SMS's debit, its ledger row and the claim are one statement sent with the
+   COMMIT (`_claim_paid`), so the account row is locked only while the server runs them; a
+   debit that crosses a notice level or the refill threshold, or a case waiting for credits,
+   takes the locked path (`_reserve`) instead.
 3. It calls the provider, then records the outcome in a second transaction.
 
 The one ambiguous window is a crash between 2 and 3 (or a provider timeout or dropped line):
@@ -93,7 +97,7 @@ from dunning.messages.log import (
 from dunning.messages.pacing import SendPacer
 from dunning.messages.reconcile import AMBIGUOUS_WINDOWS, SKEW, decide, utc
 from dunning.platform import metrics
-from dunning.platform.db import Database, insert_for
+from dunning.platform.db import Database, commits_in_one_trip, insert_for
 from dunning.platform.db.models import Account, Case, Customer, utcnow
 from dunning.platform.providers import ProviderError, mask_email, mask_phone
 from dunning.platform.providers.email import EmailProvider, OutgoingEmail
@@ -428,15 +432,20 @@ class DunningActivities:
                 return self._not_now(s, key, req, row, plan)
             hint = mask_phone(plan.sms.dst)
             if row is None:
-                waiting = self._reserve(s, key, req, plan.credits)
-                if waiting is not None:
-                    return waiting
-                if self.pacer is not None:
-                    # Credits reserved, provider not called yet: a `retry` row, which the claim
-                    # below takes over once a send slot is ours (a crash meanwhile leaves a
-                    # row the next attempt sends from, not an ambiguous one).
-                    row = message_log.hold(s, key, req.account_id, req.customer_id, hint,
-                                           plan.credits, plan.segments, plan.encoding)
+                # With a pacer the row is `retry`, credits reserved and provider not called
+                # yet, and the claim below takes it over once a send slot is ours (a crash
+                # meanwhile leaves a row the next attempt sends from, not an ambiguous one).
+                paid = self._claim_paid(s, key, req, plan, hint)
+                if paid is not None:  # committed
+                    if self.pacer is None:
+                        return paid, plan.sms
+                else:
+                    waiting = self._reserve(s, key, req, plan.credits)
+                    if waiting is not None:
+                        return waiting
+                    if self.pacer is not None:
+                        row = message_log.hold(s, key, req.account_id, req.customer_id, hint,
+                                               plan.credits, plan.segments, plan.encoding)
             if self.pacer is None:
                 claimed = message_log.claim(
                     s, row, key, req.account_id, req.customer_id, hint, credits=plan.credits,
@@ -459,6 +468,25 @@ class DunningActivities:
                                 status="skipped")
             return plan
         return message_log.skip(s, key, req.account_id, req.customer_id, plan.reason)
+
+    def _claim_paid(self, s: Session, key: MessageKey, req: MessageRequest,
+                    plan: recipients.SmsPlan, hint: str) -> Claim | None:
+        """PostgreSQL: the credits and the claim (or the held row) in one statement sent with
+        the COMMIT, so the account row is locked only while the server runs it
+        (`message_log.claim_paid`). None: not this way (another database, a free text, or a
+        debit that takes `ledger.reserve`'s locked path), and the send goes on through
+        `_reserve` in this session (after a new transaction if the statement committed)."""
+        if plan.credits <= 0 or not commits_in_one_trip(s):
+            return None
+        paid = message_log.claim_paid(
+            s, key, req.account_id, req.customer_id, hint, credits=plan.credits,
+            segments=plan.segments, encoding=plan.encoding, hold=self.pacer is not None,
+        )
+        if paid is None:
+            return None
+        reservation, claimed = paid
+        self.followups.after_reserve(s, reservation)  # nothing due: that debit matched none
+        return claimed
 
     def _reserve(self, s: Session, key: MessageKey, req: MessageRequest,
                  cost: int) -> MessageResult | None:

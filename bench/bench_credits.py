@@ -3,8 +3,12 @@
 Compares, in the same run, against the same row and with the same concurrency:
 - raw:  `UPDATE accounts SET credit_balance = credit_balance - 1 WHERE id = %s AND
          credit_balance >= 1 RETURNING credit_balance` + COMMIT, through psycopg directly;
-- ours: `ledger.reserve()` as the send activity calls it (fair, queue-aware, with its ledger
-        row), in a SQLAlchemy session: one statement + COMMIT.
+- ours: the send activity's debit (`message_log.claim_paid`, fair and queue-aware): the
+        balance, its ledger row and the claimed `messages` row in one statement, sent with
+        its COMMIT in one round trip (psycopg pipeline mode), in a SQLAlchemy session;
+- ours, three trips: the same debit and claim the way a send takes them when its debit
+        crosses a notice level or the refill threshold (`ledger.reserve`, then the claim's
+        INSERT, then COMMIT; the one-trip path's figure before it existed).
 Threads, one connection each. The database is created and dropped by the bench.
 
     python -m bench.bench_credits [--seconds 10] [--reservers 50] [--rounds 5]
@@ -23,11 +27,15 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from sqlalchemy import func, select
 
 from bench.common import table, throwaway_postgres
 from dunning.accounts.accounts import AccountOptions, create_account
 from dunning.credits import ledger
+from dunning.messages import log as message_log
+from dunning.messages.log import MessageKey
 from dunning.platform.db import Database
+from dunning.platform.db.models import Message
 
 ACCOUNT = "bench-credits"
 START_BALANCE = 10**12
@@ -85,7 +93,7 @@ def raw_worker(dsn: str, opened: list[psycopg.Connection[Any]]
     return make
 
 
-def our_worker(db: Database) -> Callable[[int], Callable[[], bool]]:
+def our_worker(db: Database, run: str) -> Callable[[int], Callable[[], bool]]:
     def make(i: int) -> Callable[[], bool]:
         k = [0]
         with db.session() as s:  # open this thread's connection before the clock starts
@@ -93,11 +101,34 @@ def our_worker(db: Database) -> Callable[[int], Callable[[], bool]]:
 
         def work() -> bool:
             k[0] += 1
+            key = MessageKey(f"dunning-{ACCOUNT}-r{i}-{k[0]}", run, 1, "sms")
             with db.session() as s:
-                return ledger.reserve(
-                    s, ACCOUNT, 1, workflow_id=f"dunning-{ACCOUNT}-r{i}-{k[0]}", step=1,
-                    enqueue=True,
-                ).ok
+                return message_log.claim_paid(
+                    s, key, ACCOUNT, "c1", "+1415***0100", credits=1, segments=1,
+                    encoding="GSM", hold=False,
+                ) is not None
+
+        return work
+
+    return make
+
+
+def three_trip_worker(db: Database, run: str) -> Callable[[int], Callable[[], bool]]:
+    def make(i: int) -> Callable[[], bool]:
+        k = [0]
+        with db.session() as s:
+            s.connection()
+
+        def work() -> bool:
+            k[0] += 1
+            key = MessageKey(f"dunning-{ACCOUNT}-t{i}-{k[0]}", run, 1, "sms")
+            with db.session() as s:
+                if not ledger.reserve(s, ACCOUNT, 1, workflow_id=key.workflow_id, step=1,
+                                      enqueue=True).ok:
+                    return False
+                message_log.claim(s, None, key, ACCOUNT, "c1", "+1415***0100", credits=1,
+                                  segments=1, encoding="GSM")
+                return True
 
         return work
 
@@ -113,9 +144,9 @@ def run(admin_url: str, seconds: float, reservers: int, rounds: int) -> dict[str
             with db.session() as s:
                 create_account(s, ACCOUNT, AccountOptions(company_name="Bench Co"))
                 ledger.top_up(s, ACCOUNT, START_BALANCE)
-            raw_total = ours_total = 0
-            raw_time = ours_time = 0.0
-            for _ in range(rounds):  # short interleaved slices: both see the same machine
+            raw_total = ours_total = three_total = 0
+            raw_time = ours_time = three_time = 0.0
+            for r in range(rounds):  # short interleaved slices: both see the same machine
                 slice_s = seconds / rounds
                 opened: list[psycopg.Connection[Any]] = []
 
@@ -125,26 +156,36 @@ def run(admin_url: str, seconds: float, reservers: int, rounds: int) -> dict[str
 
                 n, t = hammer(reservers, slice_s, raw_worker(dsn, opened), close_all)
                 raw_total, raw_time = raw_total + n, raw_time + t
-                n, t = hammer(reservers, slice_s, our_worker(db), db.engine.dispose)
+                n, t = hammer(reservers, slice_s, our_worker(db, f"round-{r}"), db.engine.dispose)
                 ours_total, ours_time = ours_total + n, ours_time + t
+                n, t = hammer(reservers, slice_s, three_trip_worker(db, f"round-{r}"),
+                              db.engine.dispose)
+                three_total, three_time = three_total + n, three_time + t
             with db.session() as s:
                 balance = ledger.balance_of(s, ACCOUNT)
                 exact = ledger.ledger_sum(s, ACCOUNT) - raw_total == balance
-            assert balance == START_BALANCE - raw_total - ours_total
+                claimed = s.scalar(select(func.count()).select_from(Message)
+                                   .where(Message.account_id == ACCOUNT))
+            assert balance == START_BALANCE - raw_total - ours_total - three_total
             assert exact, "the ledger does not add up"
+            assert claimed == ours_total + three_total, "a debit without its claimed row"
         finally:
             db.dispose()
     raw_rate, ours_rate = raw_total / raw_time, ours_total / ours_time
+    three_rate = three_total / three_time
     ratio = ours_rate / raw_rate
     table(f"credit reservations: {reservers} reservers on one account, PostgreSQL, "
           f"{seconds:g} s each, in {rounds} interleaved slices", [
               ("raw conditional UPDATE", f"{raw_rate:,.0f} reservations/s ({raw_total:,})"),
-              ("ours: reserve() + ledger", f"{ours_rate:,.0f} reservations/s ({ours_total:,})"),
+              ("ours: debit + ledger + claim", f"{ours_rate:,.0f} reservations/s ({ours_total:,})"),
               ("ours/raw", f"{ratio:.2f} (target >= 0.7: {'met' if ratio >= 0.7 else 'NOT met'})"),
-              ("ledger", "exact: balance == sum of ledger - raw debits (which have no entries)"),
+              ("ours, three trips", f"{three_rate:,.0f} reservations/s ({three_total:,}), "
+                                    f"{three_rate / raw_rate:.2f} of raw"),
+              ("ledger", "exact: balance == sum of ledger - raw debits (which have no entries); "
+                         "one claimed row per debit of ours"),
           ])
     return {"reservers": reservers, "raw_per_s": raw_rate, "ours_per_s": ours_rate,
-            "ratio": ratio}
+            "ratio": ratio, "three_trips_per_s": three_rate}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

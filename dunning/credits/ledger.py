@@ -7,6 +7,11 @@ travel as ONE statement (data-modifying CTEs), compiled once and run on the driv
 the account row stays locked for as short a time as possible; on SQLite (where BEGIN IMMEDIATE
 serialises writers anyway) they are separate statements in the same transaction.
 
+A send's debit on PostgreSQL usually goes further (`debit_and_commit`): the claimed message
+row joins the same statement, which is sent with the COMMIT in one round trip, so the row lock
+is never held across a round trip to the worker. It takes only debits that leave no follow-up
+(a notice level or the refill threshold crossed needs the lock held while it is recorded).
+
 Reservations (SMS debits) are fair, first come first served, with the waiters table as the
 queue: a case whose text the balance cannot pay is added to `sms_waiters` (keeping the time it
 first began waiting). A reservation succeeds only if the balance covers its own cost PLUS the
@@ -36,6 +41,7 @@ takes the locked path, so a wake and the case's own send never both debit for on
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -64,7 +70,7 @@ from sqlalchemy.orm import Session, aliased
 
 from dunning.accounts.accounts import unknown_account
 from dunning.domain.contract import InputError
-from dunning.platform.db import Database
+from dunning.platform.db import Database, compiled_sql, execute_and_commit
 from dunning.platform.db.models import Account, CreditEntry, SmsWaiter, utcnow
 
 NOTICE_LOW = "low"
@@ -111,11 +117,19 @@ def _is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def credits_ahead(account_id: Any, workflow_id: Any) -> ColumnElement[Any]:
+def credits_ahead(account_id: Any, workflow_id: Any, *, queued: bool = True
+                  ) -> ColumnElement[Any]:
     """Credits owed to the waiters ahead of `workflow_id` in the account's queue: all waiters
     when it is not waiting itself, else those that began waiting before it (ties by id).
-    Takes values or bind parameters."""
+    Takes values or bind parameters. `queued=False`: for a statement that already requires
+    the case not to be waiting, the short form (every waiter is ahead of it)."""
     w = aliased(SmsWaiter, name="w_ahead")
+    if not queued:
+        return (
+            select(func.coalesce(func.sum(w.credits_needed), 0))
+            .where(w.account_id == account_id, w.credits_granted == 0)
+            .scalar_subquery()
+        )
     me = aliased(SmsWaiter, name="w_me")
     my_since = (
         select(me.since)
@@ -155,15 +169,36 @@ _RETURNING = (
 )
 
 
+def _leaves_nothing_due() -> ColumnElement[bool]:
+    """In a debit's WHERE clause (the row before the debit of `p_need`): the debit crosses
+    no notice level and not the auto-refill threshold, so it leaves no follow-up. The SQL
+    twin of `dunning.credits.followups._decide` for a debit that fits (tested against it)."""
+    after = Account.credit_balance - _P["need"]
+    threshold = Account.auto_refill_threshold
+    level = case((after <= 0, 2), (and_(threshold.is_not(None), after < threshold), 1), else_=0)
+    noticed = case((Account.balance_notice == NOTICE_ZERO, 2),
+                   (Account.balance_notice == NOTICE_LOW, 1), else_=0)
+    crossed = and_(
+        threshold.is_not(None), Account.auto_refill_amount.is_not(None),
+        Account.auto_refill_amount != 0, Account.credit_balance >= threshold, threshold > after,
+    )
+    return and_(level <= noticed, ~crossed)
+
+
 @functools.cache
 def _statements(
-    debit: bool, fair: bool, dequeue: bool, postgres: bool, newcomer: bool = False
+    debit: bool, fair: bool, dequeue: bool, postgres: bool, newcomer: bool = False,
+    then: Callable[[Any], Any] | None = None,
 ) -> tuple[Any, ...]:
     """The statements of one kind of balance change, built once with bind parameters (so
     SQLAlchemy's compiled cache is hit without rebuilding and re-keying them every time).
 
     PostgreSQL: (one statement,): UPDATE ... RETURNING feeding the ledger INSERT (and the
-    waiter DELETE) as data-modifying CTEs. Others: (update, ledger insert, waiter delete)."""
+    waiter DELETE) as data-modifying CTEs. Others: (update, ledger insert, waiter delete).
+
+    `then` (PostgreSQL, a debit): `then(changed)` is one more INSERT ... SELECT ... FROM
+    changed RETURNING <its id>, run in the same statement; its id ends the row. Such a debit
+    also matches only when it leaves no follow-up due (see `debit_and_commit`)."""
     new_balance = Account.credit_balance + _P["amount"]
     values: dict[str, Any] = {"credit_balance": new_balance, "updated_at": _P["now"]}
     if not debit:
@@ -185,7 +220,8 @@ def _statements(
             me = aliased(SmsWaiter, name="w_self")
             waiting: ColumnElement[bool] = anyone.credits_granted == 0
             behind: ColumnElement[bool] = (
-                Account.credit_balance >= _P["need"] + credits_ahead(_P["acct"], _P["wf"])
+                Account.credit_balance
+                >= _P["need"] + credits_ahead(_P["acct"], _P["wf"], queued=not newcomer)
             )
             if newcomer:
                 waiting = or_(waiting, anyone.workflow_id == _P["wf"])
@@ -197,6 +233,8 @@ def _statements(
                 .exists(),
                 behind,
             ))
+        if then is not None:
+            upd = upd.where(_leaves_nothing_due())
     upd = upd.returning(*_RETURNING)
     entry_cols = ["account_id", "kind", "amount", "workflow_id", "step", "message_id", "note",
                   "created_at"]
@@ -223,17 +261,14 @@ def _statements(
     )
     columns: list[Any] = [changed.c[c.key] for c in _RETURNING]
     query = select(*columns, ledger.c.id).select_from(changed.join(ledger, true()))
+    if then is not None:
+        also = then(changed).cte("also")
+        query = query.add_columns(*also.c).join_from(changed, also, true())
     if dequeue:  # a data-modifying CTE runs even though nothing selects from it
         query = query.add_cte(
             dequeue_stmt.where(select(changed.c.credit_balance).exists()).cte("dequeued")
         )
     return (query,)
-
-
-@functools.cache
-def _compiled(stmt: Any, dialect: Any) -> tuple[str, dict[str, Any]]:
-    compiled = stmt.compile(dialect=dialect)
-    return str(compiled), dict(compiled.params)
 
 
 def _apply(
@@ -278,7 +313,7 @@ def _apply(
         # session's transaction (SQLAlchemy's per-execution work would double the cost).
         row: Any
         if conn.dialect.driver == "psycopg":
-            sql, defaults = _compiled(stmts[0], conn.dialect)
+            sql, defaults = compiled_sql(stmts[0], conn.dialect)
             with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
                 cur.execute(sql, {**defaults, **params})
                 row = cur.fetchone()
@@ -465,6 +500,48 @@ def reserve(
         True, change.balance, account_id, amount, entry_id=change.entry_id,
         notice=change.notice, threshold=change.threshold, refill_amount=change.refill_amount,
     )
+
+
+def debit_and_commit(
+    session: Session,
+    account_id: str,
+    amount: int,
+    *,
+    workflow_id: str,
+    step: int,
+    then: Callable[[Any], Any],
+    then_params: dict[str, Any],
+) -> tuple[Reservation, int] | None:
+    """A case's SMS debit in ONE round trip, as the last statement of the session's
+    transaction and sent with its COMMIT (`execute_and_commit`): the balance UPDATE, the ledger
+    row, leaving the waiters' queue and `then(changed)` (the caller's INSERT, e.g. the claimed
+    message row, whose id is returned with the reservation). PostgreSQL through psycopg only
+    (`dunning.platform.db.commits_in_one_trip`).
+
+    It matches only a debit `reserve` would make on its fast path (the balance covers the text
+    and every waiter ahead; the case is not queued) that also leaves no follow-up due (no
+    notice level, no auto-refill threshold crossed; those need the account row's lock held
+    while they are recorded). None otherwise: nothing of this statement happened, the
+    transaction's earlier work has committed, and the caller goes on through `reserve` in a
+    new transaction (the session's next statement begins it)."""
+    if amount <= 0:
+        raise ValueError("a one-trip debit takes a positive amount")
+    (stmt,) = _statements(True, True, True, True, True, then)
+    params = {
+        "p_acct": account_id, "p_amount": -amount, "p_need": amount, "p_now": utcnow(),
+        "p_kind": "sms_debit", "p_wf": workflow_id, "p_step": step, "p_msg": None,
+        "p_note": None, **then_params,
+    }
+    if session.new or session.dirty or session.deleted:
+        session.flush()
+    row = execute_and_commit(session, stmt, params)
+    if row is None:
+        return None
+    reservation = Reservation(
+        True, int(row[0]), account_id, amount, entry_id=int(row[4]), notice=row[1],
+        threshold=_opt_int(row[2]), refill_amount=_opt_int(row[3]),
+    )
+    return reservation, int(row[5])
 
 
 def _use_grant(session: Session, account_id: str, workflow_id: str, step: int,

@@ -313,6 +313,52 @@ def claim(
     return Claim(row.id, key, row.account_id, row.credits, hint)
 
 
+def _inserted_by_debit(changed: Any) -> Any:
+    """The SMS row a one-trip debit inserts (`claim_paid`): only if `changed` (the debit)
+    has a row, with the values of the `m_` parameters."""
+    names = ("workflow_id", "run_id", "step", "channel", "account_id", "customer_id", "status",
+             "reason", "recipient_hint", "credits", "segments", "encoding", "attempts",
+             "resends", "created_at", "updated_at")
+    values = [bindparam(f"m_{name}", type_=_M.c[name].type) for name in names]
+    return (insert(_M).from_select(names, select(*values).select_from(changed))
+            .returning(_M.c.id))
+
+
+def claim_paid(
+    session: Session,
+    key: MessageKey,
+    account_id: str,
+    customer_id: str,
+    hint: str,
+    *,
+    credits: int,
+    segments: int,
+    encoding: str | None,
+    hold: bool,
+) -> tuple[ledger.Reservation, Claim] | None:
+    """(none) -> claimed (with `hold`: -> retry, waiting for a send slot) and the SMS's credit
+    debit in one statement, sent with the transaction's COMMIT (`ledger.debit_and_commit`;
+    PostgreSQL). None: not taken (the debit needs `ledger.reserve`'s locked path); what the
+    transaction held before has committed, nothing of this. Raises IntegrityError when a
+    concurrent attempt inserted the same key (nothing of this statement happened)."""
+    now = utcnow()
+    paid = ledger.debit_and_commit(
+        session, account_id, credits, workflow_id=key.workflow_id, step=key.step,
+        then=_inserted_by_debit, then_params={
+            "m_workflow_id": key.workflow_id, "m_run_id": key.run_id, "m_step": key.step,
+            "m_channel": key.channel, "m_account_id": account_id, "m_customer_id": customer_id,
+            "m_status": "retry" if hold else "claimed", "m_reason": SLOT_REASON if hold else None,
+            "m_recipient_hint": hint, "m_credits": credits, "m_segments": segments,
+            "m_encoding": encoding, "m_attempts": 0 if hold else 1, "m_resends": 0,
+            "m_created_at": now, "m_updated_at": now,
+        },
+    )
+    if paid is None:
+        return None
+    reservation, row_id = paid
+    return reservation, Claim(row_id, key, account_id, credits, hint)
+
+
 def reclaim(session: Session, row: LoggedRow, key: MessageKey, hint: str) -> Claim:
     """claimed -> claimed again, by the attempt that decided to send it once more (after an
     ambiguous crash). Taken only if nobody touched the row since it was read (else

@@ -1,6 +1,16 @@
 """Persistence: typed models, engine set-up and migrations."""
 
-from dunning.platform.db.engine import Database, insert_for, make_engine
+from dunning.platform.db.engine import (
+    Database,
+    commits_in_one_trip,
+    compiled_sql,
+    execute_and_commit,
+    insert_for,
+    make_engine,
+)
 from dunning.platform.db.models import Base
 
-__all__ = ["Base", "Database", "insert_for", "make_engine"]
+__all__ = [
+    "Base", "Database", "commits_in_one_trip", "compiled_sql", "execute_and_commit",
+    "insert_for", "make_engine",
+]

@@ -7,6 +7,7 @@ with a lock upgrade error.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dunning.platform.files import private_file
@@ -95,6 +96,47 @@ def insert_for(dialect: str) -> Any:
     from sqlalchemy.dialects import postgresql, sqlite
 
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
+def commits_in_one_trip(session: Session) -> bool:
+    """Whether `execute_and_commit` can run on this session's database (PostgreSQL through
+    psycopg, whose pipeline mode sends a statement and its COMMIT together)."""
+    bind = session.get_bind()
+    return bind.dialect.name == "postgresql" and bind.dialect.driver == "psycopg"
+
+
+@functools.cache
+def compiled_sql(stmt: Any, dialect: Any) -> tuple[str, dict[str, Any]]:
+    """A statement built once, compiled once per dialect: (SQL text, default parameters), to
+    run on the driver's cursor without SQLAlchemy's per-execution work."""
+    compiled = stmt.compile(dialect=dialect)
+    return str(compiled), dict(compiled.params)
+
+
+def execute_and_commit(session: Session, stmt: Any, params: dict[str, Any]) -> Any:
+    """Run `stmt` as the LAST statement of the session's transaction and commit, in one round
+    trip (psycopg pipeline mode): the row locks it takes are held while the server runs it and
+    commits, never across a round trip to this process and its wait for the GIL. Returns its
+    first row (None: no row); a failing statement raises and nothing of the transaction
+    commits. The session's own commit at its end then finds nothing left to do, and a
+    statement the caller still runs in this session goes into a new transaction (that
+    session's commit or rollback decides it). PostgreSQL through psycopg only
+    (`commits_in_one_trip`). The statement is compiled once per dialect."""
+    conn = session.connection()
+    sql, defaults = compiled_sql(stmt, conn.dialect)
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    try:
+        with driver.pipeline():
+            cur = driver.cursor()
+            cur.execute(sql, {**defaults, **params})
+            driver.commit()
+    except conn.dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy raises it (IntegrityError...)
+        raise DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error,
+                                  hide_parameters=True, dialect=conn.dialect) from exc
+    row = cur.fetchone()
+    cur.close()
+    return row
 
 
 def alembic_config(url: str) -> Any:

@@ -1,0 +1,156 @@
+"""The send's one-trip debit on PostgreSQL (`message_log.claim_paid` over
+`ledger.debit_and_commit`): credits, ledger row and the claimed message row in one statement
+sent with its COMMIT.
+
+It must take exactly the debits that leave nothing for the follow-ups to do (the SQL twin of
+`followups._decide`, checked over a grid), take nothing when it does not match, commit all of
+its rows together, never overdraw under contention, keep the waiters' order, and let a racing
+attempt on the same message lose with IntegrityError and nothing debited."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from dunning.credits import ledger
+from dunning.credits.followups import _decide
+from dunning.messages import log as message_log
+from dunning.messages.log import MessageKey
+from dunning.platform.db import Database
+from dunning.platform.db.models import Account, CreditEntry, Message
+from tests.db.test_credits import assert_ledger_exact, make_account, run_threads
+
+
+def claim(db: Database, account_id: str, wf: str, credits: int = 1, *, hold: bool = False,
+          step: int = 1) -> tuple[ledger.Reservation, message_log.Claim] | None:
+    with db.session() as s:
+        return message_log.claim_paid(
+            s, MessageKey(wf, "run-1", step, "sms"), account_id, "c1", "+1415***0100",
+            credits=credits, segments=1, encoding="GSM", hold=hold,
+        )
+
+
+def counts(db: Database, account_id: str) -> tuple[int, int, int]:
+    """(balance, ledger entries, message rows) of an account."""
+    with db.session() as s:
+        entries = s.scalar(select(func.count()).select_from(CreditEntry)
+                           .where(CreditEntry.account_id == account_id))
+        rows = s.scalar(select(func.count()).select_from(Message)
+                        .where(Message.account_id == account_id))
+        return ledger.balance_of(s, account_id), int(entries or 0), int(rows or 0)
+
+
+def test_matches_exactly_the_debits_that_leave_no_follow_up(pg_db: Database, uid: str) -> None:
+    account = f"trip-grid-{uid}"
+    make_account(pg_db, account, 0)
+    cases = itertools.product(
+        (0, 1, 2, 5, 10),  # balance before
+        (None, 1, 3, 5),  # auto-refill threshold
+        (None, 0, 20),  # auto-refill amount
+        (None, ledger.NOTICE_LOW, ledger.NOTICE_ZERO),  # notice already sent
+        (1, 2),  # the text's price
+    )
+    checked = taken = 0
+    for n, (balance, threshold, refill, notice, price) in enumerate(cases):
+        with pg_db.session() as s:
+            s.execute(update(Account).where(Account.id == account).values(
+                credit_balance=balance, auto_refill_threshold=threshold,
+                auto_refill_amount=refill, balance_notice=notice))
+        before = counts(pg_db, account)
+        paid = claim(pg_db, account, f"wf-{uid}-{n}", price)
+        fits = balance >= price
+        after_state = ledger.Reservation(True, balance - price, account, price, notice=notice,
+                                         threshold=threshold, refill_amount=refill)
+        level, crossed, stale = _decide(after_state)
+        expected = fits and level is None and not crossed and not stale
+        assert (paid is not None) == expected, (balance, threshold, refill, notice, price)
+        if paid is None:
+            assert counts(pg_db, account) == before  # nothing of it happened
+        else:
+            reservation, _claimed = paid
+            assert reservation.balance == balance - price
+            assert counts(pg_db, account) == (balance - price, before[1] + 1, before[2] + 1)
+            taken += 1
+        checked += 1
+    assert checked == 5 * 4 * 3 * 3 * 2 and 0 < taken < checked
+
+
+def test_commits_the_balance_the_ledger_row_and_the_claim_together(
+    pg_db: Database, uid: str
+) -> None:
+    account = f"trip-one-{uid}"
+    make_account(pg_db, account, 10)
+    paid = claim(pg_db, account, f"wf-{uid}", 3)
+    assert paid is not None
+    reservation, claimed = paid
+    assert reservation.ok and reservation.balance == 7 and reservation.entry_id
+    held = claim(pg_db, account, f"wf-{uid}-held", 2, hold=True)
+    assert held is not None
+    with pg_db.session() as s:  # another transaction sees everything
+        rows = {r.workflow_id: r for r in s.scalars(
+            select(Message).where(Message.account_id == account))}
+        entry = s.get(CreditEntry, reservation.entry_id)
+    assert entry is not None and entry.amount == -3 and entry.balance_after == 7
+    assert entry.kind == "sms_debit" and entry.workflow_id == f"wf-{uid}"
+    mine = rows[f"wf-{uid}"]
+    assert (mine.id, mine.status, mine.attempts, mine.credits) == (claimed.id, "claimed", 1, 3)
+    assert mine.recipient_hint == "+1415***0100" and mine.segments == 1
+    waiting = rows[f"wf-{uid}-held"]
+    assert (waiting.status, waiting.attempts, waiting.credits) == ("retry", 0, 2)
+    assert waiting.reason == message_log.SLOT_REASON
+    assert assert_ledger_exact(pg_db, account) == 5
+
+
+def test_a_racing_attempt_on_the_same_message_loses_and_nothing_is_debited(
+    pg_db: Database, uid: str
+) -> None:
+    account = f"trip-race-{uid}"
+    make_account(pg_db, account, 10)
+    assert claim(pg_db, account, f"wf-{uid}") is not None
+    with pytest.raises(IntegrityError):
+        claim(pg_db, account, f"wf-{uid}")
+    assert counts(pg_db, account) == (9, 2, 1)  # the top-up and one debit; one row
+    assert assert_ledger_exact(pg_db, account) == 9
+
+
+def test_a_queued_case_or_one_behind_waiters_is_left_to_the_locked_path(
+    pg_db: Database, uid: str
+) -> None:
+    account = f"trip-queue-{uid}"
+    make_account(pg_db, account, 0)
+    with pg_db.session() as s:  # an older waiter needs 5
+        ledger.add_waiter(s, account, f"old-{uid}", 5, step=1)
+        ledger.add_waiter(s, account, f"me-{uid}", 1, step=1)
+        ledger.top_up(s, account, 5)
+    assert claim(pg_db, account, f"new-{uid}") is None  # 5 are owed to the waiter ahead
+    assert claim(pg_db, account, f"me-{uid}") is None  # queued: the locked path serves it
+    assert claim(pg_db, account, f"old-{uid}", 5) is None
+    assert counts(pg_db, account)[0] == 5
+    with pg_db.session() as s:  # the locked path still serves the first in line
+        assert ledger.reserve(s, account, 5, workflow_id=f"old-{uid}", step=1,
+                              enqueue=True).ok
+    assert assert_ledger_exact(pg_db, account) == 0
+
+
+def test_many_senders_racing_for_a_small_balance_never_overdraw(
+    pg_db: Database, uid: str
+) -> None:
+    account = f"trip-many-{uid}"
+    make_account(pg_db, account, 24)
+
+    def go(i: int) -> Any:
+        return claim(pg_db, account, f"wf-{uid}-{i}", 2)
+
+    results = run_threads(8, lambda i: [go(i * 10 + k) for k in range(10)])
+    taken = [r for batch in results for r in batch if r is not None]
+    balance, entries, rows = counts(pg_db, account)
+    # 24 pays 12 texts of 2, but the twelfth would leave 0 (a `zero` notice is due): the
+    # one-trip path takes eleven and leaves that one to the locked path.
+    assert len(taken) == rows == entries - 1 == 11
+    assert balance == 2
+    assert sorted(r[0].balance for r in taken) == list(range(2, 24, 2))
+    assert assert_ledger_exact(pg_db, account) == 2
