@@ -296,6 +296,8 @@ def _apply(
     fair = fair and debit and workflow_id is not None
     dequeue = dequeue and debit and workflow_id is not None
     newcomer = newcomer and debit and workflow_id is not None
+    if newcomer and fair:
+        dequeue = False  # it matches only a case that is not queued: nothing to take out
     postgres = _is_postgres(session)
     stmts = _statements(debit, fair, dequeue, postgres, newcomer)
     params = {
@@ -514,8 +516,8 @@ def debit_and_commit(
 ) -> tuple[Reservation, int] | None:
     """A case's SMS debit in ONE round trip, as the last statement of the session's
     transaction and sent with its COMMIT (`execute_and_commit`): the balance UPDATE, the ledger
-    row, leaving the waiters' queue and `then(changed)` (the caller's INSERT, e.g. the claimed
-    message row, whose id is returned with the reservation). PostgreSQL through psycopg only
+    row and `then(changed)` (the caller's INSERT, e.g. the claimed message row, whose id is
+    returned with the reservation). PostgreSQL through psycopg only
     (`dunning.platform.db.commits_in_one_trip`).
 
     It matches only a debit `reserve` would make on its fast path (the balance covers the text
@@ -526,7 +528,7 @@ def debit_and_commit(
     new transaction (the session's next statement begins it)."""
     if amount <= 0:
         raise ValueError("a one-trip debit takes a positive amount")
-    (stmt,) = _statements(True, True, True, True, True, then)
+    (stmt,) = _statements(True, True, False, True, True, then)  # not queued: no dequeue
     params = {
         "p_acct": account_id, "p_amount": -amount, "p_need": amount, "p_now": utcnow(),
         "p_kind": "sms_debit", "p_wf": workflow_id, "p_step": step, "p_msg": None,

@@ -21,7 +21,7 @@ def test_the_ledger_statements_fit_psycopg_query_cache() -> None:
     for debit, fair, dequeue, newcomer in itertools.product((False, True), repeat=4):
         (stmt,) = ledger._statements(debit, fair, dequeue, True, newcomer)
         lengths[(debit, fair, dequeue, newcomer)] = len(compiled_sql(stmt, dialect)[0])
-    (one_trip,) = ledger._statements(True, True, True, True, True,
+    (one_trip,) = ledger._statements(True, True, False, True, True,
                                      message_log._inserted_by_debit)
     lengths["one trip"] = len(compiled_sql(one_trip, dialect)[0])
     assert lengths["one trip"] > lengths[(True, True, True, True)]  # the claim is in it

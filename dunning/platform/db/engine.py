@@ -127,10 +127,10 @@ def execute_and_commit(session: Session, stmt: Any, params: dict[str, Any]) -> A
     driver = conn.connection.driver_connection
     assert driver is not None
     try:
-        with driver.pipeline():
+        with driver.pipeline():  # one Sync at its end: BEGIN, the statement and COMMIT
             cur = driver.cursor()
             cur.execute(sql, {**defaults, **params})
-            driver.commit()
+            driver.cursor().execute(b"COMMIT")  # (`commit()` would add a Sync of its own)
     except conn.dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy raises it (IntegrityError...)
         raise DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error,
                                   hide_parameters=True, dialect=conn.dialect) from exc
