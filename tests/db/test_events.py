@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from dunning.events import endpoints, outbox
 from dunning.events.delivery import Deliverer, DeliveryFailed
@@ -17,6 +18,7 @@ from dunning.platform.db.models import (
     EventDelivery,
     OutboxEvent,
     WebhookEndpoint,
+    utcnow,
 )
 from tests.fakes.receiver import EventReceiver
 from tests.helpers import make_account
@@ -116,6 +118,48 @@ def test_record_creates_deliveries_for_subscribed_enabled_endpoints(db: Database
     assert [(ep, t) for ep, t in rows] == [
         (ids[0], "case.started"), (ids[0], "case.exhausted"), (ids[1], "case.exhausted"),
     ]
+
+
+def test_a_case_batch_is_one_statement_in_order_and_a_retried_batch_adds_only_the_new(
+    db: Database, uid: str
+) -> None:
+    account, case = f"evb-{uid}", f"w-{uid}"
+    make_account(db, account)
+    with db.session() as s:
+        all_ep, _ = endpoints.add_endpoint(s, account, "https://a.example/", [])
+        only_end, _ = endpoints.add_endpoint(s, account, "https://b.example/", ["case.exhausted"])
+    at = utcnow()
+    batch = [(f"{case}:r:{k}", t, at, {"n": n}) for n, (k, t) in enumerate([
+        ("started", "case.started"), ("r1", "reminder.sent"), ("end", "case.exhausted")])]
+    statements: list[str] = []
+
+    def count(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        with db.session() as s:
+            assert outbox.record_case_events(s, account, case, batch[:2]) == 2
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    assert sum(st.lstrip().startswith("INSERT INTO outbox_events") for st in statements) == 1
+    with db.session() as s:  # retried with one more: only that one is new
+        assert outbox.record_case_events(s, account, case, batch) == 1
+        assert outbox.record_case_events(s, account, case, batch) == 0
+    with db.session() as s:
+        events = s.execute(select(OutboxEvent.seq, OutboxEvent.type, OutboxEvent.data)
+                           .where(OutboxEvent.case_id == case).order_by(OutboxEvent.seq)).all()
+        rows = s.execute(
+            select(EventDelivery.endpoint_id, OutboxEvent.type)
+            .join(OutboxEvent, OutboxEvent.seq == EventDelivery.event_seq)
+            .where(OutboxEvent.case_id == case).order_by(EventDelivery.id)
+        ).all()
+    assert [(t, d["n"]) for _seq, t, d in events] == [
+        ("case.started", 0), ("reminder.sent", 1), ("case.exhausted", 2)]  # seq in batch order
+    assert all(d["account_id"] == account and d["case_id"] == case for _s, _t, d in events)
+    assert sorted((ep, t) for ep, t in rows) == sorted([
+        (all_ep.id, "case.started"), (all_ep.id, "reminder.sent"),
+        (all_ep.id, "case.exhausted"), (only_end.id, "case.exhausted")])
 
 
 def test_recording_rolls_back_with_its_transaction(db: Database, uid: str) -> None:
