@@ -26,6 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 from bench.common import (
     Stopwatch,
     cpu_seconds,
+    listening_pid,
     peak_rss_mb,
     spawn,
     stop,
@@ -87,9 +88,13 @@ async def run(cases: int, database_url: str | None) -> dict[str, float]:
         dev_server_log_level="error",
     )
     address = env.client.service_client.config.target_host
+    server = listening_pid(int(address.rsplit(":", 1)[1]))
     key = "bench:" + "5a" * 32
     settings = Settings(codec_keys=key, data_dir=tmp)
     client = await Client.connect(address, data_converter=converter_for(settings))
+
+    def server_cpu() -> float:  # the dev server's CPU seconds (0 if it was not found)
+        return cpu_seconds(server) if server else 0.0
     try:
         # --- ours: the real worker process -------------------------------------------------
         worker = spawn(["worker.py"], {
@@ -111,10 +116,10 @@ async def run(cases: int, database_url: str | None) -> dict[str, float]:
         warm = await client.start_workflow("DunningWorkflow", case(cases, "warm"),
                                            id="bench-warm", task_queue="bench")
         await warm.result()
-        cpu0 = cpu_seconds(worker.pid)
+        cpu0, server0 = cpu_seconds(worker.pid), server_cpu()
         with Stopwatch() as ours_time:
             results = await drive(cases, start_ours)
-        ours_cpu = cpu_seconds(worker.pid) - cpu0
+        ours_cpu, ours_server_cpu = cpu_seconds(worker.pid) - cpu0, server_cpu() - server0
         messages = sum(r["emails_sent"] + r["sms_sent"] for r in results)
         ours_rss = peak_rss_mb(worker.pid)
         stop(worker)
@@ -132,10 +137,10 @@ async def run(cases: int, database_url: str | None) -> dict[str, float]:
 
         await (await env.client.start_workflow("FloorWorkflow", args=[SCHEDULE, 2, per_lane],
                                                id="floor-warm", task_queue="floor")).result()
-        cpu0 = cpu_seconds(floor.pid)
+        cpu0, server0 = cpu_seconds(floor.pid), server_cpu()
         with Stopwatch() as floor_time:
             floor_results = await drive(cases, start_floor)
-        floor_cpu = cpu_seconds(floor.pid) - cpu0
+        floor_cpu, floor_server_cpu = cpu_seconds(floor.pid) - cpu0, server_cpu() - server0
         floor_rss = peak_rss_mb(floor.pid)
         stop(floor)
     finally:
@@ -154,6 +159,8 @@ async def run(cases: int, database_url: str | None) -> dict[str, float]:
         "messages": messages,
         "worker_cpu_ms_per_case": ours_cpu / cases * 1000,
         "floor_worker_cpu_ms_per_case": floor_cpu / cases * 1000,
+        "server_cpu_ms_per_case": ours_server_cpu / cases * 1000,
+        "floor_server_cpu_ms_per_case": floor_server_cpu / cases * 1000,
     }
     backend = "PostgreSQL" if database_url else "SQLite"
     sandbox = Settings().workflow_sandbox  # the worker reads the same environment
@@ -169,6 +176,9 @@ async def run(cases: int, database_url: str | None) -> dict[str, float]:
         ("worker CPU", f"{ours_cpu:.1f} s, {figures['worker_cpu_ms_per_case']:.1f} ms per case "
                        f"(floor worker {floor_cpu:.1f} s, "
                        f"{figures['floor_worker_cpu_ms_per_case']:.1f} ms per case)"),
+        ("dev server CPU", (f"{figures['server_cpu_ms_per_case']:.1f} ms per case (floor "
+                            f"{figures['floor_server_cpu_ms_per_case']:.1f} ms per case)")
+                           if server else "not found"),
     ])
     return figures
 

@@ -34,6 +34,29 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+def listening_pid(port: int) -> int | None:
+    """The process listening on 127.0.0.1:`port` (a dev server the SDK started), from
+    /proc/net/tcp and the processes' socket inodes; None if not found (not Linux, no rights)."""
+    inodes = set()
+    try:
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:  # LISTEN
+                    inodes.add(fields[9])
+    except OSError:
+        return None
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    return int(pid)
+        except OSError:
+            continue
+    return None
+
+
 def rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
