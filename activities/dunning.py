@@ -9,7 +9,7 @@ Exactly once per (case, step, channel): the `messages` table is the idempotency 
    PostgreSQL an SMS's debit, its ledger row and the claim are one statement sent with the
    COMMIT (`_claim_paid`), so the account row is locked only while the server runs them; a
    debit that crosses a notice level or the refill threshold, or a case waiting for credits,
-   takes the locked path (`_reserve`) instead.
+   starts over in a new transaction and takes the locked path (`_reserve`) instead.
 3. It calls the provider, then records the outcome in a second transaction.
 
 The one ambiguous window is a crash between 2 and 3 (or a provider timeout or dropped line):
@@ -415,7 +415,19 @@ class DunningActivities:
     def _prepare_sms(
         self, key: MessageKey, req: MessageRequest
     ) -> tuple[Claim, OutgoingSms] | MessageResult | LoggedRow:
-        """Eligibility, credits and the claim: the SMS to hand to the provider, or the result."""
+        """Eligibility, credits and the claim: the SMS to hand to the provider, or the result.
+        First with the one-trip debit (PostgreSQL); a debit that needs the locked path starts
+        over in a new transaction: the one-trip statement's COMMIT also released the customer
+        row's lock, so the customer's checks (pause, one conversation per customer) are made
+        again under it before anything is reserved or claimed."""
+        try:
+            return self._prepare_sms_in(key, req, one_trip=True)
+        except _LockedPath:
+            return self._prepare_sms_in(key, req, one_trip=False)
+
+    def _prepare_sms_in(
+        self, key: MessageKey, req: MessageRequest, *, one_trip: bool
+    ) -> tuple[Claim, OutgoingSms] | MessageResult | LoggedRow:
         with self._session() as s:
             row = message_log.find(s, key)
             if row is not None and message_log.is_final(row):
@@ -435,7 +447,7 @@ class DunningActivities:
                 # With a pacer the row is `retry`, credits reserved and provider not called
                 # yet, and the claim below takes it over once a send slot is ours (a crash
                 # meanwhile leaves a row the next attempt sends from, not an ambiguous one).
-                paid = self._claim_paid(s, key, req, plan, hint)
+                paid = self._claim_paid(s, key, req, plan, hint) if one_trip else None
                 if paid is not None:  # committed
                     if self.pacer is None:
                         return paid, plan.sms
@@ -473,9 +485,10 @@ class DunningActivities:
                     plan: recipients.SmsPlan, hint: str) -> Claim | None:
         """PostgreSQL: the credits and the claim (or the held row) in one statement sent with
         the COMMIT, so the account row is locked only while the server runs it
-        (`message_log.claim_paid`). None: not this way (another database, a free text, or a
-        debit that takes `ledger.reserve`'s locked path), and the send goes on through
-        `_reserve` in this session (after a new transaction if the statement committed)."""
+        (`message_log.claim_paid`). None: not this way (another database, a free text), and
+        the send goes on through `_reserve` in this transaction. Raises _LockedPath when the
+        statement changed nothing (the debit takes `ledger.reserve`'s locked path) but ended
+        the transaction."""
         if plan.credits <= 0 or not commits_in_one_trip(s):
             return None
         paid = message_log.claim_paid(
@@ -483,7 +496,7 @@ class DunningActivities:
             segments=plan.segments, encoding=plan.encoding, hold=self.pacer is not None,
         )
         if paid is None:
-            return None
+            raise _LockedPath()
         reservation, claimed = paid
         self.followups.after_reserve(s, reservation)  # nothing due: that debit matched none
         return claimed
@@ -710,6 +723,10 @@ class DunningActivities:
             raise ApplicationError(
                 f"provider unavailable: {exc.reason}", type="Transient"
             ) from None
+
+
+class _LockedPath(Exception):
+    """The one-trip debit did not match and its COMMIT ended the transaction: start over."""
 
 
 class _Settled(Exception):

@@ -9,20 +9,31 @@ attempt on the same message lose with IntegrityError and nothing debited."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import threading
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
+from temporalio.testing import ActivityEnvironment
 
+from activities import DunningActivities
 from dunning.credits import ledger
 from dunning.credits.followups import _decide
+from dunning.domain.contract import MessageRequest
 from dunning.messages import log as message_log
 from dunning.messages.log import MessageKey
 from dunning.platform.db import Database
 from dunning.platform.db.models import Account, CreditEntry, Message
+from dunning.platform.providers.email import ConsoleEmailProvider
+from dunning.platform.providers.sms import OutgoingSms
 from tests.db.test_credits import assert_ledger_exact, make_account, run_threads
+from tests.helpers import add_customer
+from tests.helpers import make_account as make_case_account
 
 
 def claim(db: Database, account_id: str, wf: str, credits: int = 1, *, hold: bool = False,
@@ -154,3 +165,73 @@ def test_many_senders_racing_for_a_small_balance_never_overdraw(
     assert balance == 2
     assert sorted(r[0].balance for r in taken) == list(range(2, 24, 2))
     assert assert_ledger_exact(pg_db, account) == 2
+
+
+def test_a_send_the_one_trip_path_leaves_rechecks_the_customer_under_its_lock(
+    pg_db: Database, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-trip statement's COMMIT also releases the customer row's lock. A send whose
+    debit then takes the locked path (here: it crosses the low-balance threshold) must start
+    over, so two cases of one customer still never both take the day's one SMS: case A is
+    held inside the locked path while case B tries its send; B must wait for A's lock and then
+    find A's SMS (with A's lock released too early, B passes the check and both are sent)."""
+    account = f"trip-conv-{uid}"
+    make_case_account(pg_db, account, schedule="0s", balance=50)
+    add_customer(pg_db, account, "cus1")
+    with pg_db.session() as s:  # every debit crosses the threshold: the one trip never matches
+        s.execute(update(Account).where(Account.id == account).values(
+            auto_refill_threshold=100, daily_message_limit=1))
+    sms = CountingSms()
+    acts = DunningActivities(pg_db, sms, ConsoleEmailProvider(echo=False))
+    b_done = threading.Event()
+    a_thread: list[threading.Thread] = []
+    real_reserve = ledger.reserve
+
+    def slow_for_a(*args: Any, **kwargs: Any) -> ledger.Reservation:
+        if threading.current_thread() is a_thread[0]:
+            b_done.wait(timeout=3)  # B goes first if nothing holds it back
+        return real_reserve(*args, **kwargs)
+
+    monkeypatch.setattr(ledger, "reserve", slow_for_a)
+
+    def send(case: str) -> str:
+        now = datetime.now(UTC)
+        req = MessageRequest(
+            workflow_id=f"dunning-{account}-{case}", account_id=account, customer_id="cus1",
+            invoice_id=case, step=1, step_count=1, amount_due=4900, currency="USD",
+            billing_link="https://pay.example.com/x", failed_at=now, now=now)
+        env = ActivityEnvironment()
+        env.info = dataclasses.replace(env.info, workflow_id=req.workflow_id,
+                                       workflow_run_id=f"run-{case}")
+        try:
+            return env.run(acts.send_sms, req).status
+        finally:
+            if case == "b":
+                b_done.set()
+
+    results: dict[str, str] = {}
+    a = threading.Thread(target=lambda: results.__setitem__("a", send("a")))
+    a_thread.append(a)
+    a.start()
+    time.sleep(0.5)  # A is inside the locked path now
+    results["b"] = send("b")
+    a.join(timeout=30)
+    assert results["a"] == "sent" and results["b"] != "sent", results
+    assert len(sms.calls) == 1
+    with pg_db.session() as s:
+        rows = s.scalars(select(Message).where(Message.account_id == account)).all()
+    assert [(r.workflow_id, r.status) for r in rows if r.channel == "sms"] == [
+        (f"dunning-{account}-a", "sent")]
+
+
+class CountingSms:
+    """An SMS provider at the edge of the machine that takes every message."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.calls: list[OutgoingSms] = []
+
+    def send(self, sms: OutgoingSms) -> str:
+        self.calls.append(sms)
+        return f"uuid-{len(self.calls)}"
