@@ -145,7 +145,10 @@ def test_sms_are_built_only_for_reminders_and_compliance_replies() -> None:
     }
     # The reminder's SMS is made for the send_sms activity alone.
     assert {(c.path, c.function) for c in calls("sms_for")} == {
-        ("activities/dunning.py", "DunningActivities._prepare_sms")
+        ("activities/dunning.py", "DunningActivities._prepare_sms_in")
+    }
+    assert {(c.path, c.function) for c in calls("_prepare_sms_in")} == {
+        ("activities/dunning.py", "DunningActivities._prepare_sms")  # one trip, then locked
     }
     assert {(c.path, c.function) for c in calls("_prepare_sms")} == {
         ("activities/dunning.py", "DunningActivities.send_sms")

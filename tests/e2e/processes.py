@@ -73,10 +73,19 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-async def client_for(env: dict[str, str], data_dir: Path) -> Client:
+async def client_for(env: dict[str, str], data_dir: Path, timeout: float = 30) -> Client:
+    """A client of the worker's server, with the codec. A dev server that has just opened its
+    port may still answer "Frontend is not healthy yet": asked again until `timeout`."""
     settings = Settings(codec_keys=KEY, data_dir=data_dir)
-    return await Client.connect(env["DUNNING_TEMPORAL_ADDRESS"],
-                                data_converter=converter_for(settings))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await Client.connect(env["DUNNING_TEMPORAL_ADDRESS"],
+                                        data_converter=converter_for(settings))
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 class DevServer:
