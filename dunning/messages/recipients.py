@@ -1,10 +1,10 @@
 """Who may receive a reminder, and why not: eligibility, and the message each channel sends.
 
-One query (`RECIPIENT`) brings the account, the customer and (for SMS) the number's opt-out
-state back in one round trip. An SMS goes out only when the account has SMS on (for this step)
-and a sender number, the customer has a valid phone, the number has not opted out, and the
-recipient's quiet hours allow it now; an email only when the customer has an address. Every
-"no" is a reason the message log records.
+One query (`RECIPIENT`) brings the account, the customer, (for SMS) the number's opt-out
+state and whether the case waits for credits back in one round trip. An SMS goes out only when
+the account has SMS on (for this step) and a sender number, the customer has a valid phone, the
+number has not opted out, and the recipient's quiet hours allow it now; an email only when the
+customer has an address. Every "no" is a reason the message log records.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dunning.domain.contract import MessageRequest, MessageResult
 from dunning.domain.locales import locale_chain
 from dunning.domain.quiet_hours import next_allowed, recipient_window, zones_for
 from dunning.domain.templates import TemplateContext, render_sms
-from dunning.platform.db.models import Account, Case, Customer, OptOut
+from dunning.platform.db.models import Account, Case, Customer, OptOut, SmsWaiter
 from dunning.platform.providers.email import OutgoingEmail
 from dunning.platform.providers.sms import OutgoingSms
 
@@ -37,6 +37,7 @@ _A = cast(Table, Account.__table__)
 _C = cast(Table, Customer.__table__)
 _O = cast(Table, OptOut.__table__)
 _CASES = cast(Table, Case.__table__)
+_W = cast(Table, SmsWaiter.__table__)
 
 # The account, the customer and (for SMS) the number's opt-out state, in one round trip.
 RECIPIENT = (
@@ -47,6 +48,10 @@ RECIPIENT = (
         _C.c.customer_id, _C.c.name, _C.c.email, _C.c.plan, _C.c.phone_e164,
         _C.c.phone_region, _C.c.phone_time_zones, _C.c.locale.label("customer_locale"),
         _O.c.opted_out, _CASES.c.arm, _CASES.c.sms_variant,
+        # the case waits in the account's credit queue (its SMS takes the locked path)
+        select(_W.c.workflow_id).where(
+            _W.c.account_id == bindparam("r_account"), _W.c.workflow_id == bindparam("r_workflow")
+        ).exists().label("credits_queued"),
     )
     .select_from(
         _A.outerjoin(
@@ -78,6 +83,7 @@ class SmsPlan(NamedTuple):
     credits: int
     segments: int
     encoding: str
+    queued: bool = False  # the case waits in the credit queue (paused for credits)
 
 
 def recipient(session: Session, req: MessageRequest) -> Any:
@@ -161,7 +167,8 @@ def sms_for(
     text = render_sms(chosen.body, ctx, chosen.chain)
     quote = quote_sms(session, req.account_id, who.phone_region, text)
     sms = OutgoingSms(who.sms_sender, who.phone_e164, text)
-    return SmsPlan(sms, quote.credits, quote.segments, quote.encoding)
+    return SmsPlan(sms, quote.credits, quote.segments, quote.encoding,
+                   bool(who.credits_queued))
 
 
 def email_message_id(workflow_id: str, run_id: str, step: int) -> str:

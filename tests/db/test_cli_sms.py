@@ -306,7 +306,8 @@ def test_preview_matches_what_the_engine_sends_and_charges(db: Database, uid: st
         sent = engine.sms_for(s, req)
         preview = messaging.preview_sms(s, uid, "pro")
     assert isinstance(sent, engine.SmsPlan), sent
-    sms, credits, segments, encoding = sent
+    sms, credits, segments, encoding, queued = sent
+    assert not queued
     assert preview["text"] == sms.text
     assert (preview["segments"], preview["encoding"], preview["credits"]) == (
         segments, encoding, credits,

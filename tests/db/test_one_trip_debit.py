@@ -235,3 +235,46 @@ class CountingSms:
     def send(self, sms: OutgoingSms) -> str:
         self.calls.append(sms)
         return f"uuid-{len(self.calls)}"
+
+
+def test_a_case_waiting_in_the_credit_queue_goes_straight_to_the_locked_path(
+    pg_db: Database, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A woken case (queued, its credits granted by the wake) never matches the one-trip
+    statement: the recipient query says it is queued, so its send skips the attempt (and the
+    start-over it would cost) and uses its grant; a case not queued takes the one trip."""
+    account = f"trip-woken-{uid}"
+    make_case_account(pg_db, account, schedule="0s", balance=0)
+    add_customer(pg_db, account, "cus1")
+    add_customer(pg_db, account, "cus2", phone="+14155550177")
+    woken, fresh = f"dunning-{account}-woken", f"dunning-{account}-fresh"
+    with pg_db.session() as s:
+        ledger.add_waiter(s, account, woken, 1, step=1)
+        ledger.top_up(s, account, 10)
+        # the wake: the waiter's credit set aside for it
+        assert ledger.grant(s, account).workflow_ids == [woken]
+    tried: list[str] = []
+    real = message_log.claim_paid
+
+    def spy(session: Any, key: MessageKey, *args: Any, **kwargs: Any) -> Any:
+        tried.append(key.workflow_id)
+        return real(session, key, *args, **kwargs)
+
+    monkeypatch.setattr(message_log, "claim_paid", spy)
+    acts = DunningActivities(pg_db, CountingSms(), ConsoleEmailProvider(echo=False))
+    for wf, customer in ((woken, "cus1"), (fresh, "cus2")):
+        now = datetime.now(UTC)
+        req = MessageRequest(
+            workflow_id=wf, account_id=account, customer_id=customer, invoice_id=wf, step=1,
+            step_count=1, amount_due=4900, currency="USD",
+            billing_link="https://pay.example.com/x", failed_at=now, now=now)
+        env = ActivityEnvironment()
+        env.info = dataclasses.replace(env.info, workflow_id=wf, workflow_run_id="run-1")
+        assert env.run(acts.send_sms, req).status == "sent"
+    assert tried == [fresh]
+    with pg_db.session() as s:
+        assert ledger.waiters(s, account) == []
+        debits = s.scalars(select(CreditEntry.workflow_id).where(
+            CreditEntry.account_id == account, CreditEntry.kind == "sms_debit")).all()
+    assert sorted(map(str, debits)) == sorted([woken, fresh])  # the grant's, the trip's
+    assert assert_ledger_exact(pg_db, account) == 8
