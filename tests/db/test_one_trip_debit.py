@@ -195,16 +195,8 @@ def test_a_send_the_one_trip_path_leaves_rechecks_the_customer_under_its_lock(
     monkeypatch.setattr(ledger, "reserve", slow_for_a)
 
     def send(case: str) -> str:
-        now = datetime.now(UTC)
-        req = MessageRequest(
-            workflow_id=f"dunning-{account}-{case}", account_id=account, customer_id="cus1",
-            invoice_id=case, step=1, step_count=1, amount_due=4900, currency="USD",
-            billing_link="https://pay.example.com/x", failed_at=now, now=now)
-        env = ActivityEnvironment()
-        env.info = dataclasses.replace(env.info, workflow_id=req.workflow_id,
-                                       workflow_run_id=f"run-{case}")
         try:
-            return env.run(acts.send_sms, req).status
+            return send_sms(acts, account, f"dunning-{account}-{case}", "cus1")
         finally:
             if case == "b":
                 b_done.set()
@@ -222,6 +214,18 @@ def test_a_send_the_one_trip_path_leaves_rechecks_the_customer_under_its_lock(
         rows = s.scalars(select(Message).where(Message.account_id == account)).all()
     assert [(r.workflow_id, r.status) for r in rows if r.channel == "sms"] == [
         (f"dunning-{account}-a", "sent")]
+
+
+def send_sms(acts: DunningActivities, account: str, workflow_id: str, customer: str) -> str:
+    """Step 1's SMS of a one-step case, through the activity as the workflow runs it."""
+    now = datetime.now(UTC)
+    req = MessageRequest(
+        workflow_id=workflow_id, account_id=account, customer_id=customer,
+        invoice_id=workflow_id, step=1, step_count=1, amount_due=4900, currency="USD",
+        billing_link="https://pay.example.com/x", failed_at=now, now=now)
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, workflow_id=workflow_id, workflow_run_id="run-1")
+    return env.run(acts.send_sms, req).status
 
 
 class CountingSms:
@@ -263,14 +267,7 @@ def test_a_case_waiting_in_the_credit_queue_goes_straight_to_the_locked_path(
     monkeypatch.setattr(message_log, "claim_paid", spy)
     acts = DunningActivities(pg_db, CountingSms(), ConsoleEmailProvider(echo=False))
     for wf, customer in ((woken, "cus1"), (fresh, "cus2")):
-        now = datetime.now(UTC)
-        req = MessageRequest(
-            workflow_id=wf, account_id=account, customer_id=customer, invoice_id=wf, step=1,
-            step_count=1, amount_due=4900, currency="USD",
-            billing_link="https://pay.example.com/x", failed_at=now, now=now)
-        env = ActivityEnvironment()
-        env.info = dataclasses.replace(env.info, workflow_id=wf, workflow_run_id="run-1")
-        assert env.run(acts.send_sms, req).status == "sent"
+        assert send_sms(acts, account, wf, customer) == "sent"
     assert tried == [fresh]
     with pg_db.session() as s:
         assert ledger.waiters(s, account) == []
