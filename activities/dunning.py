@@ -486,12 +486,11 @@ class DunningActivities:
         """PostgreSQL: the credits and the claim (or the held row) in one statement sent with
         the COMMIT, so the account row is locked only while the server runs it
         (`message_log.claim_paid`). None: not this way (another database, a free text, a case
-        waiting in the credit queue), and the send goes on through `_reserve` in this
-        transaction. Raises _LockedPath when the
-        statement changed nothing (the debit takes `ledger.reserve`'s locked path) but ended
-        the transaction."""
+        waiting in the credit queue: a woken one never matches it), and the send goes on
+        through `_reserve` in this transaction. Raises _LockedPath when the statement changed
+        nothing (the debit takes `ledger.reserve`'s locked path) but ended the transaction."""
         if plan.credits <= 0 or plan.queued or not commits_in_one_trip(s):
-            return None  # (a queued case, e.g. one just woken, never matches it)
+            return None
         paid = message_log.claim_paid(
             s, key, req.account_id, req.customer_id, hint, credits=plan.credits,
             segments=plan.segments, encoding=plan.encoding, hold=self.pacer is not None,

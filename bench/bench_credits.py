@@ -28,6 +28,7 @@ from typing import Any
 
 import psycopg
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from bench.common import table, throwaway_postgres
 from dunning.accounts.accounts import AccountOptions, create_account
@@ -93,7 +94,9 @@ def raw_worker(dsn: str, opened: list[psycopg.Connection[Any]]
     return make
 
 
-def our_worker(db: Database, run: str) -> Callable[[int], Callable[[], bool]]:
+def session_worker(db: Database, run: str, debit: Callable[[Session, MessageKey], bool]
+                   ) -> Callable[[int], Callable[[], bool]]:
+    """Reservers that each take a new message key and `debit` it in a session of their own."""
     def make(i: int) -> Callable[[], bool]:
         k = [0]
         with db.session() as s:  # open this thread's connection before the clock starts
@@ -101,38 +104,29 @@ def our_worker(db: Database, run: str) -> Callable[[int], Callable[[], bool]]:
 
         def work() -> bool:
             k[0] += 1
-            key = MessageKey(f"dunning-{ACCOUNT}-r{i}-{k[0]}", run, 1, "sms")
+            key = MessageKey(f"dunning-{ACCOUNT}-{run}-r{i}-{k[0]}", run, 1, "sms")
             with db.session() as s:
-                return message_log.claim_paid(
-                    s, key, ACCOUNT, "c1", "+1415***0100", credits=1, segments=1,
-                    encoding="GSM", hold=False,
-                ) is not None
+                return debit(s, key)
 
         return work
 
     return make
 
 
-def three_trip_worker(db: Database, run: str) -> Callable[[int], Callable[[], bool]]:
-    def make(i: int) -> Callable[[], bool]:
-        k = [0]
-        with db.session() as s:
-            s.connection()
+def one_trip(s: Session, key: MessageKey) -> bool:
+    """The send's debit on PostgreSQL: balance, ledger row and claim in one trip."""
+    return message_log.claim_paid(s, key, ACCOUNT, "c1", "+1415***0100", credits=1,
+                                  segments=1, encoding="GSM", hold=False) is not None
 
-        def work() -> bool:
-            k[0] += 1
-            key = MessageKey(f"dunning-{ACCOUNT}-t{i}-{k[0]}", run, 1, "sms")
-            with db.session() as s:
-                if not ledger.reserve(s, ACCOUNT, 1, workflow_id=key.workflow_id, step=1,
-                                      enqueue=True).ok:
-                    return False
-                message_log.claim(s, None, key, ACCOUNT, "c1", "+1415***0100", credits=1,
-                                  segments=1, encoding="GSM")
-                return True
 
-        return work
-
-    return make
+def three_trips(s: Session, key: MessageKey) -> bool:
+    """The same work the locked path's way: reserve, then claim, then COMMIT."""
+    if not ledger.reserve(s, ACCOUNT, 1, workflow_id=key.workflow_id, step=1,
+                          enqueue=True).ok:
+        return False
+    message_log.claim(s, None, key, ACCOUNT, "c1", "+1415***0100", credits=1, segments=1,
+                      encoding="GSM")
+    return True
 
 
 def run(admin_url: str, seconds: float, reservers: int, rounds: int) -> dict[str, Any]:
@@ -156,9 +150,10 @@ def run(admin_url: str, seconds: float, reservers: int, rounds: int) -> dict[str
 
                 n, t = hammer(reservers, slice_s, raw_worker(dsn, opened), close_all)
                 raw_total, raw_time = raw_total + n, raw_time + t
-                n, t = hammer(reservers, slice_s, our_worker(db, f"round-{r}"), db.engine.dispose)
+                n, t = hammer(reservers, slice_s, session_worker(db, f"o{r}", one_trip),
+                              db.engine.dispose)
                 ours_total, ours_time = ours_total + n, ours_time + t
-                n, t = hammer(reservers, slice_s, three_trip_worker(db, f"round-{r}"),
+                n, t = hammer(reservers, slice_s, session_worker(db, f"t{r}", three_trips),
                               db.engine.dispose)
                 three_total, three_time = three_total + n, three_time + t
             with db.session() as s:

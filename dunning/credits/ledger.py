@@ -70,7 +70,7 @@ from sqlalchemy.orm import Session, aliased
 
 from dunning.accounts.accounts import unknown_account
 from dunning.domain.contract import InputError
-from dunning.platform.db import Database, compiled_sql, execute_and_commit
+from dunning.platform.db import Database, commits_in_one_trip, execute_on_driver
 from dunning.platform.db.models import Account, CreditEntry, SmsWaiter, utcnow
 
 NOTICE_LOW = "low"
@@ -300,30 +300,21 @@ def _apply(
         dequeue = False  # it matches only a case that is not queued: nothing to take out
     postgres = _is_postgres(session)
     stmts = _statements(debit, fair, dequeue, postgres, newcomer)
-    params = {
-        "p_acct": account_id, "p_amount": amount, "p_need": -amount, "p_now": utcnow(),
-        "p_kind": kind, "p_wf": workflow_id, "p_step": step, "p_msg": message_id,
-        "p_note": note,
-    }
+    params = _params(account_id, amount, kind, workflow_id, step, message_id, note)
     # Core execution on the session's connection (same transaction, none of the ORM's
     # per-statement work): flush pending ORM changes first, as the ORM would.
     if session.new or session.dirty or session.deleted:
         session.flush()
     conn = session.connection()
     if postgres:
-        # The hot path: the statement compiled once, run on the driver's cursor in the
-        # session's transaction (SQLAlchemy's per-execution work would double the cost).
         row: Any
-        if conn.dialect.driver == "psycopg":
-            sql, defaults = compiled_sql(stmts[0], conn.dialect)
-            with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
-                cur.execute(sql, {**defaults, **params})
-                row = cur.fetchone()
+        if commits_in_one_trip(session):  # the hot path: compiled once, on the driver's cursor
+            row = execute_on_driver(session, stmts[0], params)
         else:
             row = conn.execute(stmts[0], params).one_or_none()
         if row is None:
             return None
-        change = _Change(int(row[0]), row[1], _opt_int(row[2]), _opt_int(row[3]), int(row[4]))
+        change = _change(row)
     else:
         upd, ledger_stmt, dequeue_stmt = stmts
         updated = conn.execute(upd, params).one_or_none()
@@ -338,6 +329,28 @@ def _apply(
     if loaded is not None:  # an Account the session holds must not show the old balance
         session.expire(loaded, ["credit_balance", "balance_notice", "updated_at"])
     return change
+
+
+def _params(account_id: str, amount: int, kind: str, workflow_id: str | None,
+            step: int | None, message_id: int | None, note: str | None) -> dict[str, Any]:
+    """The bind parameters of a balance change (`_statements`)."""
+    return {
+        "p_acct": account_id, "p_amount": amount, "p_need": -amount, "p_now": utcnow(),
+        "p_kind": kind, "p_wf": workflow_id, "p_step": step, "p_msg": message_id,
+        "p_note": note,
+    }
+
+
+def _change(row: Any) -> _Change:
+    """A balance change as its PostgreSQL statement returns it (`_RETURNING`, ledger id)."""
+    return _Change(int(row[0]), row[1], _opt_int(row[2]), _opt_int(row[3]), int(row[4]))
+
+
+def _debited(account_id: str, amount: int, change: _Change) -> Reservation:
+    return Reservation(
+        True, change.balance, account_id, amount, entry_id=change.entry_id,
+        notice=change.notice, threshold=change.threshold, refill_amount=change.refill_amount,
+    )
 
 
 def _opt_int(value: Any) -> int | None:
@@ -498,10 +511,7 @@ def reserve(
                 False, balance, account_id, amount, waiting=enqueue, notice=locked[1],
                 threshold=_opt_int(locked[2]), refill_amount=_opt_int(locked[3]),
             )
-    return Reservation(
-        True, change.balance, account_id, amount, entry_id=change.entry_id,
-        notice=change.notice, threshold=change.threshold, refill_amount=change.refill_amount,
-    )
+    return _debited(account_id, amount, change)
 
 
 def debit_and_commit(
@@ -515,9 +525,9 @@ def debit_and_commit(
     then_params: dict[str, Any],
 ) -> tuple[Reservation, int] | None:
     """A case's SMS debit in ONE round trip, as the last statement of the session's
-    transaction and sent with its COMMIT (`execute_and_commit`): the balance UPDATE, the ledger
-    row and `then(changed)` (the caller's INSERT, e.g. the claimed message row, whose id is
-    returned with the reservation). PostgreSQL through psycopg only
+    transaction and sent with its COMMIT (`execute_on_driver(commit=True)`): the balance
+    UPDATE, the ledger row and `then(changed)` (the caller's INSERT, e.g. the claimed message
+    row, whose id is returned with the reservation). PostgreSQL through psycopg only
     (`dunning.platform.db.commits_in_one_trip`).
 
     It matches only a debit `reserve` would make on its fast path (the balance covers the text
@@ -529,21 +539,14 @@ def debit_and_commit(
     if amount <= 0:
         raise ValueError("a one-trip debit takes a positive amount")
     (stmt,) = _statements(True, True, False, True, True, then)  # not queued: no dequeue
-    params = {
-        "p_acct": account_id, "p_amount": -amount, "p_need": amount, "p_now": utcnow(),
-        "p_kind": "sms_debit", "p_wf": workflow_id, "p_step": step, "p_msg": None,
-        "p_note": None, **then_params,
-    }
+    params = {**_params(account_id, -amount, "sms_debit", workflow_id, step, None, None),
+              **then_params}
     if session.new or session.dirty or session.deleted:
         session.flush()
-    row = execute_and_commit(session, stmt, params)
+    row = execute_on_driver(session, stmt, params, commit=True)
     if row is None:
         return None
-    reservation = Reservation(
-        True, int(row[0]), account_id, amount, entry_id=int(row[4]), notice=row[1],
-        threshold=_opt_int(row[2]), refill_amount=_opt_int(row[3]),
-    )
-    return reservation, int(row[5])
+    return _debited(account_id, amount, _change(row)), int(row[5])
 
 
 def _use_grant(session: Session, account_id: str, workflow_id: str, step: int,

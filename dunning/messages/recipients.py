@@ -39,7 +39,8 @@ _O = cast(Table, OptOut.__table__)
 _CASES = cast(Table, Case.__table__)
 _W = cast(Table, SmsWaiter.__table__)
 
-# The account, the customer and (for SMS) the number's opt-out state, in one round trip.
+# The account, the customer, (for SMS) the number's opt-out state and whether the case waits
+# for credits, in one round trip.
 RECIPIENT = (
     select(
         _A.c.company_name, _A.c.support_contact, _A.c.email_from, _A.c.sms_enabled,

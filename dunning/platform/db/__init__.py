@@ -4,13 +4,13 @@ from dunning.platform.db.engine import (
     Database,
     commits_in_one_trip,
     compiled_sql,
-    execute_and_commit,
+    execute_on_driver,
     insert_for,
     make_engine,
 )
 from dunning.platform.db.models import Base
 
 __all__ = [
-    "Base", "Database", "commits_in_one_trip", "compiled_sql", "execute_and_commit",
+    "Base", "Database", "commits_in_one_trip", "compiled_sql", "execute_on_driver",
     "insert_for", "make_engine",
 ]

@@ -99,8 +99,8 @@ def insert_for(dialect: str) -> Any:
 
 
 def commits_in_one_trip(session: Session) -> bool:
-    """Whether `execute_and_commit` can run on this session's database (PostgreSQL through
-    psycopg, whose pipeline mode sends a statement and its COMMIT together)."""
+    """Whether `execute_on_driver` runs on this session's database (PostgreSQL through psycopg,
+    whose pipeline mode also sends a statement and its COMMIT together)."""
     bind = session.get_bind()
     return bind.dialect.name == "postgresql" and bind.dialect.driver == "psycopg"
 
@@ -113,25 +113,32 @@ def compiled_sql(stmt: Any, dialect: Any) -> tuple[str, dict[str, Any]]:
     return str(compiled), dict(compiled.params)
 
 
-def execute_and_commit(session: Session, stmt: Any, params: dict[str, Any]) -> Any:
-    """Run `stmt` as the LAST statement of the session's transaction and commit, in one round
-    trip (psycopg pipeline mode): the row locks it takes are held while the server runs it and
-    commits, never across a round trip to this process and its wait for the GIL. Returns its
-    first row (None: no row); a failing statement raises and nothing of the transaction
-    commits. The session's own commit at its end then finds nothing left to do, and a
-    statement the caller still runs in this session goes into a new transaction (that
-    session's commit or rollback decides it). PostgreSQL through psycopg only
-    (`commits_in_one_trip`). The statement is compiled once per dialect."""
+def execute_on_driver(session: Session, stmt: Any, params: dict[str, Any], *,
+                      commit: bool = False) -> Any:
+    """Run a hot-path statement on psycopg's cursor in the session's transaction (compiled once
+    per dialect; SQLAlchemy's per-execution work would double its cost) and return its first
+    row (None: no row). A driver error is raised as SQLAlchemy raises it (IntegrityError...).
+    PostgreSQL through psycopg only (`commits_in_one_trip`).
+
+    `commit`: the statement is the LAST of the transaction and goes with BEGIN and COMMIT in
+    one round trip (pipeline mode, one Sync): the row locks it takes are held while the server
+    runs it and commits, never across a round trip to this process and its wait for the GIL. A
+    failing statement commits nothing. The session's own commit then finds nothing left to do,
+    and a statement the caller still runs in this session goes into a new transaction."""
     conn = session.connection()
     sql, defaults = compiled_sql(stmt, conn.dialect)
     driver = conn.connection.driver_connection
     assert driver is not None
     try:
-        with driver.pipeline():  # one Sync at its end: BEGIN, the statement and COMMIT
+        if not commit:
+            with driver.cursor() as cur:
+                cur.execute(sql, {**defaults, **params})
+                return cur.fetchone()
+        with driver.pipeline():
             cur = driver.cursor()
             cur.execute(sql, {**defaults, **params})
             driver.cursor().execute(b"COMMIT")  # (`commit()` would add a Sync of its own)
-    except conn.dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy raises it (IntegrityError...)
+    except conn.dialect.loaded_dbapi.Error as exc:
         raise DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error,
                                   hide_parameters=True, dialect=conn.dialect) from exc
     row = cur.fetchone()
