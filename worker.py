@@ -42,8 +42,9 @@ from dunning.platform.providers.email import EmailProvider
 from dunning.platform.providers.factory import email_provider, sms_provider
 from dunning.platform.settings import Settings, ensure_data_dir, get_settings
 from dunning.platform.temporal import connect
-from workflows import ComplianceReplyWorkflow, DunningWorkflow
+from workflows.dunning import DunningWorkflow
 from workflows.events import EventDeliveryWorkflow
+from workflows.reply import ComplianceReplyWorkflow
 
 log = logging.getLogger("dunning.worker")
 

@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+SLEEPING = ["--schedule", "3d,7d,14d", "--no-cancel"]
+
 # (module, full-size arguments, quick arguments)
 BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("bench.bench_engine", ["--cases", "1000"], ["--cases", "200"]),
@@ -16,8 +18,12 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("bench.bench_import", ["--rows", "1000000"], ["--rows", "50000"]),
     ("bench.bench_credits", [], ["--seconds", "3"]),
     ("bench.bench_wake", ["--cases", "10000"], ["--cases", "500"]),
-    ("bench.bench_scale", ["--cases", "100000"], ["--cases", "1000"]),
-    ("bench.bench_scale", ["--cases", "100000", "--postgres"], ["--cases", "1000", "--postgres"]),
+    # 100,000 cases asleep before their first step (minutes), then 10,000 through step 1 (the
+    # send path at scale, with the cancel rate)
+    ("bench.bench_scale", [*SLEEPING, "--cases", "100000"], ["--cases", "1000"]),
+    ("bench.bench_scale", [*SLEEPING, "--cases", "100000", "--postgres"],
+     ["--cases", "1000", "--postgres"]),
+    ("bench.bench_scale", ["--cases", "10000"], [*SLEEPING, "--cases", "1000"]),
     ("bench.lift_sim", ["--cases", "5000", "--runs", "20"], ["--cases", "1000", "--runs", "5"]),
     ("bench.bench_console", [], ["--customers", "20000", "--cases", "2000", "--repeat", "3"]),
     ("bench.chaos", ["--cases", "500"], ["--cases", "60", "--kills", "3", "--outages", "1"]),
