@@ -97,7 +97,12 @@ from dunning.messages.log import (
 from dunning.messages.pacing import SendPacer
 from dunning.messages.reconcile import AMBIGUOUS_WINDOWS, SKEW, decide, utc
 from dunning.platform import metrics
-from dunning.platform.db import Database, commits_in_one_trip, insert_for
+from dunning.platform.db import (
+    Database,
+    PreparedStatementLost,
+    commits_in_one_trip,
+    insert_for,
+)
 from dunning.platform.db.models import Account, Case, Customer, utcnow
 from dunning.platform.providers import ProviderError, mask_email, mask_phone
 from dunning.platform.providers.email import EmailProvider, OutgoingEmail
@@ -419,10 +424,11 @@ class DunningActivities:
         First with the one-trip debit (PostgreSQL); a debit that needs the locked path starts
         over in a new transaction: the one-trip statement's COMMIT also released the customer
         row's lock, so the customer's checks (pause, one conversation per customer) are made
-        again under it before anything is reserved or claimed."""
+        again under it before anything is reserved or claimed. The same when the one-trip
+        statement was no longer prepared on its connection (that transaction rolled back)."""
         try:
             return self._prepare_sms_in(key, req, one_trip=True)
-        except _LockedPath:
+        except (_LockedPath, PreparedStatementLost):
             return self._prepare_sms_in(key, req, one_trip=False)
 
     def _prepare_sms_in(

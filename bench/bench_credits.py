@@ -5,7 +5,8 @@ Compares, in the same run, against the same row and with the same concurrency:
          credit_balance >= 1 RETURNING credit_balance` + COMMIT, through psycopg directly;
 - ours: the send activity's debit (`message_log.claim_paid`, fair and queue-aware): the
         balance, its ledger row and the claimed `messages` row in one statement, sent with
-        its COMMIT in one round trip (psycopg pipeline mode), in a SQLAlchemy session;
+        its COMMIT in one round trip (a prepared statement's EXECUTE), in a SQLAlchemy
+        session;
 - ours, three trips: the same debit and claim the way a send takes them when its debit
         crosses a notice level or the refill threshold (`ledger.reserve`, then the claim's
         INSERT, then COMMIT; the one-trip path's figure before it existed).

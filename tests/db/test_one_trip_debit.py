@@ -13,12 +13,14 @@ import dataclasses
 import itertools
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from temporalio.testing import ActivityEnvironment
 
 from activities import DunningActivities
@@ -27,7 +29,7 @@ from dunning.credits.followups import _decide
 from dunning.domain.contract import MessageRequest
 from dunning.messages import log as message_log
 from dunning.messages.log import MessageKey
-from dunning.platform.db import Database
+from dunning.platform.db import Database, PreparedStatementLost
 from dunning.platform.db.models import Account, CreditEntry, Message
 from dunning.platform.providers.email import ConsoleEmailProvider
 from dunning.platform.providers.sms import OutgoingSms
@@ -275,3 +277,115 @@ def test_a_case_waiting_in_the_credit_queue_goes_straight_to_the_locked_path(
             CreditEntry.account_id == account, CreditEntry.kind == "sms_debit")).all()
     assert sorted(map(str, debits)) == sorted([woken, fresh])  # the grant's, the trip's
     assert assert_ledger_exact(pg_db, account) == 8
+
+
+# --- the statement and its COMMIT in one trip (platform.db.execute_on_driver, commit=True) ---
+
+
+@pytest.fixture
+def one_conn(postgres_url: str) -> Iterator[Database]:
+    """A database whose sessions, one after another, all use the same connection."""
+    database = Database(postgres_url, pool_size=1)
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+def rename(s: Session, account_id: str, name: str) -> None:
+    """Some earlier work in a transaction that the debit's COMMIT must end with it."""
+    s.execute(update(Account).where(Account.id == account_id).values(company_name=name))
+
+
+def company(db: Database, account_id: str) -> str:
+    with db.session() as s:
+        return str(s.scalar(select(Account.company_name).where(Account.id == account_id)))
+
+
+def claim_in(s: Session, account_id: str, wf: str) -> Any:
+    return message_log.claim_paid(s, MessageKey(wf, "run-1", 1, "sms"), account_id, "c1",
+                                  "+1415***0100", credits=1, segments=1, encoding="GSM",
+                                  hold=False)
+
+
+def test_the_debit_commits_the_work_of_its_transaction_with_it(pg_db: Database,
+                                                                 uid: str) -> None:
+    account = f"trip-tx-{uid}"
+    make_account(pg_db, account, 10)
+    with pg_db.session() as s:
+        rename(s, account, "Renamed Co")
+        assert claim_in(s, account, f"wf-{uid}") is not None
+        driver = s.connection().connection.driver_connection
+        assert driver is not None and driver.info.transaction_status.name == "IDLE"
+        assert not driver.autocommit
+    assert company(pg_db, account) == "Renamed Co"
+    assert counts(pg_db, account) == (9, 2, 1)
+    with pytest.raises(IntegrityError), pg_db.session() as s:  # a racing copy: all or nothing
+        rename(s, account, "Not This")
+        claim_in(s, account, f"wf-{uid}")
+    assert company(pg_db, account) == "Renamed Co"
+    assert counts(pg_db, account) == (9, 2, 1)
+    assert assert_ledger_exact(pg_db, account) == 9
+
+
+def test_a_rollback_on_the_connection_does_not_cost_the_next_debit(one_conn: Database,
+                                                                    uid: str) -> None:
+    """psycopg deallocates a connection's prepared statements when it rolls a transaction back
+    (once it has prepared some of its own): the next debit on that connection prepares ours
+    again instead of failing."""
+    account = f"trip-rb-{uid}"
+    make_account(one_conn, account, 10)
+    assert claim(one_conn, account, f"wf-{uid}-1") is not None
+    with pytest.raises(RuntimeError), one_conn.session() as s:
+        for _ in range(7):  # past psycopg's prepare threshold: it prepares, then deallocates
+            s.execute(select(Account.credit_balance).where(Account.id == account))
+        raise RuntimeError("a failed unit of work")
+    with one_conn.session() as s:
+        rename(s, account, "Still Fine")
+        assert claim_in(s, account, f"wf-{uid}-2") is not None
+    assert company(one_conn, account) == "Still Fine"
+    assert assert_ledger_exact(one_conn, account) == 8
+
+
+def test_a_statement_dropped_behind_our_back_is_prepared_again(one_conn: Database,
+                                                                uid: str) -> None:
+    """DEALLOCATE ALL (or DISCARD ALL) unseen: a debit alone in its transaction prepares the
+    statement again and goes through; one ending a transaction with other work loses that
+    transaction (PreparedStatementLost: the caller starts over) and the next one goes through."""
+    account = f"trip-gone-{uid}"
+    make_account(one_conn, account, 10)
+    assert claim(one_conn, account, f"wf-{uid}-1") is not None
+
+    def drop_all() -> None:
+        with one_conn.session() as s:
+            s.connection().exec_driver_sql("DEALLOCATE ALL")
+
+    drop_all()
+    assert claim(one_conn, account, f"wf-{uid}-2") is not None  # alone: prepared again
+    drop_all()
+    with pytest.raises(PreparedStatementLost), one_conn.session() as s:
+        rename(s, account, "Lost Co")
+        claim_in(s, account, f"wf-{uid}-3")
+    assert company(one_conn, account) == f"Co {account}"  # the rename went with it
+    assert counts(one_conn, account) == (8, 3, 2)  # the top-up and two debits, two rows
+    with one_conn.session() as s:
+        rename(s, account, "Found Co")
+        assert claim_in(s, account, f"wf-{uid}-3") is not None
+    assert company(one_conn, account) == "Found Co"
+    assert assert_ledger_exact(one_conn, account) == 7
+
+
+def test_a_send_whose_statement_was_dropped_starts_over_and_is_sent_once(
+    one_conn: Database, uid: str
+) -> None:
+    account = f"trip-resend-{uid}"
+    make_case_account(one_conn, account, schedule="0s", balance=10)
+    add_customer(one_conn, account, "cus1")
+    sms = CountingSms()
+    acts = DunningActivities(one_conn, sms, ConsoleEmailProvider(echo=False))
+    with one_conn.session() as s:  # prepare it, then drop it unseen
+        assert claim_in(s, account, f"warm-{uid}") is not None
+    with one_conn.session() as s:
+        s.connection().exec_driver_sql("DEALLOCATE ALL")
+    assert send_sms(acts, account, f"dunning-{account}-a", "cus1") == "sent"
+    assert len(sms.calls) == 1
+    assert assert_ledger_exact(one_conn, account) == 8

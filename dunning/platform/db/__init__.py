@@ -2,6 +2,7 @@
 
 from dunning.platform.db.engine import (
     Database,
+    PreparedStatementLost,
     commits_in_one_trip,
     compiled_sql,
     execute_on_driver,
@@ -11,6 +12,6 @@ from dunning.platform.db.engine import (
 from dunning.platform.db.models import Base
 
 __all__ = [
-    "Base", "Database", "commits_in_one_trip", "compiled_sql", "execute_on_driver",
-    "insert_for", "make_engine",
+    "Base", "Database", "PreparedStatementLost", "commits_in_one_trip", "compiled_sql",
+    "execute_on_driver", "insert_for", "make_engine",
 ]
