@@ -271,6 +271,8 @@ async def run(cases: int, concurrency: int, database_url: str | None,
             await asyncio.sleep(5)  # let the last workflow tasks settle: everyone sleeps now
             rss.sample()
             asleep = {"worker": rss_mb(worker_pid), "server": rss_mb(server_pid)}
+            history_mb = sum(f.stat().st_size for f in Path(server_db).parent.glob(
+                Path(server_db).name + "*")) / 2**20  # (in /dev/shm: memory, outside the RSS)
             running = (await client.count_workflows(
                 f'DunningAccountId = "{ACCOUNT}" AND ExecutionStatus = "Running"')).count
 
@@ -311,6 +313,7 @@ async def run(cases: int, concurrency: int, database_url: str | None,
         "worker_peak_rss_mb": max(peaks["worker"], rss.top["worker"]),
         "worker_idle_rss_mb": worker_idle,
         "server_rss_mb": asleep["server"],
+        "server_db_mb": history_mb,
         "server_peak_rss_mb": max(peaks["server"], rss.top["server"]),
         "server_idle_rss_mb": server_idle,
         "worker_cpu_s": cpu_sent[0],
@@ -344,6 +347,8 @@ async def run(cases: int, concurrency: int, database_url: str | None,
                                  f"{Settings().max_cached_workflows:,} of them)"),
         ("server RSS", f"{asleep['server']:.0f} MB asleep, peak {figures['server_peak_rss_mb']:.0f}"
                        f" MB (idle {server_idle:.0f} MB)"),
+        ("server's SQLite file", f"{history_mb:,.0f} MB ({history_mb / cases * 1000:.1f} MB per "
+                                 f"1,000 cases; in /dev/shm it is memory too)"),
         ("CPU until all asleep" if sleep_first else "CPU to step 1 settled",
          f"worker {cpu_sent[0]:.1f} s, server {cpu_sent[1]:.1f} s "
          f"({cpu_sent[0] / cases * 1000:.1f} ms and {cpu_sent[1] / cases * 1000:.1f} ms per case)"),
