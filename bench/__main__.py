@@ -18,8 +18,8 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("bench.bench_import", ["--rows", "1000000"], ["--rows", "50000"]),
     ("bench.bench_credits", [], ["--seconds", "3"]),
     ("bench.bench_wake", ["--cases", "10000"], ["--cases", "500"]),
-    # 100,000 cases asleep before their first step (minutes), then 10,000 through step 1 (the
-    # send path at scale, with the cancel rate)
+    # 100,000 cases asleep before their first step (about 1.5 hours each on 2 cores), then
+    # 10,000 through step 1 (the send path at scale, with the cancel rate)
     ("bench.bench_scale", [*SLEEPING, "--cases", "100000"], ["--cases", "1000"]),
     ("bench.bench_scale", [*SLEEPING, "--cases", "100000", "--postgres"],
      ["--cases", "1000", "--postgres"]),

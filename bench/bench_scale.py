@@ -233,7 +233,8 @@ async def run(cases: int, concurrency: int, database_url: str | None,
             "DUNNING_DATA_DIR": str(tmp), "DUNNING_SMS_BACKEND": "console",
             "DUNNING_EMAIL_BACKEND": "console", "DUNNING_SMS_RATE_LIMIT": sms_rate_limit,
         })
-        # warm-up: one case through step 1 and canceled, before anything is timed
+        # warm-up: one case through step 1 (or registered, if it sleeps first) and canceled,
+        # before anything is timed
         warm = await client.start_workflow("DunningWorkflow", case_input(cases), id="warm",
                                            task_queue=TASK_QUEUE)
         if sleep_first:
@@ -295,10 +296,11 @@ async def run(cases: int, concurrency: int, database_url: str | None,
     finally:
         procs.stop_all()
         reader.dispose()
-        if not keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if server_dir != tmp:
-            shutil.rmtree(server_dir, ignore_errors=True)  # (kept or not: it is memory)
+        for kept in dict.fromkeys((tmp, server_dir)):
+            if keep:
+                print(f"  ... kept {kept}", file=sys.stderr)
+            else:
+                shutil.rmtree(kept, ignore_errors=True)
 
     figures = {
         "cases": cases,
@@ -374,7 +376,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         "first step is later (3d,7d,14d) measures cases that go straight to sleep")
     parser.add_argument("--no-cancel", action="store_true",
                         help="skip the cancel phase (the dev server's history is thrown away)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directories (the one in /dev/shm is memory)")
     parser.add_argument("--server-db", default=None,
                         help="the dev server's SQLite file (default: a temporary directory in "
                         "/dev/shm when it exists, else beside the database)")

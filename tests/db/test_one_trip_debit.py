@@ -41,10 +41,16 @@ from tests.helpers import make_account as make_case_account
 def claim(db: Database, account_id: str, wf: str, credits: int = 1, *, hold: bool = False,
           step: int = 1) -> tuple[ledger.Reservation, message_log.Claim] | None:
     with db.session() as s:
-        return message_log.claim_paid(
-            s, MessageKey(wf, "run-1", step, "sms"), account_id, "c1", "+1415***0100",
-            credits=credits, segments=1, encoding="GSM", hold=hold,
-        )
+        return claim_in(s, account_id, wf, credits, hold=hold, step=step)
+
+
+def claim_in(s: Session, account_id: str, wf: str, credits: int = 1, *, hold: bool = False,
+             step: int = 1) -> tuple[ledger.Reservation, message_log.Claim] | None:
+    """The one-trip debit in the caller's session (ending its transaction)."""
+    return message_log.claim_paid(
+        s, MessageKey(wf, "run-1", step, "sms"), account_id, "c1", "+1415***0100",
+        credits=credits, segments=1, encoding="GSM", hold=hold,
+    )
 
 
 def counts(db: Database, account_id: str) -> tuple[int, int, int]:
@@ -299,12 +305,6 @@ def rename(s: Session, account_id: str, name: str) -> None:
 def company(db: Database, account_id: str) -> str:
     with db.session() as s:
         return str(s.scalar(select(Account.company_name).where(Account.id == account_id)))
-
-
-def claim_in(s: Session, account_id: str, wf: str) -> Any:
-    return message_log.claim_paid(s, MessageKey(wf, "run-1", 1, "sms"), account_id, "c1",
-                                  "+1415***0100", credits=1, segments=1, encoding="GSM",
-                                  hold=False)
 
 
 def test_the_debit_commits_the_work_of_its_transaction_with_it(pg_db: Database,

@@ -156,7 +156,7 @@ def _as_sqlalchemy(conn: Any, sql: str, exc: Exception) -> StatementError:
 # autocommit when nothing is open yet (one statement is its own transaction, committed when it
 # ends). One message out, one answer back, on psycopg's plain path: its pipeline mode, the other
 # way to send a statement with its COMMIT, flushed every command on its own and cost twice the
-# client's CPU per debit (measured in bench/RESULTS.md, 2026-12-07). The values are bound
+# client's CPU per debit (measured in bench/RESULTS.md, 2026-12-08). The values are bound
 # client-side by psycopg (`ClientCursor`, quoted by libpq), into a statement that is only an
 # EXECUTE; the hot-path statements pass no personal data (a masked phone hint at most).
 #
@@ -212,29 +212,35 @@ def _run_and_commit(conn: Any, driver: Any, stmt: Any, params: dict[str, Any]) -
     args = [values[name] for name in server.order]
     prepared: set[str] = conn.connection.info.setdefault(_PREPARED, set())
     alone = driver.info.transaction_status == TransactionStatus.IDLE
+
+    def run() -> Any:
+        if server.name not in prepared:  # (new here, or a rollback may have dropped it)
+            if driver.execute(_IS_PREPARED, (server.name,)).fetchone() is None:
+                driver.execute(server.prepare)  # kept by the session, even on rollback
+            prepared.add(server.name)
+        with psycopg.ClientCursor(driver) as cur:
+            cur.execute(server.alone if alone else server.with_commit, args)
+            return cur.fetchone()
+
     if alone:
         driver.autocommit = True  # no BEGIN: the statement is its own transaction
     try:
-        for attempt in (1, 2):
+        # Dropped unseen: alone, nothing happened and it is prepared again once; else the
+        # caller's transaction went with it.
+        for last in (not alone, True):
             try:
-                if server.name not in prepared:  # (new here, or a rollback may have dropped it)
-                    if driver.execute(_IS_PREPARED, (server.name,)).fetchone() is None:
-                        driver.execute(server.prepare)  # kept by the session, even on rollback
-                    prepared.add(server.name)
-                with psycopg.ClientCursor(driver) as cur:
-                    cur.execute(server.alone if alone else server.with_commit, args)
-                    return cur.fetchone()
+                return run()
             except psycopg.errors.InvalidSqlStatementName as exc:
                 prepared.discard(server.name)
-                if not alone or attempt == 2:  # the caller's transaction went with it
+                if last:
                     raise PreparedStatementLost(server.name) from exc
-            except psycopg.Error as exc:
-                raise _as_sqlalchemy(conn, server.prepare, exc) from exc
+        raise AssertionError("unreachable")
+    except psycopg.Error as exc:
+        raise _as_sqlalchemy(conn, server.prepare, exc) from exc
     finally:
         if alone:
             with suppress(psycopg.Error):  # (a broken connection: SQLAlchemy discards it)
                 driver.autocommit = False
-    raise AssertionError("unreachable")
 
 
 def _forget_prepared_on_rollback(engine: Engine) -> None:
